@@ -1,0 +1,16 @@
+"""ddpm-mnist: a cosine-schedule DDPM with learned variance for MNIST, built the diffusers way."""
+
+from .pipeline_ddpm_mnist import DDPMMnistPipeline, DDPMMnistPipelineOutput
+from .scheduling_ddpm_cosine import CosineDDPMScheduler, CosineDDPMSchedulerOutput
+from .unet_mnist import MnistUNet, MnistUNetOutput
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CosineDDPMScheduler",
+    "CosineDDPMSchedulerOutput",
+    "DDPMMnistPipeline",
+    "DDPMMnistPipelineOutput",
+    "MnistUNet",
+    "MnistUNetOutput",
+]

@@ -1,0 +1,262 @@
+"""A lean UNet for 28x28 digits: 28 -> 14 -> 7 and back, attention only at the coarse levels.
+
+Designed for a laptop CPU: few wide-enough convolutions, no attention at full resolution, GroupNorm that runs well in
+channels-last bf16. It predicts the noise and, when ``learned_variance`` is set, the interpolation value v of the
+learned-range variance (2 x in_channels outputs).
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import BaseOutput
+from torch import nn
+
+
+@dataclass
+class MnistUNetOutput(BaseOutput):
+    """Output of [`MnistUNet`]: ``sample`` holds the noise prediction (and the variance values, if learned)."""
+
+    sample: torch.Tensor
+
+
+def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of (integer or real) timesteps; no table, so any chain length T works."""
+    half = dim // 2
+    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half
+    angles = timesteps.float()[:, None] * torch.exp(exponent)[None, :]
+    embedding = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+    if dim % 2:
+        embedding = F.pad(embedding, (0, 1))
+    return embedding
+
+
+class ResidualBlock(nn.Module):
+    """GroupNorm-SiLU-conv twice, with the time (and class) embedding added between the convolutions."""
+
+    def __init__(self, in_channels: int, out_channels: int, embedding_dim: int, groups: int, dropout: float):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.embedding_proj = nn.Linear(embedding_dim, out_channels)
+        self.norm2 = nn.GroupNorm(groups, out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.embedding_proj(embedding)[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention over the pixels of a small feature map (7x7 or 14x14)."""
+
+    def __init__(self, channels: int, head_dim: int, groups: int):
+        super().__init__()
+        if channels % head_dim:
+            raise ValueError(f"attention_head_dim={head_dim} must divide the block width {channels}.")
+        self.heads = channels // head_dim
+        self.norm = nn.GroupNorm(groups, channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).unbind(1)
+        out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
+
+
+class MnistUNet(ModelMixin, ConfigMixin):
+    """Time- and optionally class-conditioned UNet for MNIST-sized images.
+
+    Args:
+        sample_size: image height and width (28 natively); must be divisible by 2^(levels - 1).
+        in_channels: image channels (1 for grayscale).
+        learned_variance: output 2 x in_channels channels (noise, then variance values) instead of in_channels.
+        block_out_channels: width of each resolution level, finest first.
+        layers_per_block: residual blocks per level on the way down (one more on the way up).
+        attention_levels: which levels get self-attention after their residual blocks.
+        attention_head_dim: channels per attention head.
+        norm_num_groups: GroupNorm groups; must divide every width.
+        num_class_embeds: number of classes for class conditioning (10 for digits), or None. One extra "null" class,
+            index ``num_class_embeds``, stands for "no label" (classifier-free guidance).
+        dropout: dropout inside the residual blocks.
+    """
+
+    _supports_gradient_checkpointing = False
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_size: int = 28,
+        in_channels: int = 1,
+        learned_variance: bool = True,
+        block_out_channels: tuple[int, ...] = (32, 64, 128),
+        layers_per_block: int = 1,
+        attention_levels: tuple[bool, ...] = (False, False, True),
+        attention_head_dim: int = 32,
+        norm_num_groups: int = 8,
+        num_class_embeds: int | None = None,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        block_out_channels = tuple(block_out_channels)
+        attention_levels = tuple(attention_levels)
+        if len(attention_levels) != len(block_out_channels):
+            raise ValueError(
+                f"attention_levels has {len(attention_levels)} entries but block_out_channels has "
+                f"{len(block_out_channels)}: give one True/False per level."
+            )
+        if any(width % norm_num_groups for width in block_out_channels):
+            raise ValueError(f"norm_num_groups={norm_num_groups} must divide every width in {block_out_channels}.")
+        factor = 2 ** (len(block_out_channels) - 1)
+        if sample_size % factor:
+            raise ValueError(
+                f"sample_size={sample_size} cannot be halved {len(block_out_channels) - 1} times; "
+                f"use a size divisible by {factor} or fewer levels."
+            )
+        if layers_per_block < 1:
+            raise ValueError(f"layers_per_block must be >= 1, got {layers_per_block}.")
+        if num_class_embeds is not None and num_class_embeds < 1:
+            raise ValueError(f"num_class_embeds must be a positive number of classes or None, got {num_class_embeds}.")
+
+        self.out_channels = in_channels * (2 if learned_variance else 1)
+        base = block_out_channels[0]
+        embedding_dim = 4 * base
+        self.time_embedding = nn.Sequential(
+            nn.Linear(base, embedding_dim), nn.SiLU(), nn.Linear(embedding_dim, embedding_dim)
+        )
+        self.class_embedding = (
+            nn.Embedding(num_class_embeds + 1, embedding_dim) if num_class_embeds is not None else None
+        )
+
+        self.conv_in = nn.Conv2d(in_channels, base, 3, padding=1)
+        groups = norm_num_groups
+
+        def block(cin, cout):
+            return ResidualBlock(cin, cout, embedding_dim, groups, dropout)
+
+        # Down path: every residual block and every downsampling leaves a skip connection.
+        self.down_blocks = nn.ModuleList()
+        self.down_attentions = nn.ModuleList()
+        self.downsamplers = nn.ModuleList()
+        skip_channels = [base]
+        width = base
+        for level, out_width in enumerate(block_out_channels):
+            for _ in range(layers_per_block):
+                self.down_blocks.append(block(width, out_width))
+                self.down_attentions.append(
+                    AttentionBlock(out_width, attention_head_dim, groups) if attention_levels[level] else nn.Identity()
+                )
+                width = out_width
+                skip_channels.append(width)
+            if level < len(block_out_channels) - 1:
+                self.downsamplers.append(nn.Conv2d(width, width, 3, stride=2, padding=1))
+                skip_channels.append(width)
+
+        self.mid_block1 = block(width, width)
+        self.mid_attention = AttentionBlock(width, attention_head_dim, groups)
+        self.mid_block2 = block(width, width)
+
+        # Up path: one more block per level than on the way down, each eating one skip connection.
+        self.up_blocks = nn.ModuleList()
+        self.up_attentions = nn.ModuleList()
+        self.upsamplers = nn.ModuleList()
+        for level in reversed(range(len(block_out_channels))):
+            out_width = block_out_channels[level]
+            for _ in range(layers_per_block + 1):
+                self.up_blocks.append(block(width + skip_channels.pop(), out_width))
+                self.up_attentions.append(
+                    AttentionBlock(out_width, attention_head_dim, groups) if attention_levels[level] else nn.Identity()
+                )
+                width = out_width
+            if level > 0:
+                # A 2x2 transposed convolution: learned upsampling at a ninth of the cost of nearest + 3x3.
+                self.upsamplers.append(nn.ConvTranspose2d(width, width, 2, stride=2))
+
+        self.norm_out = nn.GroupNorm(groups, width)
+        self.conv_out = nn.Conv2d(width, self.out_channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def _check_inputs(self, sample: torch.Tensor, class_labels: torch.Tensor | None):
+        levels = len(self.config.block_out_channels)
+        factor = 2 ** (levels - 1)
+        if sample.ndim != 4 or sample.shape[1] != self.config.in_channels:
+            raise ValueError(
+                f"MnistUNet expects a batch of shape (B, {self.config.in_channels}, H, W), got {tuple(sample.shape)}."
+            )
+        height, width = sample.shape[-2:]
+        if height % factor or width % factor:
+            raise ValueError(
+                f"MnistUNet with {levels} levels needs H and W divisible by {factor}; got {height}x{width}. "
+                f"Resize images to {self.config.sample_size}x{self.config.sample_size}."
+            )
+        if class_labels is not None:
+            if self.class_embedding is None:
+                raise ValueError(
+                    "class_labels were given to an unconditional MnistUNet (num_class_embeds=None); "
+                    "drop them or train a class-conditional model."
+                )
+            n = self.config.num_class_embeds
+            if class_labels.min() < 0 or class_labels.max() > n:
+                raise ValueError(f"class_labels must lie in [0, {n - 1}] (or {n} for the null class).")
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | int,
+        class_labels: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ) -> MnistUNetOutput | tuple:
+        """Predict noise (and variance values) for ``sample`` at ``timestep``.
+
+        ``class_labels`` of a conditional model may use index ``num_class_embeds`` (the null class); None means
+        unconditional, i.e. all null.
+        """
+        self._check_inputs(sample, class_labels)
+        timesteps = torch.as_tensor(timestep, device=sample.device).reshape(-1)
+        if timesteps.numel() == 1:
+            timesteps = timesteps.expand(sample.shape[0])
+        embedding = self.time_embedding(timestep_embedding(timesteps, self.config.block_out_channels[0]))
+        if self.class_embedding is not None:
+            if class_labels is None:
+                class_labels = torch.full(
+                    (sample.shape[0],), self.config.num_class_embeds, dtype=torch.long, device=sample.device
+                )
+            embedding = embedding + self.class_embedding(class_labels.to(sample.device).long())
+        embedding = F.silu(embedding)
+
+        h = self.conv_in(sample)
+        skips = [h]
+        blocks = iter(zip(self.down_blocks, self.down_attentions))
+        for level in range(len(self.config.block_out_channels)):
+            for _ in range(self.config.layers_per_block):
+                res, attn = next(blocks)
+                h = attn(res(h, embedding))
+                skips.append(h)
+            if level < len(self.downsamplers):
+                h = self.downsamplers[level](h)
+                skips.append(h)
+
+        h = self.mid_block2(self.mid_attention(self.mid_block1(h, embedding)), embedding)
+
+        blocks = iter(zip(self.up_blocks, self.up_attentions))
+        for level in range(len(self.config.block_out_channels)):
+            for _ in range(self.config.layers_per_block + 1):
+                res, attn = next(blocks)
+                h = attn(res(torch.cat([h, skips.pop()], dim=1), embedding))
+            if level < len(self.upsamplers):
+                h = self.upsamplers[level](h)
+
+        out = self.conv_out(F.silu(self.norm_out(h)))
+        if not return_dict:
+            return (out,)
+        return MnistUNetOutput(sample=out)

@@ -1,0 +1,151 @@
+"""DDPMMnistPipeline: sampling, labels, trajectories, scheduler swaps, save/load in a fresh process."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+from ddpm_pipeline import DDPMMnistPipeline
+from tests.conftest import tiny_pipeline
+
+
+def run(pipe, **kwargs):
+    kwargs.setdefault("generator", torch.Generator().manual_seed(0))
+    return pipe(**kwargs)
+
+
+def test_default_call_gives_36_pil_images(pipe):
+    out = run(pipe, num_inference_steps=5)
+    assert len(out.images) == 36 and all(isinstance(im, PIL.Image.Image) for im in out.images)
+    assert out.images[0].size == (28, 28) and out.images[0].mode == "L"
+    assert out.class_labels == [i % 10 for i in range(36)]
+
+
+def test_output_types_and_reproducibility(pipe):
+    a = run(pipe, batch_size=4, num_inference_steps=5, output_type="np").images
+    b = run(pipe, batch_size=4, num_inference_steps=5, output_type="np").images
+    c = run(pipe, batch_size=4, num_inference_steps=5, output_type="np", generator=torch.Generator().manual_seed(1))
+    assert a.shape == (4, 28, 28, 1) and a.min() >= 0 and a.max() <= 1
+    assert np.array_equal(a, b) and not np.array_equal(a, c.images)
+    pt = run(pipe, batch_size=4, num_inference_steps=5, output_type="pt").images
+    assert pt.shape == (4, 1, 28, 28)
+    np.testing.assert_allclose(pt.permute(0, 2, 3, 1).numpy(), a, atol=1e-6)
+
+
+def test_full_chain_by_default(pipe):
+    calls = []
+    original = pipe.unet.forward
+    pipe.unet.forward = lambda *a, **k: calls.append(1) or original(*a, **k)
+    run(pipe, batch_size=2, guidance_scale=1.0, output_type="np")
+    assert len(calls) == pipe.scheduler.config.num_train_timesteps
+    calls.clear()
+    run(pipe, batch_size=2, guidance_scale=1.0, num_inference_steps=7, output_type="np")
+    assert len(calls) == 7
+
+
+def test_class_labels_and_guidance(pipe):
+    one = run(pipe, batch_size=3, class_labels=7, num_inference_steps=4, output_type="np")
+    assert one.class_labels == [7, 7, 7]
+    many = run(pipe, batch_size=3, class_labels=[1, 2, 3], num_inference_steps=4, output_type="np")
+    assert many.class_labels == [1, 2, 3] and not np.array_equal(one.images, many.images)
+    guided = run(pipe, batch_size=3, class_labels=7, guidance_scale=4.0, num_inference_steps=4, output_type="np")
+    assert not np.array_equal(one.images, guided.images)
+
+
+def test_bad_labels(pipe):
+    with pytest.raises(ValueError, match=r"\[0, 9\]"):
+        run(pipe, batch_size=2, class_labels=[1, 10], num_inference_steps=2)
+    with pytest.raises(ValueError, match=r"\[0, 9\]"):
+        run(pipe, batch_size=2, class_labels=-1, num_inference_steps=2)
+    with pytest.raises(ValueError, match="one label per image"):
+        run(pipe, batch_size=3, class_labels=[1, 2], num_inference_steps=2)
+    unconditional = tiny_pipeline(num_class_embeds=None)
+    with pytest.raises(ValueError, match="unconditional"):
+        run(unconditional, batch_size=2, class_labels=3, num_inference_steps=2)
+    out = run(unconditional, batch_size=2, num_inference_steps=2, output_type="np")
+    assert out.class_labels is None and out.images.shape == (2, 28, 28, 1)
+
+
+@pytest.mark.parametrize("steps", [0, 51, -1])
+def test_bad_num_inference_steps(pipe, steps):
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        run(pipe, batch_size=1, num_inference_steps=steps)
+
+
+def test_bad_output_type(pipe):
+    with pytest.raises(ValueError, match="output_type"):
+        run(pipe, batch_size=1, num_inference_steps=2, output_type="jpeg")
+
+
+@pytest.mark.parametrize("output_type", ["np", "pt", "pil"])
+def test_trajectory(pipe, output_type):
+    out = run(pipe, batch_size=2, num_inference_steps=5, output_type=output_type, return_trajectory=True)
+    steps = out.trajectory_timesteps
+    assert len(out.trajectory) == 6 and len(steps) == 6
+    assert steps[0] == 50 and steps[-1] == 0 and all(a > b for a, b in zip(steps, steps[1:]))
+    if output_type == "np":
+        assert out.trajectory.shape == (6, 2, 28, 28, 1)
+        np.testing.assert_array_equal(out.trajectory[-1], out.images)
+    elif output_type == "pt":
+        assert out.trajectory.shape == (6, 2, 1, 28, 28)
+    else:
+        assert len(out.trajectory[0]) == 2 and isinstance(out.trajectory[0][0], PIL.Image.Image)
+
+
+def test_full_trajectory_has_every_step():
+    pipe = tiny_pipeline(num_train_timesteps=20)
+    out = run(pipe, batch_size=1, output_type="np", return_trajectory=True)
+    assert out.trajectory_timesteps == list(range(20, -1, -1))
+    noise = run(pipe, batch_size=1, output_type="np", return_trajectory=True, num_inference_steps=3)
+    # the first frame is the pure-noise draw x_T (shown in [0, 1], so clipped noise has a wide spread)
+    assert noise.trajectory[0].std() > 0.2
+
+
+@pytest.mark.parametrize("scheduler_class", [DDIMScheduler, DPMSolverMultistepScheduler])
+def test_diffusers_schedulers_swap_in(pipe, scheduler_class):
+    pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
+    out = run(pipe, batch_size=3, num_inference_steps=6, output_type="np", return_trajectory=True)
+    assert out.images.shape == (3, 28, 28, 1) and np.isfinite(out.images).all()
+    assert len(out.trajectory) == 7
+
+
+def test_fixed_variance_scheduler_with_learned_unet(pipe):
+    from ddpm_pipeline import CosineDDPMScheduler
+
+    pipe.scheduler = CosineDDPMScheduler.from_config(pipe.scheduler.config, variance_type="fixed_small")
+    out = run(pipe, batch_size=2, num_inference_steps=4, output_type="np")
+    assert np.isfinite(out.images).all()
+
+
+def test_learned_scheduler_with_noise_only_unet_is_a_clear_error():
+    pipe = tiny_pipeline(learned_variance=False)
+    from ddpm_pipeline import CosineDDPMScheduler
+
+    pipe.scheduler = CosineDDPMScheduler.from_config(pipe.scheduler.config, variance_type="learned_range")
+    with pytest.raises(ValueError, match="learned_variance=True"):
+        run(pipe, batch_size=1, num_inference_steps=2)
+
+
+def test_save_and_load_in_a_fresh_process(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["_class_name"] == "DDPMMnistPipeline"
+    assert index["unet"][1] == "MnistUNet" and index["scheduler"][1] == "CosineDDPMScheduler"
+    assert index["unet"][0].startswith("ddpm_pipeline")
+    assert list((tmp_path / "unet").glob("*.safetensors")) and not list(tmp_path.rglob("*.bin"))
+    expected = run(pipe, batch_size=4, num_inference_steps=6, output_type="np").images
+    script = (
+        "import sys, numpy, torch\n"
+        "from ddpm_pipeline import DDPMMnistPipeline\n"
+        "pipe = DDPMMnistPipeline.from_pretrained(sys.argv[1])\n"
+        "pipe.set_progress_bar_config(disable=True)\n"
+        "out = pipe(batch_size=4, num_inference_steps=6, output_type='np', generator=torch.Generator().manual_seed(0))\n"
+        "numpy.save(sys.argv[2], out.images)\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(tmp_path), str(tmp_path / "out.npy")], check=True)
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), expected)

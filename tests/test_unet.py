@@ -1,0 +1,97 @@
+"""MnistUNet: shapes, conditioning, serialization and gradients."""
+
+import pytest
+import torch
+
+from ddpm_pipeline import MnistUNet
+from tests.conftest import TINY_UNET
+
+
+@pytest.mark.parametrize("num_class_embeds", [None, 10])
+@pytest.mark.parametrize("learned_variance", [True, False])
+def test_output_shapes(num_class_embeds, learned_variance):
+    unet = MnistUNet(num_class_embeds=num_class_embeds, learned_variance=learned_variance, **TINY_UNET)
+    x = torch.randn(3, 1, 28, 28)
+    labels = torch.tensor([0, 9, 10]) if num_class_embeds else None
+    out = unet(x, torch.tensor([0, 5, 999]), class_labels=labels).sample
+    assert out.shape == (3, 2 if learned_variance else 1, 28, 28)
+    assert unet(x, 7, return_dict=False)[0].shape == out.shape  # a scalar timestep is broadcast
+
+
+def test_default_model_is_small_and_native_28():
+    unet = MnistUNet()
+    assert unet.config.sample_size == 28 and unet.config.in_channels == 1
+    assert sum(p.numel() for p in unet.parameters()) < 3_000_000
+    assert unet(torch.randn(2, 1, 28, 28), torch.tensor([1, 2])).sample.shape == (2, 2, 28, 28)
+
+
+def test_any_chain_length_timestep():
+    unet = MnistUNet(**TINY_UNET)
+    torch.nn.init.normal_(unet.conv_out.weight, std=0.05)
+    x = torch.randn(2, 1, 28, 28)
+    a = unet(x, torch.tensor([20000, 20000])).sample
+    b = unet(x, torch.tensor([10, 10])).sample
+    assert torch.isfinite(a).all() and not torch.allclose(a, b)
+
+
+def test_class_conditioning_changes_the_output():
+    torch.manual_seed(0)
+    unet = MnistUNet(num_class_embeds=10, **TINY_UNET)
+    torch.nn.init.normal_(unet.conv_out.weight, std=0.05)
+    x, t = torch.randn(2, 1, 28, 28), torch.tensor([100, 100])
+    a = unet(x, t, torch.tensor([1, 1])).sample
+    b = unet(x, t, torch.tensor([7, 7])).sample
+    null = unet(x, t, torch.tensor([10, 10])).sample
+    assert not torch.allclose(a, b)
+    torch.testing.assert_close(unet(x, t).sample, null)  # no labels = the null class
+
+
+def test_save_load_round_trip_safetensors(tmp_path):
+    unet = MnistUNet(num_class_embeds=10, **TINY_UNET)
+    torch.nn.init.normal_(unet.conv_out.weight, std=0.05)
+    unet.save_pretrained(tmp_path)
+    assert (tmp_path / "diffusion_pytorch_model.safetensors").exists()
+    assert not list(tmp_path.glob("*.bin"))
+    loaded = MnistUNet.from_pretrained(tmp_path)
+    x, t, y = torch.randn(2, 1, 28, 28), torch.tensor([3, 40]), torch.tensor([2, 5])
+    assert torch.equal(unet(x, t, y).sample, loaded(x, t, y).sample)
+
+
+def test_gradients_reach_every_parameter():
+    unet = MnistUNet(num_class_embeds=10, **TINY_UNET)
+    torch.nn.init.normal_(unet.conv_out.weight, std=0.05)
+    out = unet(torch.randn(4, 1, 28, 28), torch.tensor([1, 2, 3, 4]), torch.tensor([0, 1, 2, 10])).sample
+    out.pow(2).mean().backward()
+    missing = [name for name, p in unet.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+
+
+def test_bf16_autocast_channels_last_agrees_with_fp32():
+    torch.manual_seed(0)
+    unet = MnistUNet(num_class_embeds=10, **TINY_UNET)
+    torch.nn.init.normal_(unet.conv_out.weight, std=0.05)
+    x, t, y = torch.randn(4, 1, 28, 28), torch.tensor([1, 2, 3, 4]), torch.tensor([0, 1, 2, 3])
+    reference = unet(x, t, y).sample
+    fast = unet.to(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fast(x.contiguous(memory_format=torch.channels_last), t, y).sample
+    assert (out.float() - reference).abs().max() < 0.05 * reference.abs().max() + 1e-3
+
+
+def test_bad_inputs():
+    unet = MnistUNet(**TINY_UNET)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        unet(torch.randn(1, 1, 30, 30), 1)
+    with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
+        unet(torch.randn(1, 3, 28, 28), 1)
+    with pytest.raises(ValueError, match="unconditional"):
+        unet(torch.randn(1, 1, 28, 28), 1, class_labels=torch.tensor([1]))
+    conditional = MnistUNet(num_class_embeds=10, **TINY_UNET)
+    with pytest.raises(ValueError, match=r"\[0, 9\]"):
+        conditional(torch.randn(1, 1, 28, 28), 1, class_labels=torch.tensor([11]))
+    with pytest.raises(ValueError, match="sample_size=30"):
+        MnistUNet(sample_size=30)
+    with pytest.raises(ValueError, match="norm_num_groups"):
+        MnistUNet(block_out_channels=(30, 60, 60), norm_num_groups=8)
+    with pytest.raises(ValueError, match="attention_levels"):
+        MnistUNet(block_out_channels=(16, 32), attention_levels=(False, False, True), norm_num_groups=4)
