@@ -1,15 +1,20 @@
-"""DDPMMnistPipeline: sample digits from a trained MnistUNet by running a scheduler's reverse process."""
+"""DDPMMnistPipeline: sample digits from a trained MnistUNet by running a scheduler's reverse process.
 
+This file imports nothing from its own package, so that the Hub copy of it loads through diffusers' remote code
+(`DiffusionPipeline.from_pretrained(repo_id, trust_remote_code=True)`) on a machine without ddpm_pipeline.
+"""
+
+import importlib
+import json
+import os
 from dataclasses import dataclass
 
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import DDPMScheduler, DiffusionPipeline
+from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
-
-from .scheduling_ddpm_cosine import CosineDDPMScheduler
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 
@@ -36,9 +41,11 @@ class DDPMMnistPipelineOutput(BaseOutput):
 
 def _scheduler_takes_variance(scheduler) -> bool:
     """Whether ``scheduler.step`` consumes the learned-variance channels rather than only the noise prediction."""
-    if isinstance(scheduler, CosineDDPMScheduler):
+    # by class name, so that the remote-code copy of this file needs no import of our scheduler
+    name = type(scheduler).__name__
+    if name == "CosineDDPMScheduler":
         return scheduler.config.variance_type == "learned_range"
-    if isinstance(scheduler, DDPMScheduler):
+    if name == "DDPMScheduler":
         return scheduler.config.variance_type in ("learned", "learned_range")
     return False
 
@@ -56,6 +63,36 @@ class DDPMMnistPipeline(DiffusionPipeline):
     def __init__(self, unet, scheduler):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """Load from a local folder or a Hub id.
+
+        A repository pushed by ``ddpm-mnist push`` names its remote-code copies of the components in
+        ``model_index.json`` (for ``DiffusionPipeline.from_pretrained(..., trust_remote_code=True)``). With this
+        package installed, those names are resolved to the package's own classes, so no remote code runs.
+        """
+        hub_kwargs = {
+            key: kwargs[key]
+            for key in ("revision", "token", "cache_dir", "local_files_only", "force_download")
+            if key in kwargs
+        }
+        index = _read_model_index(str(pretrained_model_name_or_path), hub_kwargs)
+        if not isinstance(index.get("_class_name"), list) or ("unet" in kwargs and "scheduler" in kwargs):
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        package = importlib.import_module(cls.__module__.rsplit(".", 1)[0])
+        components = {}
+        for name in ("unet", "scheduler"):
+            if name in kwargs:
+                components[name] = kwargs[name]
+                continue
+            library, class_name = index[name]
+            component_class = getattr(package, class_name, None) or getattr(importlib.import_module("diffusers"), class_name)
+            extra = {"torch_dtype": kwargs["torch_dtype"]} if name == "unet" and "torch_dtype" in kwargs else {}
+            components[name] = component_class.from_pretrained(
+                pretrained_model_name_or_path, subfolder=name, **hub_kwargs, **extra
+            )
+        return cls(**components)
 
     def _prepare_class_labels(self, class_labels, batch_size: int) -> torch.Tensor | None:
         num_classes = self.unet.config.num_class_embeds
@@ -191,3 +228,28 @@ class DDPMMnistPipeline(DiffusionPipeline):
             trajectory=trajectory,
             trajectory_timesteps=frame_steps or None,
         )
+
+
+def _read_model_index(path_or_repo_id: str, hub_kwargs: dict) -> dict:
+    """model_index.json of a local folder or a Hub repository, with a clear error when there is none."""
+    if os.path.isdir(path_or_repo_id):
+        index_path = os.path.join(path_or_repo_id, "model_index.json")
+        if not os.path.isfile(index_path):
+            raise OSError(f"{path_or_repo_id} has no model_index.json: it is not a saved pipeline.")
+    else:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+        try:
+            index_path = hf_hub_download(path_or_repo_id, "model_index.json", **hub_kwargs)
+        except RepositoryNotFoundError:
+            raise OSError(
+                f"{path_or_repo_id!r} is neither a local folder nor a Hub repository you can access. Check the id "
+                "(namespace/name), log in for a private repository, or give the path of a saved pipeline."
+            ) from None
+        except RevisionNotFoundError:
+            raise OSError(f"{path_or_repo_id!r} has no revision {hub_kwargs.get('revision')!r}.") from None
+        except EntryNotFoundError:
+            raise OSError(f"{path_or_repo_id!r} holds no model_index.json: it is not a saved pipeline.") from None
+    with open(index_path) as handle:
+        return json.load(handle)

@@ -1,0 +1,168 @@
+"""`ddpm-mnist evaluate`: sample from a pipeline and score the samples against real held-out digits."""
+
+import time
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import load_embedded_mnist, scale_to_model_range, to_training_tensors
+from .metrics import scores
+from .metrics.classifier import MnistClassifier, load_classifier
+from .scheduling_ddpm_cosine import CosineDDPMScheduler
+
+SCHEDULERS = ("ddpm", "ddim", "dpm")
+
+
+@dataclass
+class ReferenceData:
+    """Real digits in [-1, 1]: the training split (for memorization) and the held-out split (FID, NLL)."""
+
+    train_images: torch.Tensor
+    held_out_images: torch.Tensor
+    held_out_labels: torch.Tensor
+
+
+def embedded_reference() -> ReferenceData:
+    splits = load_embedded_mnist()
+    train, _ = to_training_tensors(splits["train"])
+    held_out, labels = to_training_tensors(splits["test"])
+    return ReferenceData(scale_to_model_range(train), scale_to_model_range(held_out), labels)
+
+
+def use_scheduler(pipe, name: str):
+    """Swap the pipeline's scheduler for ours ("ddpm"), DDIM or DPM-Solver++, all built from the same config."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    if name not in SCHEDULERS:
+        raise ValueError(f"Unknown scheduler {name!r}: choose one of {', '.join(SCHEDULERS)}.")
+    config = pipe.scheduler.config
+    if name == "ddim":
+        pipe.scheduler = DDIMScheduler.from_config(config)
+    elif name == "dpm":
+        pipe.scheduler = DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
+    elif not isinstance(pipe.scheduler, CosineDDPMScheduler):
+        pipe.scheduler = CosineDDPMScheduler.from_config(config)
+    return pipe
+
+
+def generate(pipe, num_samples, num_inference_steps, guidance_scale, seed, batch_size=250):
+    """Samples in [-1, 1] and the digits asked for (balanced 0..9 for a conditional model, else None)."""
+    conditional = pipe.unet.config.num_class_embeds is not None
+    requested = torch.arange(num_samples) % 10 if conditional else None
+    generator = torch.Generator().manual_seed(seed)
+    chunks = []
+    for start in tqdm(range(0, num_samples, batch_size), desc="sampling"):
+        count = min(batch_size, num_samples - start)
+        out = pipe(
+            batch_size=count,
+            class_labels=requested[start : start + count] if conditional else None,
+            guidance_scale=guidance_scale,
+            num_inference_steps=num_inference_steps,
+            generator=generator,
+            output_type="pt",
+        )
+        chunks.append(out.images * 2 - 1)
+    return torch.cat(chunks), requested
+
+
+def score_samples(
+    samples: torch.Tensor,
+    reference: ReferenceData,
+    requested: torch.Tensor | None = None,
+    classifier: MnistClassifier | None = None,
+) -> dict:
+    """Every sample-based figure: FID (and its real-vs-real floor) at equal counts, clear rate, digit accuracy,
+    coverage and memorization."""
+    classifier = classifier or load_classifier()
+    sample_features, probabilities = classifier.embed_and_classify(samples)
+    held_out_features, _ = classifier.embed_and_classify(reference.held_out_images)
+    count = min(len(samples), len(reference.held_out_images), len(reference.train_images))
+    # equal counts on every side (the Frechet distance is biased by count), drawn evenly from the sorted splits
+    generator = torch.Generator().manual_seed(0)
+    train_subset = reference.train_images[torch.randperm(len(reference.train_images), generator=generator)[:count]]
+    held_out_features = held_out_features[torch.randperm(len(held_out_features), generator=generator)[:count]]
+    train_features, _ = classifier.embed_and_classify(train_subset)
+    coverage, histogram = scores.coverage(probabilities)
+    result = {
+        "fid": scores.frechet_distance(sample_features[:count], held_out_features),
+        "fid_real_floor": scores.frechet_distance(train_features, held_out_features),
+        "fid_images_per_side": count,
+        "clear_rate": scores.clear_rate(probabilities),
+        "coverage": coverage,
+        "predicted_digit_histogram": histogram,
+        "memorization": scores.memorization(samples, reference.train_images, reference.held_out_images),
+        "num_samples": len(samples),
+    }
+    if requested is not None:
+        result["digit_accuracy"] = scores.digit_accuracy(probabilities, requested)
+    return result
+
+
+@torch.no_grad()
+def nll_bits_per_dim(pipe, images: torch.Tensor, labels: torch.Tensor | None, num_steps: int, batch_size: int = 100):
+    """The variational bound -log p(x_0) <= L_prior + sum_k L_k, in bits/dim, on a chain of ``num_steps`` respaced
+    steps (the full chain when num_steps equals T). Conditional models are scored given the true label."""
+    scheduler = pipe.scheduler
+    if not isinstance(scheduler, CosineDDPMScheduler):
+        scheduler = CosineDDPMScheduler.from_config(scheduler.config)
+    T = scheduler.config.num_train_timesteps
+    scheduler_for_chain = CosineDDPMScheduler.from_config(scheduler.config)
+    scheduler_for_chain.set_timesteps(min(num_steps, T))
+    chain = scheduler_for_chain.chain
+    conditional = pipe.unet.config.num_class_embeds is not None
+    generator = torch.Generator().manual_seed(0)
+    totals = []
+    for start in tqdm(range(0, len(images), batch_size), desc="nll"):
+        x0 = images[start : start + batch_size].to(pipe.device)
+        y = labels[start : start + batch_size].to(pipe.device) if conditional and labels is not None else None
+        total = scheduler.prior_bpd(x0, chain)
+        for t in chain.timesteps.tolist():
+            timesteps = torch.full((len(x0),), t, dtype=torch.long)
+            noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+            noisy = scheduler.add_noise(x0, noise, timesteps)
+            output = pipe.unet(noisy, timesteps.to(x0.device), y).sample.float()
+            total = total + scheduler.variational_bound_terms(output, x0, noisy, timesteps, chain=chain)
+        totals.append(total.cpu())
+    return torch.cat(totals).mean().item()
+
+
+def evaluate_pipeline(
+    pipe,
+    num_samples: int = 1000,
+    num_inference_steps: int | None = 50,
+    scheduler: str = "ddpm",
+    guidance_scale: float = 2.0,
+    seed: int = 0,
+    nll_images: int = 200,
+    nll_steps: int = 50,
+    reference: ReferenceData | None = None,
+) -> dict:
+    """Sample ``num_samples`` images and compute every figure, with timing."""
+    if num_samples < 2:
+        raise ValueError("num_samples must be at least 2 (the Frechet distance needs a covariance).")
+    reference = reference or embedded_reference()
+    pipe.set_progress_bar_config(disable=True)
+    use_scheduler(pipe, scheduler)
+    started = time.perf_counter()
+    samples, requested = generate(pipe, num_samples, num_inference_steps, guidance_scale, seed)
+    sampling_seconds = time.perf_counter() - started
+    result = {
+        "scheduler": scheduler,
+        "num_inference_steps": num_inference_steps or pipe.scheduler.config.num_train_timesteps,
+        "guidance_scale": guidance_scale,
+        "seed": seed,
+        **score_samples(samples, reference, requested),
+        "sampling_seconds": sampling_seconds,
+        "images_per_second": num_samples / sampling_seconds,
+    }
+    if nll_images > 0:
+        count = min(nll_images, len(reference.held_out_images))
+        chosen = torch.randperm(len(reference.held_out_images), generator=torch.Generator().manual_seed(seed))[:count]
+        use_scheduler(pipe, "ddpm")
+        result["nll_bpd"] = nll_bits_per_dim(
+            pipe, reference.held_out_images[chosen], reference.held_out_labels[chosen], nll_steps
+        )
+        result["nll_chain_steps"] = min(nll_steps, pipe.scheduler.config.num_train_timesteps)
+        result["nll_images"] = count
+    return result

@@ -1,0 +1,103 @@
+"""The model card (README.md) of a trained pipeline: YAML metadata, pictures, config, evaluation, and usage."""
+
+import json
+from pathlib import Path
+
+import yaml
+
+CARD_TEMPLATE = """---
+{metadata}---
+
+# {title}
+
+A denoising diffusion probabilistic model (DDPM) for 28x28 MNIST digits, trained with
+[ddpm-mnist](https://github.com/ddpm-mnist/ddpm-mnist): cosine noise schedule, a UNet that predicts the noise and a
+learned-range variance (Improved DDPM), {conditioning}.
+
+## Samples
+
+![6x6 grid of samples](samples.png)
+
+## From noise to digit
+
+Each column is one step of the reverse process, labelled with its step t (t = {T} is pure noise, t = 0 the digit).
+
+![denoising trajectory](trajectory.png)
+
+## Usage
+
+With the package installed (`pip install ddpm-mnist`):
+
+```python
+import torch
+from ddpm_pipeline import DDPMMnistPipeline
+
+pipe = DDPMMnistPipeline.from_pretrained("{repo_id}")
+images = pipe(batch_size=36, {label_argument}num_inference_steps=50, generator=torch.Generator().manual_seed(0)).images
+```
+
+Without the package, through diffusers' remote code (the component code lives in this repository; pin a revision you
+have read):
+
+```python
+from diffusers import DiffusionPipeline
+
+pipe = DiffusionPipeline.from_pretrained("{repo_id}", trust_remote_code=True, revision="main")
+images = pipe(batch_size=36, num_inference_steps=50).images
+```
+
+## Training
+
+{training_line}
+
+```yaml
+{config}```
+{evaluation}"""
+
+
+def _evaluation_section(evaluation: dict | None) -> str:
+    if not evaluation:
+        return ""
+    rows = "\n".join(f"| {key} | {value} |" for key, value in evaluation.items() if not isinstance(value, (dict, list)))
+    return f"\n## Evaluation\n\n| metric | value |\n|---|---|\n{rows}\n"
+
+
+def render_model_card(config: dict, run_info: dict | None = None, evaluation: dict | None = None, repo_id=None) -> str:
+    """The card's text; ``config`` must already have its token redacted (``TrainingConfig.to_dict``)."""
+    conditional = bool(config.get("class_conditional"))
+    tags = ["pytorch", "diffusers", "ddpm", "mnist", "image-generation"]
+    tags.append("class-conditional" if conditional else "unconditional-image-generation")
+    metadata = {
+        "library_name": "diffusers",
+        "license": "apache-2.0",
+        "tags": tags,
+        "datasets": [config.get("dataset_name") or "ylecun/mnist"],
+        "pipeline_tag": "unconditional-image-generation",
+    }
+    run_info = run_info or {}
+    seconds = run_info.get("train_seconds")
+    training_line = (
+        f"Trained for {run_info.get('global_step', '?')} steps"
+        + (f" in {seconds / 60:.1f} minutes" if seconds else "")
+        + (f" with `{run_info['command']}`" if run_info.get("command") else "")
+        + ". The configuration used:"
+    )
+    return CARD_TEMPLATE.format(
+        metadata=yaml.safe_dump(metadata, sort_keys=False),
+        title=(repo_id or "ddpm-mnist").split("/")[-1],
+        conditioning="conditioned on the digit with classifier-free guidance" if conditional else "unconditional",
+        T=config.get("num_train_timesteps", "T"),
+        repo_id=repo_id or "namespace/ddpm-mnist",
+        label_argument="class_labels=[i % 10 for i in range(36)], " if conditional else "",
+        training_line=training_line,
+        config=yaml.safe_dump({k: v for k, v in config.items() if k != "hub_token"}, sort_keys=False),
+        evaluation=_evaluation_section(evaluation),
+    )
+
+
+def write_model_card(output_dir: Path, config: dict, run_info=None, evaluation=None, repo_id=None) -> Path:
+    if evaluation is None and (output_dir / "evaluation.json").is_file():
+        evaluation = json.loads((output_dir / "evaluation.json").read_text())
+    path = Path(output_dir) / "README.md"
+    path.write_text(render_model_card(config, run_info, evaluation, repo_id or config.get("hub_model_id")))
+    return path
