@@ -29,6 +29,7 @@ from ddpm_pipeline.checkpointing import (
     resolve_checkpoint,
     save_checkpoint_atomically,
 )
+from ddpm_pipeline.hub import HubError, push_output_dir
 from ddpm_pipeline.data import DatasetError, load_mnist_dataset, scale_to_model_range, select_digits, to_training_tensors
 from ddpm_pipeline.losses import diffusion_loss
 from ddpm_pipeline.outputs import save_final_outputs, save_sample_grid
@@ -287,6 +288,10 @@ def train(config: TrainingConfig) -> Path:
                 pipe = ema_pipeline(accelerator.unwrap_model(unet), ema, scheduler.config)
                 grid = save_sample_grid(pipe, output_dir / "samples" / f"epoch_{epoch + 1:04d}.png", config)
                 _log_image(accelerator, "samples", grid, global_step)
+                if config.push_to_hub and config.push_every_save:
+                    save_final_outputs(pipe, output_dir, config, {"global_step": global_step})
+                    push_output_dir(output_dir, config.hub_model_id, token=config.hub_token,
+                                    private=config.hub_private_repo, commit_message=f"Epoch {epoch + 1}")
             accelerator.wait_for_everyone()
     progress.close()
 
@@ -294,12 +299,52 @@ def train(config: TrainingConfig) -> Path:
     if accelerator.is_main_process:
         pipe = ema_pipeline(accelerator.unwrap_model(unet), ema, scheduler.config)
         wall_time = time.perf_counter() - started
-        grid = save_final_outputs(pipe, output_dir, config, {"global_step": global_step, "train_seconds": wall_time})
+        run_info = {"global_step": global_step, "train_seconds": wall_time, "command": recorded_command()}
+        evaluation = None
+        if config.evaluate:
+            evaluation = evaluate_for_card(pipe, config)
+            accelerator.log({f"eval/{k}": v for k, v in evaluation.items() if isinstance(v, (int, float))}, step=global_step)
+        grid = save_final_outputs(pipe, output_dir, config, run_info, evaluation)
         _log_image(accelerator, "samples", grid, global_step)
         logger.info("Saved the EMA pipeline and pictures to %s (%.0f s of training).", output_dir, wall_time)
+        if config.push_to_hub:
+            url = push_output_dir(output_dir, config.hub_model_id, token=config.hub_token, private=config.hub_private_repo)
+            logger.info("Pushed to %s", url)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return output_dir
+
+
+def recorded_command() -> str | None:
+    """The command line for the model card, with any --hub_token value left out."""
+    if not sys.argv or not sys.argv[0].endswith("train_ddpm.py"):
+        return None
+    kept, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if arg == "--hub_token":
+            skip = True
+            continue
+        if not arg.startswith("--hub_token="):
+            kept.append(arg)
+    return " ".join(["accelerate launch train_ddpm.py", *kept])
+
+
+def evaluate_for_card(pipe, config: TrainingConfig) -> dict:
+    """The evaluation figures for the model card (`ddpm-mnist evaluate` on the final EMA pipeline)."""
+    import json
+
+    from ddpm_pipeline.evaluation import evaluate_pipeline
+
+    result = evaluate_pipeline(
+        pipe, num_samples=config.eval_num_samples, num_inference_steps=config.num_inference_steps or None,
+        guidance_scale=config.guidance_scale, seed=config.seed,
+    )
+    pipe.scheduler = CosineDDPMScheduler.from_config(pipe.scheduler.config)
+    (Path(config.output_dir) / "evaluation.json").write_text(json.dumps(result, indent=2))
+    return result
 
 
 def _log_image(accelerator, name, image, step):
@@ -317,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DatasetError, CheckpointError, TrainingDivergedError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except HubError as error:
+        print(f"error: training finished, but the push failed: {error}", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -224,7 +224,7 @@ def build_argument_parser() -> argparse.ArgumentParser:
     hints = typing.get_type_hints(TrainingConfig)
     for f in dataclasses.fields(TrainingConfig):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f"{f.metadata.get('help', '')} (built-in default: {default})"
+        help_text = f"{f.metadata.get('help', '')} (default: {default})"
         parser.add_argument(
             f"--{f.name}", default=argparse.SUPPRESS, type=_parser_type(f.name, hints[f.name]), help=help_text,
             **({"nargs": "?", "const": True} if hints[f.name] is bool else {}),

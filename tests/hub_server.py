@@ -189,7 +189,8 @@ class FakeHub:
                     if repo_id in hub.repos:
                         return self._send(409, {"error": "You already created this model repo", "url": url})
                     oid = hashlib.sha1(f"init {repo_id} {time.time()}".encode()).hexdigest()
-                    hub.repos[repo_id] = {"private": bool(payload.get("private")), "commits": [(oid, {})]}
+                    private = bool(payload.get("private")) or payload.get("visibility") in ("private", "protected")
+                    hub.repos[repo_id] = {"private": private, "commits": [(oid, {})]}
                 self._send(200, {"url": url, "name": repo_id, "id": repo_id})
 
             def _validate_yaml(self):

@@ -1,0 +1,226 @@
+"""Pushing and loading through the real huggingface_hub client, against the loopback Hub in tests/hub_server.py.
+
+The client reads HF_ENDPOINT when it is imported, so every client call runs in a subprocess with its own environment.
+"""
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ddpm_pipeline.hub import HubError, validate_repo_id
+from tests.conftest import tiny_pipeline
+from tests.hub_server import FakeHub
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "hf_AliceWriteTokenAbcdefgh123456"
+READ_TOKEN = "hf_AliceReadOnlyTokenXyz987654"
+BOB_TOKEN = "hf_BobWriteTokenQwertyuiop55555"
+
+
+@pytest.fixture
+def hub(tmp_path):
+    server = FakeHub(
+        tmp_path / "hub-storage",
+        {TOKEN: ("alice", "write"), READ_TOKEN: ("alice", "read"), BOB_TOKEN: ("bob", "write")},
+    ).start()
+    yield server
+    server.stop()
+
+
+def client_env(hub, tmp_path, token=TOKEN, endpoint=None):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(
+        HF_ENDPOINT=endpoint or hub.endpoint,
+        HF_HOME=str(tmp_path / "hf-home"),
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HUB_DISABLE_XET="1",
+        PYTHONPATH=str(ROOT),
+    )
+    if token:
+        env["HF_TOKEN"] = token
+    return env
+
+
+def run(args, env, cwd=ROOT, **kwargs):
+    return subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=240, **kwargs)
+
+
+SAMPLE_SCRIPT = """
+import sys, numpy, torch
+{imports}
+pipe = {loader}
+pipe.set_progress_bar_config(disable=True)
+out = pipe(batch_size=3, class_labels=[0, 1, 2], num_inference_steps=4, output_type="np",
+           generator=torch.Generator().manual_seed(0))
+numpy.save(sys.argv[1], out.images)
+"""
+
+
+@pytest.fixture
+def saved_pipeline(tmp_path):
+    """A saved tiny pipeline with pictures, a config and a card, as a training run leaves it."""
+    from ddpm_pipeline.model_card import write_model_card
+
+    out = tmp_path / "output"
+    pipe = tiny_pipeline()
+    pipe.save_pretrained(out)
+    (out / "samples.png").write_bytes(b"\x89PNG fake grid")
+    (out / "trajectory.png").write_bytes(b"\x89PNG fake trajectory")
+    (out / "train_config.yaml").write_text("class_conditional: true\nnum_train_timesteps: 50\nhub_token: null\n")
+    write_model_card(out, {"class_conditional": True, "num_train_timesteps": 50}, {"global_step": 1})
+    (out / "checkpoint-5").mkdir()
+    (out / "checkpoint-5" / "optimizer.bin").write_bytes(b"optimizer state")
+    (out / "logs").mkdir()
+    (out / "logs" / "events.out").write_bytes(b"log")
+    expected = pipe(batch_size=3, class_labels=[0, 1, 2], num_inference_steps=4, output_type="np",
+                    generator=__import__("torch").Generator().manual_seed(0)).images
+    return out, expected
+
+
+def push(out, env, repo="alice/tiny-ddpm", *extra):
+    return run([sys.executable, "-m", "ddpm_pipeline.cli", "push", str(out), "--hub_model_id", repo, *extra], env)
+
+
+def test_push_stores_exact_bytes_and_loads_both_ways(hub, tmp_path, saved_pipeline):
+    out, expected = saved_pipeline
+    env = client_env(hub, tmp_path)
+    result = push(out, env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    stored = hub.files("alice/tiny-ddpm")
+    # the pipeline, card and pictures, plus the remote-code layout; never checkpoints or logs
+    for name in ["model_index.json", "README.md", "samples.png", "trajectory.png", "unet/config.json",
+                 "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json",
+                 "pipeline_ddpm_mnist.py", "unet/unet_mnist.py", "scheduler/scheduling_ddpm_cosine.py"]:
+        assert name in stored, name
+    assert not [p for p in stored if p.startswith(("checkpoint-", "logs/")) or p.endswith((".bin", ".pt"))]
+    for path in ["unet/diffusion_pytorch_model.safetensors", "unet/config.json", "samples.png", "trajectory.png",
+                 "scheduler/scheduler_config.json"]:
+        assert hashlib.sha256(stored[path]).hexdigest() == hashlib.sha256((out / path).read_bytes()).hexdigest()
+    package = ROOT / "ddpm_pipeline"
+    for path, source in [("pipeline_ddpm_mnist.py", "pipeline_ddpm_mnist.py"), ("unet/unet_mnist.py", "unet_mnist.py"),
+                         ("scheduler/scheduling_ddpm_cosine.py", "scheduling_ddpm_cosine.py")]:
+        assert stored[path] == (package / source).read_bytes()
+    card = stored["README.md"].decode()
+    assert "library_name: diffusers" in card and "alice/tiny-ddpm" in card and "trust_remote_code=True" in card
+
+    # with the package, in a fresh process
+    script = SAMPLE_SCRIPT.format(imports="from ddpm_pipeline import DDPMMnistPipeline",
+                                  loader="DDPMMnistPipeline.from_pretrained('alice/tiny-ddpm')")
+    result = run([sys.executable, "-c", script, str(tmp_path / "with.npy")], env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    np.testing.assert_array_equal(np.load(tmp_path / "with.npy"), expected)
+
+    # without the package: it cannot be imported, diffusers runs the repository's code
+    blocked = "import sys\nsys.modules['ddpm_pipeline'] = None\n"
+    script = blocked + SAMPLE_SCRIPT.format(
+        imports="from diffusers import DiffusionPipeline",
+        loader="DiffusionPipeline.from_pretrained('alice/tiny-ddpm', trust_remote_code=True)",
+    )
+    result = run([sys.executable, "-c", script, str(tmp_path / "remote.npy")], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "diffusers_modules" in run([sys.executable, "-c", blocked + (
+        "from diffusers import DiffusionPipeline\n"
+        "print(type(DiffusionPipeline.from_pretrained('alice/tiny-ddpm', trust_remote_code=True)).__module__)")],
+        env, cwd=tmp_path).stdout
+    np.testing.assert_array_equal(np.load(tmp_path / "remote.npy"), expected)
+
+
+def test_token_never_stored_or_logged(hub, tmp_path, saved_pipeline):
+    out, _ = saved_pipeline
+    env = client_env(hub, tmp_path, token=None)
+    result = push(out, env, "alice/tiny-ddpm", "--hub_token", TOKEN)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert TOKEN not in result.stdout + result.stderr
+    for path, data in hub.files("alice/tiny-ddpm").items():
+        assert TOKEN.encode() not in data, path
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert TOKEN.encode() not in path.read_bytes(), path
+
+
+def test_push_from_training(hub, tmp_path):
+    env = client_env(hub, tmp_path, token=None)
+    out = tmp_path / "trained"
+    args = [sys.executable, str(ROOT / "train_ddpm.py"), "--config", str(ROOT / "configs" / "tiny.yaml"),
+            "--output_dir", str(out), "--max_train_steps", "2", "--checkpointing_steps", "1", "--push_to_hub",
+            "--hub_model_id", "alice/from-training", "--hub_token", TOKEN]
+    result = run(args, env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert TOKEN not in result.stdout + result.stderr
+    stored = hub.files("alice/from-training")
+    assert "unet/diffusion_pytorch_model.safetensors" in stored and "samples.png" in stored
+    assert not [p for p in stored if "checkpoint" in p or "optimizer" in p]
+    assert "hub_model_id: alice/from-training" in stored["train_config.yaml"].decode()
+    for path, data in stored.items():
+        assert TOKEN.encode() not in data, path
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert TOKEN.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize(
+    "token,repo,message",
+    [
+        (None, "alice/x", "401"),
+        ("hf_NotARealTokenAtAll000000000", "alice/x", "401"),
+        (READ_TOKEN, "alice/x", "403"),
+        (BOB_TOKEN, "alice/x", "403"),
+    ],
+)
+def test_push_auth_errors_are_clear(hub, tmp_path, saved_pipeline, token, repo, message):
+    out, _ = saved_pipeline
+    env = client_env(hub, tmp_path, token=token)
+    env["HF_HOME"] = str(tmp_path / "empty-home")  # no stored login either
+    result = push(out, env, repo)
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert "untouched" in result.stderr
+    if token:
+        assert token not in result.stderr
+    assert (out / "model_index.json").is_file()
+
+
+def test_bad_repo_id_and_offline(hub, tmp_path, saved_pipeline):
+    out, _ = saved_pipeline
+    with pytest.raises(HubError, match="namespace/name"):
+        validate_repo_id("just-a-name")
+    for bad in ["a/b/c", "/name", "alice/", "al ice/x"]:
+        with pytest.raises(HubError):
+            validate_repo_id(bad)
+    result = push(out, client_env(hub, tmp_path), "no-namespace")
+    assert result.returncode != 0 and "namespace/name" in result.stderr
+
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on: the "Hub" is unreachable
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    result = push(out, client_env(hub, tmp_path, endpoint=dead))
+    assert result.returncode != 0
+    assert "offline" in result.stderr and str(out) in result.stderr and "Traceback" not in result.stderr
+    assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_loading_a_missing_repo_is_clear(hub, tmp_path):
+    script = "from ddpm_pipeline import DDPMMnistPipeline\nDDPMMnistPipeline.from_pretrained('alice/does-not-exist')"
+    result = run([sys.executable, "-c", script], client_env(hub, tmp_path))
+    assert result.returncode != 0
+    assert "neither a local folder nor a Hub repository" in result.stderr
+
+
+def test_private_repo_needs_the_owner_token(hub, tmp_path, saved_pipeline):
+    out, _ = saved_pipeline
+    result = push(out, client_env(hub, tmp_path), "alice/secret", "--hub_private_repo")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert hub.repos["alice/secret"]["private"]
+    script = "from ddpm_pipeline import DDPMMnistPipeline\nDDPMMnistPipeline.from_pretrained('alice/secret')"
+    assert run([sys.executable, "-c", script], client_env(hub, tmp_path)).returncode == 0
+    bob_env = client_env(hub, tmp_path, token=BOB_TOKEN)
+    bob_env["HF_HOME"] = str(tmp_path / "bob-home")  # another user, another machine: nothing cached
+    denied = run([sys.executable, "-c", script], bob_env)
+    assert denied.returncode != 0 and "neither a local folder nor a Hub repository" in denied.stderr
