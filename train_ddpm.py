@@ -10,6 +10,7 @@ the training weights.
 import contextlib
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -142,6 +143,12 @@ def train(config: TrainingConfig) -> Path:
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
+    if accelerator.device.type == "cpu":
+        # `accelerate launch` exports OMP_NUM_THREADS=1 unless told otherwise, which halves a 2-core laptop.
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = config.num_cpu_threads or max(1, cores // accelerator.state.num_processes)
+        torch.set_num_threads(threads)
+        logger.info("Using %d CPU thread(s) per process.", threads)
     set_seed(config.seed)  # the weights' initialisation; all later randomness comes from BatchPlan
 
     images, labels = load_training_data(config)

@@ -102,7 +102,8 @@ def score_samples(
 @torch.no_grad()
 def nll_bits_per_dim(pipe, images: torch.Tensor, labels: torch.Tensor | None, num_steps: int, batch_size: int = 100):
     """The variational bound -log p(x_0) <= L_prior + sum_k L_k, in bits/dim, on a chain of ``num_steps`` respaced
-    steps (the full chain when num_steps equals T). Conditional models are scored given the true label."""
+    steps (the full chain when num_steps equals T), with x_0 estimates clipped to [-1, 1] as in Improved DDPM's
+    evaluation. Conditional models are scored given the true label."""
     scheduler = pipe.scheduler
     if not isinstance(scheduler, CosineDDPMScheduler):
         scheduler = CosineDDPMScheduler.from_config(scheduler.config)
@@ -122,7 +123,9 @@ def nll_bits_per_dim(pipe, images: torch.Tensor, labels: torch.Tensor | None, nu
             noise = torch.randn(x0.shape, generator=generator).to(x0.device)
             noisy = scheduler.add_noise(x0, noise, timesteps)
             output = pipe.unet(noisy, timesteps.to(x0.device), y).sample.float()
-            total = total + scheduler.variational_bound_terms(output, x0, noisy, timesteps, chain=chain)
+            total = total + scheduler.variational_bound_terms(
+                output, x0, noisy, timesteps, chain=chain, clip_denoised=True
+            )
         totals.append(total.cpu())
     return torch.cat(totals).mean().item()
 

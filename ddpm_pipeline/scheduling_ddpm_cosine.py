@@ -383,13 +383,16 @@ class CosineDDPMScheduler(SchedulerMixin, ConfigMixin):
         timesteps: torch.Tensor,
         chain: ChainCoefficients | None = None,
         stop_mean_gradient: bool = False,
+        clip_denoised: bool = False,
     ) -> torch.Tensor:
         """Per-sample term L_t of the variational bound, in bits per dimension.
 
         KL(q(x_prev|x_t,x_0) || p_theta(x_prev|x_t)) for steps above x_0, and the discretized Gaussian decoder's
         negative log-likelihood -log p_theta(x_0|x_1) at the last step. ``timesteps`` are timesteps on ``chain``
         (default: the full training chain). With ``stop_mean_gradient`` the bound trains only the variance, as in
-        Improved DDPM's hybrid loss.
+        Improved DDPM's hybrid loss. ``clip_denoised`` clips the predicted x_0 to the data range, as Improved DDPM
+        does when it evaluates the bound: near t = T, x_0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar) divides by
+        sqrt(abar) ~ 1e-5, and on a respaced chain an unclipped estimate turns a tiny noise error into a huge KL.
         """
         chain = chain or self.train_chain
         timesteps = torch.as_tensor(timesteps, dtype=torch.int64).reshape(-1).cpu()
@@ -400,7 +403,9 @@ class CosineDDPMScheduler(SchedulerMixin, ConfigMixin):
         if stop_mean_gradient:
             prediction = prediction.detach()
         output = prediction if variance_values is None else torch.cat([prediction, variance_values], dim=1)
-        model_mean, model_log_variance, _ = self.p_mean_variance(output, noisy_samples, chain_index, chain)
+        model_mean, model_log_variance, _ = self.p_mean_variance(
+            output, noisy_samples, chain_index, chain, clip_denoised=clip_denoised
+        )
         true_mean, true_log_variance = self.q_posterior_mean_log_variance(
             original_samples, noisy_samples, chain_index, chain
         )

@@ -59,6 +59,7 @@ class TrainingConfig:
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
     mixed_precision: str = field(default="bf16", metadata={"help": "no, bf16 or fp16"})
     channels_last: bool = field(default=False, metadata={"help": "channels-last memory format for the UNet"})
+    num_cpu_threads: int | None = field(default=None, metadata={"help": "CPU threads per process; unset = all cores shared among the processes (accelerate launch would otherwise set 1)"})
     # ---- EMA
     use_ema: bool = field(default=True, metadata={"help": "keep an exponential moving average of the weights"})
     ema_max_decay: float = field(default=0.9995, metadata={"help": "EMA decay ceiling"})
@@ -131,6 +132,8 @@ class TrainingConfig:
         for key in ["lr_warmup_steps", "save_images_epochs", "checkpointing_steps", "num_inference_steps"]:
             if getattr(self, key) < 0:
                 fail(key, "must be >= 0.")
+        if self.num_cpu_threads is not None and self.num_cpu_threads < 1:
+            fail("num_cpu_threads", "must be >= 1, or unset to use every core.")
         if self.max_train_steps is not None and self.max_train_steps < 1:
             fail("max_train_steps", "must be >= 1 (or unset to use num_epochs).")
         if self.num_train_timesteps < 2:
@@ -234,10 +237,11 @@ def build_argument_parser() -> argparse.ArgumentParser:
 
 def _parser_type(name, hint):
     """Parse a flag's text into the value YAML would have given (`--digits 0,1` and `--digits [0,1]` both work)."""
-    base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+    optional = type(None) in typing.get_args(hint)
+    base = next((a for a in typing.get_args(hint) if a is not type(None)), hint) if optional else hint
 
     def parse(text: str):
-        if text.strip().lower() in ("none", "null", "~"):
+        if optional and text.strip().lower() in ("none", "null", "~"):
             return None
         if base is str:
             return text

@@ -72,11 +72,15 @@ def train_classifier(epochs: int = 20, batch_size: int = 128, seed: int = 0, neg
         order = torch.randperm(len(train_images), generator=generator)
         for step in range(steps_per_epoch):
             index = order[step * batch_size : (step + 1) * batch_size]
-            digits = random_affine(train_images[index], generator)
+            # jitter half of the digits: bilinear resampling softens strokes, and the other half keeps the crisp
+            # originals in view (an all-jittered diet teaches the model that crisp strokes are not digits)
+            digits = train_images[index].clone()
+            half = len(digits) // 2
+            digits[:half] = random_affine(digits[:half], generator)
             rejects = negatives.make_negatives(train_images[index], negatives_per_batch, generator)
             inputs = torch.cat([digits, rejects])
             targets = torch.cat([train_labels[index], torch.full((len(rejects),), NOT_A_DIGIT)])
-            loss = F.cross_entropy(model(inputs), targets, label_smoothing=0.05)
+            loss = F.cross_entropy(model(inputs), targets)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
