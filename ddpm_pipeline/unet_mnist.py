@@ -85,6 +85,9 @@ class MnistUNet(ModelMixin, ConfigMixin):
         attention_levels: which levels get self-attention after their residual blocks.
         attention_head_dim: channels per attention head.
         norm_num_groups: GroupNorm groups; must divide every width.
+        decoder_layers_per_block: residual blocks per level on the way up, each eating one skip connection from its
+            level; None = layers_per_block + 1 (diffusers' layout: every level input and block output is a skip).
+            The default, 1 with layers_per_block=1, keeps only the blocks' outputs: a third fewer FLOPs.
         num_class_embeds: number of classes for class conditioning (10 for digits), or None. One extra "null" class,
             index ``num_class_embeds``, stands for "no label" (classifier-free guidance).
         dropout: dropout inside the residual blocks.
@@ -98,8 +101,9 @@ class MnistUNet(ModelMixin, ConfigMixin):
         sample_size: int = 28,
         in_channels: int = 1,
         learned_variance: bool = True,
-        block_out_channels: tuple[int, ...] = (32, 64, 128),
+        block_out_channels: tuple[int, ...] = (32, 64, 64),
         layers_per_block: int = 1,
+        decoder_layers_per_block: int | None = 1,
         attention_levels: tuple[bool, ...] = (False, False, True),
         attention_head_dim: int = 32,
         norm_num_groups: int = 8,
@@ -124,6 +128,12 @@ class MnistUNet(ModelMixin, ConfigMixin):
             )
         if layers_per_block < 1:
             raise ValueError(f"layers_per_block must be >= 1, got {layers_per_block}.")
+        self.decoder_layers = layers_per_block + 1 if decoder_layers_per_block is None else decoder_layers_per_block
+        if not 1 <= self.decoder_layers <= layers_per_block + 1:
+            raise ValueError(
+                f"decoder_layers_per_block must lie in [1, layers_per_block + 1 = {layers_per_block + 1}], "
+                f"got {decoder_layers_per_block}."
+            )
         if num_class_embeds is not None and num_class_embeds < 1:
             raise ValueError(f"num_class_embeds must be a positive number of classes or None, got {num_class_embeds}.")
 
@@ -143,36 +153,36 @@ class MnistUNet(ModelMixin, ConfigMixin):
         def block(cin, cout):
             return ResidualBlock(cin, cout, embedding_dim, groups, dropout)
 
-        # Down path: every residual block and every downsampling leaves a skip connection.
+        # Down path: each level's input and each residual block's output can be a skip connection.
         self.down_blocks = nn.ModuleList()
         self.down_attentions = nn.ModuleList()
         self.downsamplers = nn.ModuleList()
-        skip_channels = [base]
+        skip_channels = []  # per level, in the order the down path produces them
         width = base
         for level, out_width in enumerate(block_out_channels):
+            skip_channels.append([width])
             for _ in range(layers_per_block):
                 self.down_blocks.append(block(width, out_width))
                 self.down_attentions.append(
                     AttentionBlock(out_width, attention_head_dim, groups) if attention_levels[level] else nn.Identity()
                 )
                 width = out_width
-                skip_channels.append(width)
+                skip_channels[level].append(width)
             if level < len(block_out_channels) - 1:
                 self.downsamplers.append(nn.Conv2d(width, width, 3, stride=2, padding=1))
-                skip_channels.append(width)
 
         self.mid_block1 = block(width, width)
         self.mid_attention = AttentionBlock(width, attention_head_dim, groups)
         self.mid_block2 = block(width, width)
 
-        # Up path: one more block per level than on the way down, each eating one skip connection.
+        # Up path: decoder_layers_per_block blocks per level, each eating its level's latest unused skip.
         self.up_blocks = nn.ModuleList()
         self.up_attentions = nn.ModuleList()
         self.upsamplers = nn.ModuleList()
         for level in reversed(range(len(block_out_channels))):
             out_width = block_out_channels[level]
-            for _ in range(layers_per_block + 1):
-                self.up_blocks.append(block(width + skip_channels.pop(), out_width))
+            for _ in range(self.decoder_layers):
+                self.up_blocks.append(block(width + skip_channels[level].pop(), out_width))
                 self.up_attentions.append(
                     AttentionBlock(out_width, attention_head_dim, groups) if attention_levels[level] else nn.Identity()
                 )
@@ -225,7 +235,8 @@ class MnistUNet(ModelMixin, ConfigMixin):
         timesteps = torch.as_tensor(timestep, device=sample.device).reshape(-1)
         if timesteps.numel() == 1:
             timesteps = timesteps.expand(sample.shape[0])
-        embedding = self.time_embedding(timestep_embedding(timesteps, self.config.block_out_channels[0]))
+        frequencies = timestep_embedding(timesteps, self.config.block_out_channels[0])
+        embedding = self.time_embedding(frequencies.to(self.time_embedding[0].weight.dtype))
         if self.class_embedding is not None:
             if class_labels is None:
                 class_labels = torch.full(
@@ -234,27 +245,28 @@ class MnistUNet(ModelMixin, ConfigMixin):
             embedding = embedding + self.class_embedding(class_labels.to(sample.device).long())
         embedding = F.silu(embedding)
 
+        levels = len(self.config.block_out_channels)
         h = self.conv_in(sample)
-        skips = [h]
+        skips = [[] for _ in range(levels)]
         blocks = iter(zip(self.down_blocks, self.down_attentions))
-        for level in range(len(self.config.block_out_channels)):
+        for level in range(levels):
+            skips[level].append(h)
             for _ in range(self.config.layers_per_block):
                 res, attn = next(blocks)
                 h = attn(res(h, embedding))
-                skips.append(h)
+                skips[level].append(h)
             if level < len(self.downsamplers):
                 h = self.downsamplers[level](h)
-                skips.append(h)
 
         h = self.mid_block2(self.mid_attention(self.mid_block1(h, embedding)), embedding)
 
         blocks = iter(zip(self.up_blocks, self.up_attentions))
-        for level in range(len(self.config.block_out_channels)):
-            for _ in range(self.config.layers_per_block + 1):
+        for level in reversed(range(levels)):
+            for _ in range(self.decoder_layers):
                 res, attn = next(blocks)
-                h = attn(res(torch.cat([h, skips.pop()], dim=1), embedding))
-            if level < len(self.upsamplers):
-                h = self.upsamplers[level](h)
+                h = attn(res(torch.cat([h, skips[level].pop()], dim=1), embedding))
+            if level > 0:
+                h = self.upsamplers[levels - 1 - level](h)
 
         out = self.conv_out(F.silu(self.norm_out(h)))
         if not return_dict:

@@ -81,7 +81,7 @@ def test_digit_accuracy_counts_the_requested_digit(real, classifier):
 def test_memorization_flags_copies(reference):
     copies = reference.train_images[:200]
     flagged = scores.memorization(copies, reference.train_images, reference.held_out_images)
-    assert flagged["share_below_0.5"] == 1.0 and flagged["median_ratio"] == 0.0
+    assert flagged["share_below_0.5"] == 1.0 and flagged["median_ratio"] < 0.05
     # images from neither set (held-out images, judged against train and a disjoint half of held-out) are not
     fresh, other_half = reference.held_out_images[::2], reference.held_out_images[1::2]
     honest = scores.memorization(fresh, reference.train_images, other_half)

@@ -1,0 +1,69 @@
+"""Sampling speed and quality against the number of steps, for our scheduler, DDIM and DPM-Solver++.
+
+    python benchmarks/bench_sample.py [--model pretrained/ddpm-mnist] [--quality_samples 200]
+
+For each scheduler and step count: seconds for 36 images (after a warm-up), images/s, and quality on
+``--quality_samples`` samples (classifier FID against held-out digits at equal counts, clear rate, digit accuracy).
+The UNet runs in bfloat16 (``--dtype``), the scheduler in float32. Writes benchmarks/results/bench_sample.json.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import device, machine, print_table, synchronize, write_json  # noqa: E402
+
+STEPS = (1000, 250, 50, 25, 10)
+SCHEDULERS = ("ddpm", "ddim", "dpm")
+
+
+def main():
+    from ddpm_pipeline import DDPMMnistPipeline
+    from ddpm_pipeline.evaluation import embedded_reference, generate, score_samples, use_scheduler
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="pretrained/ddpm-mnist")
+    parser.add_argument("--quality_samples", type=int, default=200)
+    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    parser.add_argument("--steps", default=",".join(map(str, STEPS)))
+    parser.add_argument("--guidance_scale", type=float, default=2.0)
+    parser.add_argument("--skip_long_quality", type=int, default=1000,
+                        help="measure quality at this many steps or more only for our scheduler (it is slow)")
+    args = parser.parse_args()
+
+    pipe = DDPMMnistPipeline.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).to(device())
+    pipe.set_progress_bar_config(disable=True)
+    reference = embedded_reference()
+    rows = []
+    for steps in [int(s) for s in args.steps.split(",")]:
+        for name in SCHEDULERS:
+            use_scheduler(pipe, name)
+            labels = [i % 10 for i in range(36)]
+            pipe(batch_size=36, class_labels=labels, num_inference_steps=min(steps, 5), guidance_scale=args.guidance_scale)
+            synchronize()
+            started = time.perf_counter()
+            pipe(batch_size=36, class_labels=labels, num_inference_steps=steps, guidance_scale=args.guidance_scale,
+                 generator=torch.Generator().manual_seed(0), output_type="pt")
+            synchronize()
+            seconds = time.perf_counter() - started
+            row = {"scheduler": name, "steps": steps, "seconds_for_36": seconds, "images_per_second": 36 / seconds}
+            if args.quality_samples and (steps < args.skip_long_quality or name == "ddpm"):
+                samples, requested = generate(pipe, args.quality_samples, steps, args.guidance_scale, seed=0)
+                quality = score_samples(samples, reference, requested)
+                row.update({k: quality[k] for k in ("fid", "fid_real_floor", "clear_rate", "digit_accuracy")})
+            rows.append(row)
+            print(f"{name} {steps} steps: {seconds:.2f} s for 36", file=sys.stderr)
+    print(f"\nMachine: {machine()}; UNet dtype {args.dtype}; guidance {args.guidance_scale}; "
+          f"quality on {args.quality_samples} samples vs as many held-out digits.\n")
+    print_table(rows, ["scheduler", "steps", "seconds_for_36", "images_per_second", "fid", "fid_real_floor",
+                       "clear_rate", "digit_accuracy"])
+    write_json("bench_sample", {"machine": machine(), "model": args.model, "dtype": args.dtype,
+                                "quality_samples": args.quality_samples, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""Time to quality: train ours and the diffusers-course reference for the same wall-clock budget on the same data,
+and evaluate both at fixed training times.
+
+    python benchmarks/bench_time_to_quality.py [--budget_minutes 8] [--eval_every_minutes 2] [--eval_samples 100]
+
+Both are class-conditional (null class dropped 10% of the time), keep an EMA (same settings), and sample with
+classifier-free guidance 2 on 25 steps: ours with its learned-variance scheduler in bf16, the reference
+(UNet2DModel (32, 64, 64), DDPMScheduler cosine, MSE, fp32 as the course trains it) with DDIM. The clock counts
+training only; evaluation pauses it. Writes benchmarks/results/bench_time_to_quality.json.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import machine, print_table, reference_unet, write_json  # noqa: E402
+
+BAR = 0.95
+
+
+def load_digits():
+    from ddpm_pipeline.data import load_embedded_mnist, scale_to_model_range, to_training_tensors
+
+    images, labels = to_training_tensors(load_embedded_mnist()["train"])
+    return scale_to_model_range(images), labels
+
+
+class Contender:
+    """A model, its scheduler, its training step and its sampler."""
+
+    def __init__(self, kind: str, lr: float):
+        from diffusers import DDIMScheduler, DDPMScheduler
+        from diffusers.training_utils import EMAModel
+
+        from ddpm_pipeline.training_config import TrainingConfig
+        from train_ddpm import build_models
+
+        self.kind = kind
+        torch.manual_seed(0)
+        if kind == "ours":
+            config = TrainingConfig.from_yaml(Path(__file__).resolve().parent.parent / "configs" / "mnist.yaml")
+            self.model, self.scheduler = build_models(config, num_classes=10)
+            self.null_class = 10
+        else:
+            self.model = reference_unet(num_class_embeds=11)  # 10 digits + the null class
+            self.scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+            self.sampler = DDIMScheduler.from_config(self.scheduler.config)
+            self.null_class = 10
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr)
+        self.ema = EMAModel(self.model.parameters(), decay=0.9995, use_ema_warmup=True, power=0.75)
+        self.warmup, self.lr, self.steps = 100, lr, 0
+
+    def train_step(self, x0, labels, generator):
+        from ddpm_pipeline.losses import diffusion_loss
+
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr * min(1.0, (self.steps + 1) / self.warmup)
+        noise = torch.randn(x0.shape, generator=generator)
+        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(x0),), generator=generator)
+        drop = torch.rand(len(x0), generator=generator) < 0.1
+        labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
+        noisy = self.scheduler.add_noise(x0, noise, t)
+        if self.kind == "ours":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                output = self.model(noisy, t, labels).sample
+            loss = diffusion_loss(output, self.scheduler, x0, noise, noisy, t).loss
+        else:
+            loss = torch.nn.functional.mse_loss(self.model(noisy, t, class_labels=labels).sample, noise)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.step(self.model.parameters())
+        self.steps += 1
+
+    @torch.no_grad()
+    def sample(self, labels: torch.Tensor, steps: int = 25, guidance: float = 2.0) -> torch.Tensor:
+        import copy
+
+        from ddpm_pipeline import DDPMMnistPipeline
+
+        model = copy.deepcopy(self.model)
+        self.ema.copy_to(model.parameters())
+        model.eval()
+        if self.kind == "ours":
+            pipe = DDPMMnistPipeline(unet=model.to(torch.bfloat16), scheduler=self.scheduler)
+            pipe.set_progress_bar_config(disable=True)
+            out = pipe(batch_size=len(labels), class_labels=labels, num_inference_steps=steps,
+                       guidance_scale=guidance, generator=torch.Generator().manual_seed(0), output_type="pt")
+            return out.images * 2 - 1
+        self.sampler.set_timesteps(steps)
+        x = torch.randn((len(labels), 1, 28, 28), generator=torch.Generator().manual_seed(0))
+        null = torch.full_like(labels, self.null_class)
+        for t in self.sampler.timesteps:
+            both = model(torch.cat([x, x]), t, class_labels=torch.cat([labels, null])).sample
+            conditional, unconditional = both.chunk(2)
+            x = self.sampler.step(unconditional + guidance * (conditional - unconditional), t, x).prev_sample
+        return x.clamp(-1, 1)
+
+
+def run(kind, lr, images, labels, budget_s, eval_every_s, eval_samples, reference_data):
+    from ddpm_pipeline.evaluation import score_samples
+
+    contender = Contender(kind, lr)
+    generator = torch.Generator().manual_seed(0)
+    batch, clock, next_eval, curve = 128, 0.0, eval_every_s, []
+    requested = torch.arange(eval_samples) % 10
+    while clock < budget_s:
+        index = torch.randint(0, len(images), (batch,), generator=generator)
+        started = time.perf_counter()
+        contender.train_step(images[index], labels[index], generator)
+        clock += time.perf_counter() - started
+        if clock >= next_eval or clock >= budget_s:
+            samples = contender.sample(requested)
+            scores = score_samples(samples, reference_data, requested)
+            point = {"model": kind, "train_seconds": clock, "steps": contender.steps, "images_seen": contender.steps * batch,
+                     "clear_rate": scores["clear_rate"], "digit_accuracy": scores["digit_accuracy"], "fid": scores["fid"]}
+            curve.append(point)
+            print(point, file=sys.stderr)
+            next_eval += eval_every_s
+    return curve
+
+
+def main():
+    from ddpm_pipeline.evaluation import embedded_reference
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget_minutes", type=float, default=8)
+    parser.add_argument("--eval_every_minutes", type=float, default=2)
+    parser.add_argument("--eval_samples", type=int, default=100)
+    args = parser.parse_args()
+    images, labels = load_digits()
+    reference_data = embedded_reference()
+    curves = {}
+    for kind, lr in (("ours", 2e-3), ("reference", 1e-3)):
+        curves[kind] = run(kind, lr, images, labels, args.budget_minutes * 60, args.eval_every_minutes * 60,
+                           args.eval_samples, reference_data)
+    rows = curves["ours"] + curves["reference"]
+    summary = {}
+    for kind, curve in curves.items():
+        reached = [p["train_seconds"] for p in curve if p["clear_rate"] >= BAR and p["digit_accuracy"] >= BAR]
+        summary[kind] = reached[0] if reached else None
+    print(f"\nMachine: {machine()}; budget {args.budget_minutes} min each; quality on {args.eval_samples} samples, "
+          f"25 steps, guidance 2.\n")
+    print_table(rows, ["model", "train_seconds", "steps", "images_seen", "clear_rate", "digit_accuracy", "fid"])
+    for kind, seconds in summary.items():
+        text = f"{seconds:.0f} s" if seconds is not None else f"not within {args.budget_minutes * 60:.0f} s"
+        print(f"time to clear rate and digit accuracy >= {BAR}: {kind}: {text}")
+    write_json("bench_time_to_quality", {"machine": machine(), "budget_minutes": args.budget_minutes,
+                                         "eval_samples": args.eval_samples, "bar": BAR, "curves": curves,
+                                         "time_to_bar_seconds": summary})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Training throughput: our default UNet against the diffusers-course UNet2DModel, same batch and data.
+
+    python benchmarks/bench_train.py [--batch_size 128] [--steps 6]
+
+Each configuration runs in its own process (so peak memory is its own), doing full training steps: noising, forward,
+loss, backward, AdamW. Prints a table and writes benchmarks/results/bench_train.json with images/s, achieved
+GFLOP/s against the machine's ceilings measured in the same run, peak memory, and the ratio ours / reference.
+"""
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import (  # noqa: E402
+    ceilings,
+    device,
+    forward_flops,
+    machine,
+    print_table,
+    reference_unet,
+    synchronize,
+    write_json,
+)
+
+CONFIGS = {
+    # name: (model, precision)
+    "ours bf16": ("ours", "bf16"),
+    "ours fp32": ("ours", "fp32"),
+    "reference fp32": ("reference", "fp32"),
+    "reference bf16": ("reference", "bf16"),
+}
+
+
+def run_one(name: str, batch_size: int, steps: int) -> dict:
+    from diffusers import DDPMScheduler
+
+    from ddpm_pipeline import CosineDDPMScheduler
+    from ddpm_pipeline.losses import diffusion_loss
+    from ddpm_pipeline.training_config import TrainingConfig
+    from train_ddpm import build_models
+
+    kind, precision = CONFIGS[name]
+    dev = device()
+    torch.manual_seed(0)
+    x0 = torch.rand(batch_size, 1, 28, 28, device=dev) * 2 - 1
+    labels = torch.randint(0, 10, (batch_size,), device=dev)
+    if kind == "ours":
+        config = TrainingConfig.from_yaml(Path(__file__).resolve().parent.parent / "configs" / "mnist.yaml")
+        model, scheduler = build_models(config, num_classes=10)
+    else:
+        model = reference_unet()
+        scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    model = model.to(dev)
+    flops = forward_flops(model, x0[:1], torch.tensor([5], device=dev), *([labels[:1]] if kind == "ours" else []))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step():
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), device=dev)
+        noisy = scheduler.add_noise(x0, noise, t)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            if kind == "ours":
+                output = model(noisy, t, labels).sample
+            else:
+                output = model(noisy, t).sample
+        if isinstance(scheduler, CosineDDPMScheduler):
+            loss = diffusion_loss(output, scheduler, x0, noise, noisy, t).loss
+        else:
+            loss = torch.nn.functional.mse_loss(output.float(), noise)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()
+    step()
+    synchronize()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize()
+    seconds = time.perf_counter() - started
+    images_per_second = batch_size * steps / seconds
+    peak_mb = (
+        torch.cuda.max_memory_allocated() / 2**20
+        if dev.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
+    return {
+        "config": name,
+        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "gflop_per_image_fwd": flops / 1e9,
+        "images_per_second": images_per_second,
+        "train_gflops": 3 * flops * images_per_second / 1e9,  # forward + backward ~ 3x forward
+        "peak_memory_mb": peak_mb,
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--single", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.single:
+        print(json.dumps(run_one(args.single, args.batch_size, args.steps)))
+        return
+
+    limits = ceilings()
+    rows = []
+    for name in CONFIGS:
+        result = subprocess.run(
+            [sys.executable, __file__, "--single", name, "--batch_size", str(args.batch_size), "--steps", str(args.steps)],
+            capture_output=True, text=True, check=True,
+        )
+        row = json.loads(result.stdout.strip().splitlines()[-1])
+        ceiling = limits["conv3x3_bf16_gflops"] if name.endswith("bf16") else limits["matmul_fp32_gflops"]
+        row["share_of_ceiling"] = row["train_gflops"] / ceiling
+        rows.append(row)
+        print(f"{name}: {row['images_per_second']:.0f} images/s", file=sys.stderr)
+    by_name = {r["config"]: r for r in rows}
+    reference = by_name["reference fp32"]["images_per_second"]
+    for row in rows:
+        row["vs_reference_fp32"] = row["images_per_second"] / reference
+    print(f"\nMachine: {machine()}\nCeilings (GFLOP/s): " + ", ".join(f"{k} {v:.0f}" for k, v in limits.items()))
+    print(f"Batch {args.batch_size}, {args.steps} timed steps after 2 warm-up steps.\n")
+    print_table(rows, ["config", "params_m", "gflop_per_image_fwd", "images_per_second", "vs_reference_fp32",
+                       "train_gflops", "share_of_ceiling", "peak_memory_mb"])
+    write_json("bench_train", {"machine": machine(), "ceilings_gflops": limits, "batch_size": args.batch_size,
+                               "steps": args.steps, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Shared by the benchmarks: the machine's description and ceilings, the reference model, tables and JSON."""
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def synchronize():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _rate(fn, flops: float, repeats: int = 5) -> float:
+    fn()
+    synchronize()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    synchronize()
+    return flops * repeats / (time.perf_counter() - started) / 1e9
+
+
+@torch.no_grad()
+def ceilings() -> dict:
+    """GFLOP/s this machine reaches on a large matrix product (fp32, bf16) and a bf16 3x3 convolution at MNIST size."""
+    dev = device()
+    n = 2048
+    a32, b32 = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
+    a16, b16 = a32.bfloat16(), b32.bfloat16()
+    x = torch.randn(128, 64, 14, 14, device=dev, dtype=torch.bfloat16)
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1).to(dev, torch.bfloat16)
+    conv_flops = 2 * 9 * 64 * 64 * 14 * 14 * 128
+    return {
+        "matmul_fp32_gflops": _rate(lambda: a32 @ b32, 2 * n**3),
+        "matmul_bf16_gflops": _rate(lambda: a16 @ b16, 2 * n**3),
+        "conv3x3_bf16_gflops": _rate(lambda: conv(x), conv_flops, repeats=20),
+    }
+
+
+def reference_unet(num_class_embeds=None):
+    """The MNIST UNet of the diffusers course: (32, 64, 64), 2 layers per block, attention in the two lower levels."""
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(
+        sample_size=28,
+        in_channels=1,
+        out_channels=1,
+        layers_per_block=2,
+        block_out_channels=(32, 64, 64),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        num_class_embeds=num_class_embeds,
+    )
+
+
+def forward_flops(model, *args) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(*args)
+    return counter.get_total_flops()
+
+
+def print_table(rows: list[dict], columns: list[str]):
+    widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    print("  ".join("-" * widths[c] for c in columns))
+    for row in rows:
+        print("  ".join(_fmt(row.get(c)).ljust(widths[c]) for c in columns))
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+    return "" if value is None else str(value)
+
+
+def write_json(name: str, payload: dict) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2))
+    print(f"\nwrote {path}")
+    return path
