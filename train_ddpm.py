@@ -30,8 +30,14 @@ from ddpm_pipeline.checkpointing import (
     resolve_checkpoint,
     save_checkpoint_atomically,
 )
+from ddpm_pipeline.data import (
+    DatasetError,
+    load_mnist_dataset,
+    scale_to_model_range,
+    select_digits,
+    to_training_tensors,
+)
 from ddpm_pipeline.hub import HubError, push_output_dir
-from ddpm_pipeline.data import DatasetError, load_mnist_dataset, scale_to_model_range, select_digits, to_training_tensors
 from ddpm_pipeline.losses import diffusion_loss
 from ddpm_pipeline.outputs import save_final_outputs, save_sample_grid
 from ddpm_pipeline.training_config import ConfigError, TrainingConfig, parse_training_config
@@ -209,7 +215,12 @@ def train(config: TrainingConfig) -> Path:
         accelerator.init_trackers("ddpm-mnist", config={k: str(v) for k, v in config.to_dict().items()})
     logger.info(
         "Training on %d images for %d steps (%d per epoch), global batch %d x %d accumulation, %d process(es).",
-        len(images), max_train_steps, steps_per_epoch, plan.global_batch, accumulation, accelerator.num_processes,
+        len(images),
+        max_train_steps,
+        steps_per_epoch,
+        plan.global_batch,
+        accumulation,
+        accelerator.num_processes,
     )
 
     image_shape = tuple(images.shape[1:])
@@ -265,8 +276,13 @@ def train(config: TrainingConfig) -> Path:
         global_step += 1
 
         elapsed = time.perf_counter() - started
-        logs = {"loss": totals["loss"], "loss_simple": totals["simple"], "loss_vlb": totals["vlb"],
-                "lr": lr_scheduler.get_last_lr()[0], "images_per_second": images_seen / max(elapsed, 1e-9)}
+        logs = {
+            "loss": totals["loss"],
+            "loss_simple": totals["simple"],
+            "loss_vlb": totals["vlb"],
+            "lr": lr_scheduler.get_last_lr()[0],
+            "images_per_second": images_seen / max(elapsed, 1e-9),
+        }
         if grad_norm is not None:
             logs["grad_norm"] = float(grad_norm)
         if ema is not None:
@@ -275,9 +291,16 @@ def train(config: TrainingConfig) -> Path:
         progress.set_postfix(loss=f"{totals['loss']:.4f}", img_s=f"{logs['images_per_second']:.0f}")
         accelerator.log(logs, step=global_step)
 
-        if config.checkpointing_steps and global_step % config.checkpointing_steps == 0 and global_step < max_train_steps:
+        if (
+            config.checkpointing_steps
+            and global_step % config.checkpointing_steps == 0
+            and global_step < max_train_steps
+        ):
             path = save_checkpoint_atomically(
-                accelerator, output_dir, global_step, {"max_train_steps": max_train_steps},
+                accelerator,
+                output_dir,
+                global_step,
+                {"max_train_steps": max_train_steps},
                 total_limit=config.checkpoints_total_limit,
             )
             logger.info("Saved %s", path)
@@ -298,8 +321,13 @@ def train(config: TrainingConfig) -> Path:
                 _log_image(accelerator, "samples", grid, global_step)
                 if config.push_to_hub and config.push_every_save:
                     save_final_outputs(pipe, output_dir, config, {"global_step": global_step})
-                    push_output_dir(output_dir, config.hub_model_id, token=config.hub_token,
-                                    private=config.hub_private_repo, commit_message=f"Epoch {epoch + 1}")
+                    push_output_dir(
+                        output_dir,
+                        config.hub_model_id,
+                        token=config.hub_token,
+                        private=config.hub_private_repo,
+                        commit_message=f"Epoch {epoch + 1}",
+                    )
             accelerator.wait_for_everyone()
     progress.close()
 
@@ -311,12 +339,16 @@ def train(config: TrainingConfig) -> Path:
         evaluation = None
         if config.evaluate:
             evaluation = evaluate_for_card(pipe, config)
-            accelerator.log({f"eval/{k}": v for k, v in evaluation.items() if isinstance(v, (int, float))}, step=global_step)
+            accelerator.log(
+                {f"eval/{k}": v for k, v in evaluation.items() if isinstance(v, (int, float))}, step=global_step
+            )
         grid = save_final_outputs(pipe, output_dir, config, run_info, evaluation)
         _log_image(accelerator, "samples", grid, global_step)
         logger.info("Saved the EMA pipeline and pictures to %s (%.0f s of training).", output_dir, wall_time)
         if config.push_to_hub:
-            url = push_output_dir(output_dir, config.hub_model_id, token=config.hub_token, private=config.hub_private_repo)
+            url = push_output_dir(
+                output_dir, config.hub_model_id, token=config.hub_token, private=config.hub_private_repo
+            )
             logger.info("Pushed to %s", url)
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -347,8 +379,11 @@ def evaluate_for_card(pipe, config: TrainingConfig) -> dict:
     from ddpm_pipeline.evaluation import evaluate_pipeline
 
     result = evaluate_pipeline(
-        pipe, num_samples=config.eval_num_samples, num_inference_steps=config.num_inference_steps or None,
-        guidance_scale=config.guidance_scale, seed=config.seed,
+        pipe,
+        num_samples=config.eval_num_samples,
+        num_inference_steps=config.num_inference_steps or None,
+        guidance_scale=config.guidance_scale,
+        seed=config.seed,
     )
     pipe.scheduler = CosineDDPMScheduler.from_config(pipe.scheduler.config)
     (Path(config.output_dir) / "evaluation.json").write_text(json.dumps(result, indent=2))

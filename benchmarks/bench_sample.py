@@ -31,8 +31,13 @@ def main():
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
     parser.add_argument("--steps", default=",".join(map(str, STEPS)))
     parser.add_argument("--guidance_scale", type=float, default=2.0)
-    parser.add_argument("--skip_long_quality", type=int, default=1000,
-                        help="measure quality at this many steps or more only for our scheduler (it is slow)")
+    parser.add_argument("--tag", default="", help="suffix for the JSON file name")
+    parser.add_argument(
+        "--skip_long_quality",
+        type=int,
+        default=1000,
+        help="measure quality at this many steps or more only for our scheduler (it is slow)",
+    )
     args = parser.parse_args()
 
     pipe = DDPMMnistPipeline.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).to(device())
@@ -43,11 +48,22 @@ def main():
         for name in SCHEDULERS:
             use_scheduler(pipe, name)
             labels = [i % 10 for i in range(36)]
-            pipe(batch_size=36, class_labels=labels, num_inference_steps=min(steps, 5), guidance_scale=args.guidance_scale)
+            pipe(
+                batch_size=36,
+                class_labels=labels,
+                num_inference_steps=min(steps, 5),
+                guidance_scale=args.guidance_scale,
+            )
             synchronize()
             started = time.perf_counter()
-            pipe(batch_size=36, class_labels=labels, num_inference_steps=steps, guidance_scale=args.guidance_scale,
-                 generator=torch.Generator().manual_seed(0), output_type="pt")
+            pipe(
+                batch_size=36,
+                class_labels=labels,
+                num_inference_steps=steps,
+                guidance_scale=args.guidance_scale,
+                generator=torch.Generator().manual_seed(0),
+                output_type="pt",
+            )
             synchronize()
             seconds = time.perf_counter() - started
             row = {"scheduler": name, "steps": steps, "seconds_for_36": seconds, "images_per_second": 36 / seconds}
@@ -57,12 +73,33 @@ def main():
                 row.update({k: quality[k] for k in ("fid", "fid_real_floor", "clear_rate", "digit_accuracy")})
             rows.append(row)
             print(f"{name} {steps} steps: {seconds:.2f} s for 36", file=sys.stderr)
-    print(f"\nMachine: {machine()}; UNet dtype {args.dtype}; guidance {args.guidance_scale}; "
-          f"quality on {args.quality_samples} samples vs as many held-out digits.\n")
-    print_table(rows, ["scheduler", "steps", "seconds_for_36", "images_per_second", "fid", "fid_real_floor",
-                       "clear_rate", "digit_accuracy"])
-    write_json("bench_sample", {"machine": machine(), "model": args.model, "dtype": args.dtype,
-                                "quality_samples": args.quality_samples, "rows": rows})
+    print(
+        f"\nMachine: {machine()}; UNet dtype {args.dtype}; guidance {args.guidance_scale}; "
+        f"quality on {args.quality_samples} samples vs as many held-out digits.\n"
+    )
+    print_table(
+        rows,
+        [
+            "scheduler",
+            "steps",
+            "seconds_for_36",
+            "images_per_second",
+            "fid",
+            "fid_real_floor",
+            "clear_rate",
+            "digit_accuracy",
+        ],
+    )
+    write_json(
+        "bench_sample",
+        {
+            "machine": machine(),
+            "model": args.model,
+            "dtype": args.dtype,
+            "quality_samples": args.quality_samples,
+            "rows": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

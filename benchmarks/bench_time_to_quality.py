@@ -89,8 +89,14 @@ class Contender:
         if self.kind == "ours":
             pipe = DDPMMnistPipeline(unet=model.to(torch.bfloat16), scheduler=self.scheduler)
             pipe.set_progress_bar_config(disable=True)
-            out = pipe(batch_size=len(labels), class_labels=labels, num_inference_steps=steps,
-                       guidance_scale=guidance, generator=torch.Generator().manual_seed(0), output_type="pt")
+            out = pipe(
+                batch_size=len(labels),
+                class_labels=labels,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                generator=torch.Generator().manual_seed(0),
+                output_type="pt",
+            )
             return out.images * 2 - 1
         self.sampler.set_timesteps(steps)
         x = torch.randn((len(labels), 1, 28, 28), generator=torch.Generator().manual_seed(0))
@@ -117,8 +123,15 @@ def run(kind, lr, images, labels, budget_s, eval_every_s, eval_samples, referenc
         if clock >= next_eval or clock >= budget_s:
             samples = contender.sample(requested)
             scores = score_samples(samples, reference_data, requested)
-            point = {"model": kind, "train_seconds": clock, "steps": contender.steps, "images_seen": contender.steps * batch,
-                     "clear_rate": scores["clear_rate"], "digit_accuracy": scores["digit_accuracy"], "fid": scores["fid"]}
+            point = {
+                "model": kind,
+                "train_seconds": clock,
+                "steps": contender.steps,
+                "images_seen": contender.steps * batch,
+                "clear_rate": scores["clear_rate"],
+                "digit_accuracy": scores["digit_accuracy"],
+                "fid": scores["fid"],
+            }
             curve.append(point)
             print(point, file=sys.stderr)
             next_eval += eval_every_s
@@ -137,22 +150,40 @@ def main():
     reference_data = embedded_reference()
     curves = {}
     for kind, lr in (("ours", 2e-3), ("reference", 1e-3)):
-        curves[kind] = run(kind, lr, images, labels, args.budget_minutes * 60, args.eval_every_minutes * 60,
-                           args.eval_samples, reference_data)
+        curves[kind] = run(
+            kind,
+            lr,
+            images,
+            labels,
+            args.budget_minutes * 60,
+            args.eval_every_minutes * 60,
+            args.eval_samples,
+            reference_data,
+        )
     rows = curves["ours"] + curves["reference"]
     summary = {}
     for kind, curve in curves.items():
         reached = [p["train_seconds"] for p in curve if p["clear_rate"] >= BAR and p["digit_accuracy"] >= BAR]
         summary[kind] = reached[0] if reached else None
-    print(f"\nMachine: {machine()}; budget {args.budget_minutes} min each; quality on {args.eval_samples} samples, "
-          f"25 steps, guidance 2.\n")
+    print(
+        f"\nMachine: {machine()}; budget {args.budget_minutes} min each; quality on {args.eval_samples} samples, "
+        f"25 steps, guidance 2.\n"
+    )
     print_table(rows, ["model", "train_seconds", "steps", "images_seen", "clear_rate", "digit_accuracy", "fid"])
     for kind, seconds in summary.items():
         text = f"{seconds:.0f} s" if seconds is not None else f"not within {args.budget_minutes * 60:.0f} s"
         print(f"time to clear rate and digit accuracy >= {BAR}: {kind}: {text}")
-    write_json("bench_time_to_quality", {"machine": machine(), "budget_minutes": args.budget_minutes,
-                                         "eval_samples": args.eval_samples, "bar": BAR, "curves": curves,
-                                         "time_to_bar_seconds": summary})
+    write_json(
+        "bench_time_to_quality",
+        {
+            "machine": machine(),
+            "budget_minutes": args.budget_minutes,
+            "eval_samples": args.eval_samples,
+            "bar": BAR,
+            "curves": curves,
+            "time_to_bar_seconds": summary,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -116,8 +116,19 @@ def main():
     rows = []
     for name in CONFIGS:
         result = subprocess.run(
-            [sys.executable, __file__, "--single", name, "--batch_size", str(args.batch_size), "--steps", str(args.steps)],
-            capture_output=True, text=True, check=True,
+            [
+                sys.executable,
+                __file__,
+                "--single",
+                name,
+                "--batch_size",
+                str(args.batch_size),
+                "--steps",
+                str(args.steps),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         row = json.loads(result.stdout.strip().splitlines()[-1])
         ceiling = limits["conv3x3_bf16_gflops"] if name.endswith("bf16") else limits["matmul_fp32_gflops"]
@@ -130,10 +141,29 @@ def main():
         row["vs_reference_fp32"] = row["images_per_second"] / reference
     print(f"\nMachine: {machine()}\nCeilings (GFLOP/s): " + ", ".join(f"{k} {v:.0f}" for k, v in limits.items()))
     print(f"Batch {args.batch_size}, {args.steps} timed steps after 2 warm-up steps.\n")
-    print_table(rows, ["config", "params_m", "gflop_per_image_fwd", "images_per_second", "vs_reference_fp32",
-                       "train_gflops", "share_of_ceiling", "peak_memory_mb"])
-    write_json("bench_train", {"machine": machine(), "ceilings_gflops": limits, "batch_size": args.batch_size,
-                               "steps": args.steps, "rows": rows})
+    print_table(
+        rows,
+        [
+            "config",
+            "params_m",
+            "gflop_per_image_fwd",
+            "images_per_second",
+            "vs_reference_fp32",
+            "train_gflops",
+            "share_of_ceiling",
+            "peak_memory_mb",
+        ],
+    )
+    write_json(
+        "bench_train",
+        {
+            "machine": machine(),
+            "ceilings_gflops": limits,
+            "batch_size": args.batch_size,
+            "steps": args.steps,
+            "rows": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

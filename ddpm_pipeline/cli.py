@@ -65,33 +65,9 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def cmd_sample(args):
+def _sample(args, return_trajectory=False):
+    """Load --model and draw --num_images samples of the --digits asked for, as numpy arrays."""
     import torch
-
-    from .visualization import make_grid
-
-    pipe = _load_pipeline(args.model)
-    digits = _digits(args.digits)
-    labels = None
-    if digits is not None:
-        labels = [digits[i % len(digits)] for i in range(args.num_images)]
-    out = pipe(
-        batch_size=args.num_images,
-        class_labels=labels,
-        guidance_scale=args.guidance_scale,
-        num_inference_steps=args.num_inference_steps,
-        generator=torch.Generator().manual_seed(args.seed),
-        output_type="np",
-    )
-    grid = make_grid(out.images, labels=out.class_labels if args.label or digits else None)
-    grid.save(args.out)
-    print(f"wrote {args.out} ({args.num_images} samples)")
-
-
-def cmd_trajectory(args):
-    import torch
-
-    from .visualization import make_trajectory_figure, save_trajectory_gif
 
     pipe = _load_pipeline(args.model)
     digits = _digits(args.digits)
@@ -103,8 +79,24 @@ def cmd_trajectory(args):
         num_inference_steps=args.num_inference_steps,
         generator=torch.Generator().manual_seed(args.seed),
         output_type="np",
-        return_trajectory=True,
+        return_trajectory=return_trajectory,
     )
+    return out, digits
+
+
+def cmd_sample(args):
+    from .visualization import make_grid
+
+    out, digits = _sample(args)
+    grid = make_grid(out.images, labels=out.class_labels if args.label or digits else None)
+    grid.save(args.out)
+    print(f"wrote {args.out} ({args.num_images} samples)")
+
+
+def cmd_trajectory(args):
+    from .visualization import make_trajectory_figure, save_trajectory_gif
+
+    out, _ = _sample(args, return_trajectory=True)
     frames = None
     if args.frames:
         wanted = [int(s) for s in args.frames.split(",")]
@@ -121,9 +113,7 @@ def cmd_push(args):
     from .hub import HubError, push_output_dir
 
     try:
-        url = push_output_dir(
-            args.output_dir, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo
-        )
+        url = push_output_dir(args.output_dir, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo)
     except HubError as error:
         raise SystemExit(f"error: {error}") from None
     print(f"pushed {args.output_dir} to {url}")
@@ -140,7 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--guidance_scale", type=float, default=2.0, help="classifier-free guidance weight")
         p.add_argument("--seed", type=int, default=0)
 
-    evaluate = commands.add_parser("evaluate", help="score samples: FID, clear rate, accuracy, coverage, NLL, memorization", formatter_class=defaults)
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="score samples: FID, clear rate, accuracy, coverage, NLL, memorization",
+        formatter_class=defaults,
+    )
     sampling_flags(evaluate)
     evaluate.add_argument("--num_samples", type=int, default=1000)
     evaluate.add_argument("--scheduler", choices=["ddpm", "ddim", "dpm"], default="ddpm")
@@ -157,7 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", default="samples.png")
     sample.set_defaults(handler=cmd_sample)
 
-    trajectory = commands.add_parser("trajectory", help="samples from noise to digit, frames labelled by step", formatter_class=defaults)
+    trajectory = commands.add_parser(
+        "trajectory", help="samples from noise to digit, frames labelled by step", formatter_class=defaults
+    )
     sampling_flags(trajectory)
     trajectory.add_argument("--num_images", type=int, default=4)
     trajectory.add_argument("--digits", help="digits to ask for, e.g. 3,8")

@@ -85,8 +85,10 @@ def _looks_offline(error: Exception) -> bool:
 
     text = f"{type(error).__name__} {error}".lower()
     markers = ("offline", "connection", "resolve", "timed out", "network", "max retries")
-    return os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1" or any(
-        marker in text for marker in markers
+    return (
+        os.environ.get("HF_HUB_OFFLINE") == "1"
+        or os.environ.get("HF_DATASETS_OFFLINE") == "1"
+        or any(marker in text for marker in markers)
     )
 
 

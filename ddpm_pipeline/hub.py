@@ -23,8 +23,16 @@ REMOTE_CODE = {
     "scheduler": ("scheduling_ddpm_cosine", "CosineDDPMScheduler"),
 }
 REMOTE_PIPELINE = ("pipeline_ddpm_mnist", "DDPMMnistPipeline")
-PUSHED_FILES = ("model_index.json", "README.md", "samples.png", "trajectory.png", "train_config.yaml",
-                "evaluation.json", "run_info.json", "trajectory.gif")
+PUSHED_FILES = (
+    "model_index.json",
+    "README.md",
+    "samples.png",
+    "trajectory.png",
+    "train_config.yaml",
+    "evaluation.json",
+    "run_info.json",
+    "trajectory.gif",
+)
 REPO_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -127,7 +135,9 @@ def push_output_dir(
 def _is_connection_error(error: BaseException) -> bool:
     """Connection failures of the Hub client's HTTP transport (httpx or its fork), named by class, or OSError."""
     names = {cls.__name__ for cls in type(error).__mro__}
-    return isinstance(error, OSError) or bool(names & {"TransportError", "ConnectError", "TimeoutException", "NetworkError"})
+    return isinstance(error, OSError) or bool(
+        names & {"TransportError", "ConnectError", "TimeoutException", "NetworkError"}
+    )
 
 
 def _explain_http_error(status, repo_id, message, output_dir) -> str:

@@ -87,7 +87,9 @@ class DDPMMnistPipeline(DiffusionPipeline):
                 components[name] = kwargs[name]
                 continue
             library, class_name = index[name]
-            component_class = getattr(package, class_name, None) or getattr(importlib.import_module("diffusers"), class_name)
+            component_class = getattr(package, class_name, None) or getattr(
+                importlib.import_module("diffusers"), class_name
+            )
             extra = {key: kwargs[key] for key in ("dtype", "torch_dtype") if name == "unet" and key in kwargs}
             components[name] = component_class.from_pretrained(
                 pretrained_model_name_or_path, subfolder=name, **hub_kwargs, **extra
@@ -139,7 +141,9 @@ class DDPMMnistPipeline(DiffusionPipeline):
         else:
             null = torch.full_like(class_labels, self.unet.config.num_class_embeds)
             both = self.unet(
-                torch.cat([model_input, model_input]), torch.cat([timesteps, timesteps]), torch.cat([class_labels, null])
+                torch.cat([model_input, model_input]),
+                torch.cat([timesteps, timesteps]),
+                torch.cat([class_labels, null]),
             ).sample
             conditional, unconditional = both.chunk(2)
             channels = sample.shape[1]
@@ -184,7 +188,10 @@ class DDPMMnistPipeline(DiffusionPipeline):
         num_train_timesteps = self.scheduler.config.num_train_timesteps
         if num_inference_steps is None:
             num_inference_steps = num_train_timesteps
-        if not isinstance(num_inference_steps, (int, np.integer)) or not 1 <= num_inference_steps <= num_train_timesteps:
+        if (
+            not isinstance(num_inference_steps, (int, np.integer))
+            or not 1 <= num_inference_steps <= num_train_timesteps
+        ):
             raise ValueError(
                 f"num_inference_steps must be between 1 and the training chain's {num_train_timesteps} steps, "
                 f"got {num_inference_steps!r}."

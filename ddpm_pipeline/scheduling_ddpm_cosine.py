@@ -397,7 +397,9 @@ class CosineDDPMScheduler(SchedulerMixin, ConfigMixin):
         chain = chain or self.train_chain
         timesteps = torch.as_tensor(timesteps, dtype=torch.int64).reshape(-1).cpu()
         chain_index = torch.searchsorted(chain.timesteps, timesteps)
-        if torch.any(chain_index >= len(chain.timesteps)) or torch.any(chain.timesteps[chain_index.clamp(max=len(chain.timesteps) - 1)] != timesteps):
+        if torch.any(chain_index >= len(chain.timesteps)) or torch.any(
+            chain.timesteps[chain_index.clamp(max=len(chain.timesteps) - 1)] != timesteps
+        ):
             raise ValueError("variational_bound_terms: some timesteps are not on the given chain.")
         prediction, variance_values = self.split_model_output(model_output, noisy_samples)
         if stop_mean_gradient:

@@ -20,10 +20,14 @@ class ConfigError(ValueError):
 @dataclass
 class TrainingConfig:
     # ---- run
-    output_dir: str = field(default="outputs/ddpm-mnist", metadata={"help": "where the pipeline, pictures, logs and checkpoints go"})
+    output_dir: str = field(
+        default="outputs/ddpm-mnist", metadata={"help": "where the pipeline, pictures, logs and checkpoints go"}
+    )
     seed: int = field(default=0, metadata={"help": "seed for weights, data order, noise and timesteps"})
     # ---- data
-    dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset (e.g. ylecun/mnist); unset = the embedded 5k MNIST subset"})
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Hub dataset (e.g. ylecun/mnist); unset = the embedded 5k MNIST subset"}
+    )
     train_data_dir: str | None = field(default=None, metadata={"help": "a local folder of images (imagefolder layout)"})
     dataset_split: str = field(default="train", metadata={"help": "split to train on"})
     image_column: str = field(default="image", metadata={"help": "name of the image column"})
@@ -31,27 +35,44 @@ class TrainingConfig:
     digits: list[int] | None = field(default=None, metadata={"help": "digits to keep, e.g. [1] or [0, 1]; unset = all"})
     resolution: int = field(default=28, metadata={"help": "image size the data is resized to"})
     # ---- model
-    class_conditional: bool = field(default=True, metadata={"help": "condition on the digit (with classifier-free guidance)"})
-    learned_variance: bool = field(default=True, metadata={"help": "learn the reverse variance (learned_range) with the hybrid loss"})
-    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 64], metadata={"help": "UNet widths per level"})
+    class_conditional: bool = field(
+        default=True, metadata={"help": "condition on the digit (with classifier-free guidance)"}
+    )
+    learned_variance: bool = field(
+        default=True, metadata={"help": "learn the reverse variance (learned_range) with the hybrid loss"}
+    )
+    block_out_channels: list[int] = field(
+        default_factory=lambda: [32, 64, 64], metadata={"help": "UNet widths per level"}
+    )
     layers_per_block: int = field(default=1, metadata={"help": "residual blocks per UNet level"})
-    decoder_layers_per_block: int | None = field(default=1, metadata={"help": "UNet decoder blocks per level (None = layers_per_block + 1)"})
-    attention_levels: list[bool] = field(default_factory=lambda: [False, False, True], metadata={"help": "self-attention per level"})
+    decoder_layers_per_block: int | None = field(
+        default=1, metadata={"help": "UNet decoder blocks per level (None = layers_per_block + 1)"}
+    )
+    attention_levels: list[bool] = field(
+        default_factory=lambda: [False, False, True], metadata={"help": "self-attention per level"}
+    )
     attention_head_dim: int = field(default=32, metadata={"help": "channels per attention head"})
     norm_num_groups: int = field(default=8, metadata={"help": "GroupNorm groups"})
     dropout: float = field(default=0.0, metadata={"help": "dropout in the residual blocks"})
     # ---- diffusion
-    num_train_timesteps: int = field(default=4000, metadata={"help": "length T of the diffusion chain (>= 2; 10^4 is fine)"})
+    num_train_timesteps: int = field(
+        default=4000, metadata={"help": "length T of the diffusion chain (>= 2; 10^4 is fine)"}
+    )
     prediction_type: str = field(default="epsilon", metadata={"help": "epsilon or v_prediction"})
     vlb_weight: float = field(default=0.001, metadata={"help": "lambda of L_hybrid = L_simple + lambda * L_vlb"})
-    cond_drop_prob: float = field(default=0.1, metadata={"help": "probability of replacing the label by the null class"})
+    cond_drop_prob: float = field(
+        default=0.1, metadata={"help": "probability of replacing the label by the null class"}
+    )
     # ---- optimisation
     train_batch_size: int = field(default=128, metadata={"help": "images per process per micro-batch"})
     num_epochs: int = field(default=30, metadata={"help": "passes over the data (ignored if max_train_steps is set)"})
     max_train_steps: int | None = field(default=None, metadata={"help": "optimizer steps; overrides num_epochs"})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     learning_rate: float = field(default=2e-3, metadata={"help": "peak learning rate (AdamW)"})
-    lr_scheduler: str = field(default="cosine", metadata={"help": "diffusers.optimization schedule name (cosine, linear, constant_with_warmup, ...)"})
+    lr_scheduler: str = field(
+        default="cosine",
+        metadata={"help": "diffusers.optimization schedule name (cosine, linear, constant_with_warmup, ...)"},
+    )
     lr_warmup_steps: int = field(default=100, metadata={"help": "linear warmup steps"})
     adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
     adam_beta2: float = field(default=0.99, metadata={"help": "AdamW beta2"})
@@ -60,7 +81,13 @@ class TrainingConfig:
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
     mixed_precision: str = field(default="bf16", metadata={"help": "no, bf16 or fp16"})
     channels_last: bool = field(default=False, metadata={"help": "channels-last memory format for the UNet"})
-    num_cpu_threads: int | None = field(default=None, metadata={"help": "CPU threads per process; unset = all cores shared among the processes (accelerate launch would otherwise set 1)"})
+    num_cpu_threads: int | None = field(
+        default=None,
+        metadata={
+            "help": "CPU threads per process; unset = the cores shared among the processes "
+            "(accelerate launch would otherwise set 1)"
+        },
+    )
     # ---- EMA
     use_ema: bool = field(default=True, metadata={"help": "keep an exponential moving average of the weights"})
     ema_max_decay: float = field(default=0.9995, metadata={"help": "EMA decay ceiling"})
@@ -68,19 +95,29 @@ class TrainingConfig:
     ema_power: float = field(default=0.75, metadata={"help": "EMA warmup power"})
     # ---- logging, pictures, checkpoints
     logger: str = field(default="tensorboard", metadata={"help": "tensorboard or none"})
-    save_images_epochs: int = field(default=10, metadata={"help": "write a 6x6 grid of EMA samples every N epochs (0 = off)"})
-    checkpointing_steps: int = field(default=500, metadata={"help": "save the training state every N optimizer steps (0 = off)"})
+    save_images_epochs: int = field(
+        default=10, metadata={"help": "write a 6x6 grid of EMA samples every N epochs (0 = off)"}
+    )
+    checkpointing_steps: int = field(
+        default=500, metadata={"help": "save the training state every N optimizer steps (0 = off)"}
+    )
     checkpoints_total_limit: int | None = field(default=2, metadata={"help": "keep at most this many checkpoints"})
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint path"})
     # ---- sampling for the pictures
     guidance_scale: float = field(default=2.0, metadata={"help": "classifier-free guidance weight for the pictures"})
-    num_inference_steps: int = field(default=50, metadata={"help": "respaced steps for sample pictures (None-like 0 = full chain)"})
+    num_inference_steps: int = field(
+        default=50, metadata={"help": "respaced steps for sample pictures (None-like 0 = full chain)"}
+    )
     # ---- evaluation and Hub
-    evaluate: bool = field(default=False, metadata={"help": "run `ddpm-mnist evaluate` figures at the end and put them in the model card"})
+    evaluate: bool = field(
+        default=False, metadata={"help": "run `ddpm-mnist evaluate` figures at the end and put them in the model card"}
+    )
     eval_num_samples: int = field(default=1000, metadata={"help": "samples for --evaluate"})
     push_to_hub: bool = field(default=False, metadata={"help": "push the final pipeline, card and pictures to the Hub"})
     hub_model_id: str | None = field(default=None, metadata={"help": "namespace/name of the Hub repository"})
-    hub_token: str | None = field(default=None, metadata={"help": "Hub token (else HF_TOKEN or the `hf auth login` store); never logged"})
+    hub_token: str | None = field(
+        default=None, metadata={"help": "Hub token (else HF_TOKEN or the `hf auth login` store); never logged"}
+    )
     hub_private_repo: bool = field(default=False, metadata={"help": "create the Hub repository as private"})
     push_every_save: bool = field(default=False, metadata={"help": "also push at every saved sample-grid epoch"})
 
@@ -125,8 +162,16 @@ class TrainingConfig:
         def fail(key, message):
             raise ConfigError(f"Invalid config value for {key!r} ({getattr(self, key)!r}): {message}")
 
-        positive_ints = ["train_batch_size", "num_epochs", "gradient_accumulation_steps", "resolution",
-                         "layers_per_block", "attention_head_dim", "norm_num_groups", "eval_num_samples"]
+        positive_ints = [
+            "train_batch_size",
+            "num_epochs",
+            "gradient_accumulation_steps",
+            "resolution",
+            "layers_per_block",
+            "attention_head_dim",
+            "norm_num_groups",
+            "eval_num_samples",
+        ]
         for key in positive_ints:
             if getattr(self, key) < 1:
                 fail(key, "must be >= 1.")
@@ -163,11 +208,19 @@ class TrainingConfig:
             if len(set(self.digits)) != len(self.digits):
                 fail("digits", "lists a digit twice.")
         if len(self.attention_levels) != len(self.block_out_channels):
-            fail("attention_levels", f"needs one entry per level of block_out_channels ({len(self.block_out_channels)}).")
+            fail(
+                "attention_levels", f"needs one entry per level of block_out_channels ({len(self.block_out_channels)})."
+            )
         if any(w < 1 or w % self.norm_num_groups for w in self.block_out_channels):
-            fail("block_out_channels", f"every width must be a positive multiple of norm_num_groups={self.norm_num_groups}.")
+            fail(
+                "block_out_channels",
+                f"every width must be a positive multiple of norm_num_groups={self.norm_num_groups}.",
+            )
         if self.resolution % 2 ** (len(self.block_out_channels) - 1):
-            fail("resolution", f"must be divisible by {2 ** (len(self.block_out_channels) - 1)} for this many UNet levels.")
+            fail(
+                "resolution",
+                f"must be divisible by {2 ** (len(self.block_out_channels) - 1)} for this many UNet levels.",
+            )
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
             fail("checkpoints_total_limit", "must be >= 1, or unset to keep every checkpoint.")
         if self.dataset_name and self.train_data_dir:
@@ -230,7 +283,10 @@ def build_argument_parser() -> argparse.ArgumentParser:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help_text = f"{f.metadata.get('help', '')} (default: {default})"
         parser.add_argument(
-            f"--{f.name}", default=argparse.SUPPRESS, type=_parser_type(f.name, hints[f.name]), help=help_text,
+            f"--{f.name}",
+            default=argparse.SUPPRESS,
+            type=_parser_type(f.name, hints[f.name]),
+            help=help_text,
             **({"nargs": "?", "const": True} if hints[f.name] is bool else {}),
         )
     return parser

@@ -38,7 +38,9 @@ def make_grid(images, rows: int | None = None, scale: int = 3, padding: int = 2,
     rows = math.ceil(len(tiles) / columns)
     width, height = tiles[0].size[0] * scale, tiles[0].size[1] * scale
     caption = 14 if labels is not None else 0
-    grid = PIL.Image.new("L", (columns * (width + padding) + padding, rows * (height + caption + padding) + padding), BACKGROUND)
+    grid = PIL.Image.new(
+        "L", (columns * (width + padding) + padding, rows * (height + caption + padding) + padding), BACKGROUND
+    )
     draw = ImageDraw.Draw(grid)
     font = _font(11)
     for i, tile in enumerate(tiles):
@@ -77,7 +79,9 @@ def make_trajectory_figure(trajectory, steps: list[int], frame_indices: list[int
     height, width = frames.shape[2] * scale, frames.shape[3] * scale
     padding, caption = 4, 16
     figure = PIL.Image.new(
-        "L", (len(frame_indices) * (width + padding) + padding, caption + batch * (height + padding) + padding), BACKGROUND
+        "L",
+        (len(frame_indices) * (width + padding) + padding, caption + batch * (height + padding) + padding),
+        BACKGROUND,
     )
     draw = ImageDraw.Draw(figure)
     font = _font(11)

@@ -84,11 +84,11 @@ class FakeHub:
                 header = self.headers.get("Authorization", "")
                 if not header.startswith("Bearer "):
                     return None, None
-                return hub.tokens.get(header[len("Bearer "):], (None, None))
+                return hub.tokens.get(header[len("Bearer ") :], (None, None))
 
             def _has_bad_token(self):
                 header = self.headers.get("Authorization", "")
-                return header.startswith("Bearer ") and header[len("Bearer "):] not in hub.tokens
+                return header.startswith("Bearer ") and header[len("Bearer ") :] not in hub.tokens
 
             def _send(self, status, body=b"", headers=None, content_type="application/json", head=False):
                 if isinstance(body, (dict, list)):
@@ -154,7 +154,9 @@ class FakeHub:
                         return self._whoami()
                     match = re.fullmatch(r"/api/models/([^/]+/[^/]+)/(preupload|commit)/(.+)", path)
                     if method == "POST" and match:
-                        return self._preupload(match[1]) if match[2] == "preupload" else self._commit(match[1], match[3])
+                        return (
+                            self._preupload(match[1]) if match[2] == "preupload" else self._commit(match[1], match[3])
+                        )
                     match = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(/.*)?", path)
                     if method == "GET" and match:
                         return self._tree(match[1], match[2], (match[3] or "").strip("/"), parse_qs(parsed.query))
@@ -209,9 +211,9 @@ class FakeHub:
                 if not self._check_write(repo_id):
                     return
                 files = json.loads(self._body() or b"{}").get("files", [])
-                self._send(200, {"files": [
-                    {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files
-                ]})
+                self._send(
+                    200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]}
+                )
 
             def _commit(self, repo_id, revision):
                 if repo_id not in hub.repos:
@@ -244,7 +246,9 @@ class FakeHub:
                         (summary + json.dumps(sorted(files.items())) + str(time.time())).encode()
                     ).hexdigest()
                     hub.repos[repo_id]["commits"].append((oid, files))
-                self._send(200, {"success": True, "commitOid": oid, "commitUrl": f"{hub.endpoint}/{repo_id}/commit/{oid}"})
+                self._send(
+                    200, {"success": True, "commitOid": oid, "commitUrl": f"{hub.endpoint}/{repo_id}/commit/{oid}"}
+                )
 
             def _model_info(self, repo_id, revision):
                 repo = self._repo_for_read(repo_id)
@@ -255,12 +259,25 @@ class FakeHub:
                     return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
                 oid, files = snapshot
                 now = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
-                self._send(200, {
-                    "_id": oid, "id": repo_id, "modelId": repo_id, "author": repo_id.split("/")[0], "sha": oid,
-                    "private": repo["private"], "disabled": False, "gated": False, "downloads": 0, "likes": 0,
-                    "tags": [], "lastModified": now, "createdAt": now,
-                    "siblings": [{"rfilename": path} for path in sorted(files)],
-                })
+                self._send(
+                    200,
+                    {
+                        "_id": oid,
+                        "id": repo_id,
+                        "modelId": repo_id,
+                        "author": repo_id.split("/")[0],
+                        "sha": oid,
+                        "private": repo["private"],
+                        "disabled": False,
+                        "gated": False,
+                        "downloads": 0,
+                        "likes": 0,
+                        "tags": [],
+                        "lastModified": now,
+                        "createdAt": now,
+                        "siblings": [{"rfilename": path} for path in sorted(files)],
+                    },
+                )
 
             def _tree(self, repo_id, revision, prefix, query):
                 repo = self._repo_for_read(repo_id)
@@ -275,7 +292,7 @@ class FakeHub:
                 for path, digest in sorted(files.items()):
                     if prefix and not path.startswith(prefix + "/"):
                         continue
-                    relative = path[len(prefix) + 1:] if prefix else path
+                    relative = path[len(prefix) + 1 :] if prefix else path
                     parts = relative.split("/")
                     for depth in range(1, len(parts)):
                         folder = "/".join(([prefix] if prefix else []) + parts[:depth])
@@ -296,7 +313,9 @@ class FakeHub:
                     return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}", head)
                 oid, files = snapshot
                 if file_path not in files:
-                    return self._error(404, "EntryNotFound", f"{file_path} does not exist", head, {"X-Repo-Commit": oid})
+                    return self._error(
+                        404, "EntryNotFound", f"{file_path} does not exist", head, {"X-Repo-Commit": oid}
+                    )
                 data = hub.blob(files[file_path])
                 headers = {"X-Repo-Commit": oid, "ETag": f'"{git_blob_sha1(data)}"'}
                 self._send(200, data, headers, content_type="application/octet-stream", head=head)

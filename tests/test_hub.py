@@ -77,8 +77,13 @@ def saved_pipeline(tmp_path):
     (out / "checkpoint-5" / "optimizer.bin").write_bytes(b"optimizer state")
     (out / "logs").mkdir()
     (out / "logs" / "events.out").write_bytes(b"log")
-    expected = pipe(batch_size=3, class_labels=[0, 1, 2], num_inference_steps=4, output_type="np",
-                    generator=__import__("torch").Generator().manual_seed(0)).images
+    expected = pipe(
+        batch_size=3,
+        class_labels=[0, 1, 2],
+        num_inference_steps=4,
+        output_type="np",
+        generator=__import__("torch").Generator().manual_seed(0),
+    ).images
     return out, expected
 
 
@@ -93,24 +98,43 @@ def test_push_stores_exact_bytes_and_loads_both_ways(hub, tmp_path, saved_pipeli
     assert result.returncode == 0, result.stderr[-3000:]
     stored = hub.files("alice/tiny-ddpm")
     # the pipeline, card and pictures, plus the remote-code layout; never checkpoints or logs
-    for name in ["model_index.json", "README.md", "samples.png", "trajectory.png", "unet/config.json",
-                 "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json",
-                 "pipeline_ddpm_mnist.py", "unet/unet_mnist.py", "scheduler/scheduling_ddpm_cosine.py"]:
+    for name in [
+        "model_index.json",
+        "README.md",
+        "samples.png",
+        "trajectory.png",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "scheduler/scheduler_config.json",
+        "pipeline_ddpm_mnist.py",
+        "unet/unet_mnist.py",
+        "scheduler/scheduling_ddpm_cosine.py",
+    ]:
         assert name in stored, name
     assert not [p for p in stored if p.startswith(("checkpoint-", "logs/")) or p.endswith((".bin", ".pt"))]
-    for path in ["unet/diffusion_pytorch_model.safetensors", "unet/config.json", "samples.png", "trajectory.png",
-                 "scheduler/scheduler_config.json"]:
+    for path in [
+        "unet/diffusion_pytorch_model.safetensors",
+        "unet/config.json",
+        "samples.png",
+        "trajectory.png",
+        "scheduler/scheduler_config.json",
+    ]:
         assert hashlib.sha256(stored[path]).hexdigest() == hashlib.sha256((out / path).read_bytes()).hexdigest()
     package = ROOT / "ddpm_pipeline"
-    for path, source in [("pipeline_ddpm_mnist.py", "pipeline_ddpm_mnist.py"), ("unet/unet_mnist.py", "unet_mnist.py"),
-                         ("scheduler/scheduling_ddpm_cosine.py", "scheduling_ddpm_cosine.py")]:
+    for path, source in [
+        ("pipeline_ddpm_mnist.py", "pipeline_ddpm_mnist.py"),
+        ("unet/unet_mnist.py", "unet_mnist.py"),
+        ("scheduler/scheduling_ddpm_cosine.py", "scheduling_ddpm_cosine.py"),
+    ]:
         assert stored[path] == (package / source).read_bytes()
     card = stored["README.md"].decode()
     assert "library_name: diffusers" in card and "alice/tiny-ddpm" in card and "trust_remote_code=True" in card
 
     # with the package, in a fresh process
-    script = SAMPLE_SCRIPT.format(imports="from ddpm_pipeline import DDPMMnistPipeline",
-                                  loader="DDPMMnistPipeline.from_pretrained('alice/tiny-ddpm')")
+    script = SAMPLE_SCRIPT.format(
+        imports="from ddpm_pipeline import DDPMMnistPipeline",
+        loader="DDPMMnistPipeline.from_pretrained('alice/tiny-ddpm')",
+    )
     result = run([sys.executable, "-c", script, str(tmp_path / "with.npy")], env)
     assert result.returncode == 0, result.stderr[-3000:]
     np.testing.assert_array_equal(np.load(tmp_path / "with.npy"), expected)
@@ -123,10 +147,23 @@ def test_push_stores_exact_bytes_and_loads_both_ways(hub, tmp_path, saved_pipeli
     )
     result = run([sys.executable, "-c", script, str(tmp_path / "remote.npy")], env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "diffusers_modules" in run([sys.executable, "-c", blocked + (
-        "from diffusers import DiffusionPipeline\n"
-        "print(type(DiffusionPipeline.from_pretrained('alice/tiny-ddpm', trust_remote_code=True)).__module__)")],
-        env, cwd=tmp_path).stdout
+    assert (
+        "diffusers_modules"
+        in run(
+            [
+                sys.executable,
+                "-c",
+                blocked
+                + (
+                    "from diffusers import DiffusionPipeline\n"
+                    "pipe = DiffusionPipeline.from_pretrained('alice/tiny-ddpm', trust_remote_code=True)\n"
+                    "print(type(pipe).__module__)"
+                ),
+            ],
+            env,
+            cwd=tmp_path,
+        ).stdout
+    )
     np.testing.assert_array_equal(np.load(tmp_path / "remote.npy"), expected)
 
 
@@ -146,9 +183,23 @@ def test_token_never_stored_or_logged(hub, tmp_path, saved_pipeline):
 def test_push_from_training(hub, tmp_path):
     env = client_env(hub, tmp_path, token=None)
     out = tmp_path / "trained"
-    args = [sys.executable, str(ROOT / "train_ddpm.py"), "--config", str(ROOT / "configs" / "tiny.yaml"),
-            "--output_dir", str(out), "--max_train_steps", "2", "--checkpointing_steps", "1", "--push_to_hub",
-            "--hub_model_id", "alice/from-training", "--hub_token", TOKEN]
+    args = [
+        sys.executable,
+        str(ROOT / "train_ddpm.py"),
+        "--config",
+        str(ROOT / "configs" / "tiny.yaml"),
+        "--output_dir",
+        str(out),
+        "--max_train_steps",
+        "2",
+        "--checkpointing_steps",
+        "1",
+        "--push_to_hub",
+        "--hub_model_id",
+        "alice/from-training",
+        "--hub_token",
+        TOKEN,
+    ]
     result = run(args, env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert TOKEN not in result.stdout + result.stderr

@@ -90,26 +90,35 @@ def test_memorization_flags_copies(reference):
 
 def test_reject_class_catches_what_a_plain_classifier_would_not(classifier):
     generator = torch.Generator().manual_seed(5)
-    for batch in (negatives.pure_noise(200, generator), negatives.uniform_noise(200, generator),
-                  negatives.constant(200, generator)):
+    for batch in (
+        negatives.pure_noise(200, generator),
+        negatives.uniform_noise(200, generator),
+        negatives.constant(200, generator),
+    ):
         _, probabilities = classifier.embed_and_classify(batch)
         assert (probabilities.argmax(1) == NOT_A_DIGIT).float().mean() > 0.95
 
 
 def test_evaluate_pipeline_is_reproducible_and_complete(reference):
-    small = type(reference)(reference.train_images[:300], reference.held_out_images[:60], reference.held_out_labels[:60])
+    small = type(reference)(
+        reference.train_images[:300], reference.held_out_images[:60], reference.held_out_labels[:60]
+    )
     results = []
     for _ in range(2):
         pipe = tiny_pipeline()
-        results.append(evaluate_pipeline(pipe, num_samples=20, num_inference_steps=3, seed=7, nll_images=4,
-                                         nll_steps=3, reference=small))
+        results.append(
+            evaluate_pipeline(
+                pipe, num_samples=20, num_inference_steps=3, seed=7, nll_images=4, nll_steps=3, reference=small
+            )
+        )
     for key in ["fid", "fid_real_floor", "clear_rate", "digit_accuracy", "coverage", "nll_bpd", "memorization"]:
         assert results[0][key] == results[1][key], key
     assert results[0]["fid_images_per_side"] == 20 and results[0]["nll_chain_steps"] == 3
     assert results[0]["images_per_second"] > 0 and 0 < results[0]["nll_bpd"] < 100
     for name in ("ddim", "dpm"):
-        other = evaluate_pipeline(tiny_pipeline(), num_samples=10, num_inference_steps=3, scheduler=name,
-                                  nll_images=0, reference=small)
+        other = evaluate_pipeline(
+            tiny_pipeline(), num_samples=10, num_inference_steps=3, scheduler=name, nll_images=0, reference=small
+        )
         assert other["scheduler"] == name and np.isfinite(other["fid"])
 
 

@@ -10,7 +10,6 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
-from ddpm_pipeline import DDPMMnistPipeline
 from tests.conftest import tiny_pipeline
 
 
@@ -144,7 +143,8 @@ def test_save_and_load_in_a_fresh_process(pipe, tmp_path):
         "from ddpm_pipeline import DDPMMnistPipeline\n"
         "pipe = DDPMMnistPipeline.from_pretrained(sys.argv[1])\n"
         "pipe.set_progress_bar_config(disable=True)\n"
-        "out = pipe(batch_size=4, num_inference_steps=6, output_type='np', generator=torch.Generator().manual_seed(0))\n"
+        "out = pipe(batch_size=4, num_inference_steps=6, output_type='np',\n"
+        "           generator=torch.Generator().manual_seed(0))\n"
         "numpy.save(sys.argv[2], out.images)\n"
     )
     subprocess.run([sys.executable, "-c", script, str(tmp_path), str(tmp_path / "out.npy")], check=True)

@@ -13,8 +13,15 @@ PRETRAINED = Path(__file__).resolve().parent.parent / "pretrained" / "ddpm-mnist
 
 
 def test_shipped_files():
-    for name in ["model_index.json", "README.md", "samples.png", "trajectory.png", "evaluation.json",
-                 "train_config.yaml", "unet/diffusion_pytorch_model.safetensors"]:
+    for name in [
+        "model_index.json",
+        "README.md",
+        "samples.png",
+        "trajectory.png",
+        "evaluation.json",
+        "train_config.yaml",
+        "unet/diffusion_pytorch_model.safetensors",
+    ]:
         assert (PRETRAINED / name).is_file(), name
     assert not list(PRETRAINED.rglob("*.bin")) and not list(PRETRAINED.glob("checkpoint-*"))
     card = (PRETRAINED / "README.md").read_text()
@@ -27,8 +34,13 @@ def test_36_samples_pass_the_clear_rate_bar():
     pipe = DDPMMnistPipeline.from_pretrained(PRETRAINED, dtype=torch.bfloat16)
     pipe.set_progress_bar_config(disable=True)
     labels = torch.arange(36) % 10
-    out = pipe(batch_size=36, class_labels=labels, num_inference_steps=25, output_type="pt",
-               generator=torch.Generator().manual_seed(0))
+    out = pipe(
+        batch_size=36,
+        class_labels=labels,
+        num_inference_steps=25,
+        output_type="pt",
+        generator=torch.Generator().manual_seed(0),
+    )
     _, probabilities = load_classifier().embed_and_classify(out.images * 2 - 1)
     assert scores.clear_rate(probabilities) >= 0.95
     assert scores.digit_accuracy(probabilities, labels) >= 0.95

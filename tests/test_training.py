@@ -15,7 +15,12 @@ from safetensors.torch import load_file
 
 import train_ddpm
 from ddpm_pipeline import CosineDDPMScheduler, DDPMMnistPipeline, MnistUNet
-from ddpm_pipeline.checkpointing import CheckpointError, list_checkpoints, resolve_checkpoint, save_checkpoint_atomically
+from ddpm_pipeline.checkpointing import (
+    CheckpointError,
+    list_checkpoints,
+    resolve_checkpoint,
+    save_checkpoint_atomically,
+)
 from ddpm_pipeline.losses import diffusion_loss
 from ddpm_pipeline.training_config import ConfigError, TrainingConfig, build_argument_parser, parse_training_config
 
@@ -74,17 +79,44 @@ def test_shipped_configs_are_valid():
 
 
 def test_flags_override_yaml_and_help_lists_everything():
-    config = parse_training_config(["--config", TINY, "--learning_rate", "1e-4", "--digits", "3,5", "--push_to_hub",
-                                    "--hub_model_id", "me/x", "--max_train_steps", "none", "--num_epochs", "2"])
+    config = parse_training_config(
+        [
+            "--config",
+            TINY,
+            "--learning_rate",
+            "1e-4",
+            "--digits",
+            "3,5",
+            "--push_to_hub",
+            "--hub_model_id",
+            "me/x",
+            "--max_train_steps",
+            "none",
+            "--num_epochs",
+            "2",
+        ]
+    )
     assert config.learning_rate == 1e-4 and config.digits == [3, 5] and config.push_to_hub
     assert config.max_train_steps is None and config.num_epochs == 2 and config.num_train_timesteps == 50
     text = build_argument_parser().format_help()
     for name in TrainingConfig.field_names():
         assert f"--{name}" in text
-    for flag in ["--output_dir", "--train_batch_size", "--learning_rate", "--num_epochs", "--max_train_steps",
-                 "--mixed_precision", "--gradient_accumulation_steps", "--checkpointing_steps",
-                 "--resume_from_checkpoint", "--seed", "--dataset_name", "--train_data_dir", "--push_to_hub",
-                 "--hub_model_id"]:
+    for flag in [
+        "--output_dir",
+        "--train_batch_size",
+        "--learning_rate",
+        "--num_epochs",
+        "--max_train_steps",
+        "--mixed_precision",
+        "--gradient_accumulation_steps",
+        "--checkpointing_steps",
+        "--resume_from_checkpoint",
+        "--seed",
+        "--dataset_name",
+        "--train_data_dir",
+        "--push_to_hub",
+        "--hub_model_id",
+    ]:
         assert flag in text
     flat = " ".join(text.split())
     assert "L_hybrid = L_simple + lambda * L_vlb (default: 0.001)" in flat
@@ -129,8 +161,19 @@ def test_vlb_term_trains_only_the_variance():
 # ------------------------------------------------------------------ full runs
 def test_one_epoch_end_to_end(tmp_path):
     out = tmp_path / "run"
-    args = tiny_args(out, "--max_train_steps", "none", "--num_epochs", "1", "--train_batch_size", "64",
-                     "--logger", "tensorboard", "--save_images_epochs", "1")
+    args = tiny_args(
+        out,
+        "--max_train_steps",
+        "none",
+        "--num_epochs",
+        "1",
+        "--train_batch_size",
+        "64",
+        "--logger",
+        "tensorboard",
+        "--save_images_epochs",
+        "1",
+    )
     assert train_ddpm.main(args) == 0
     for name in ["model_index.json", "samples.png", "trajectory.png", "train_config.yaml", "README.md"]:
         assert (out / name).is_file(), name
@@ -148,8 +191,16 @@ def test_one_epoch_end_to_end(tmp_path):
 def test_resume_continues_exactly(tmp_path):
     k = 3
     straight = tmp_path / "straight"
-    common = ["--max_train_steps", str(2 * k), "--checkpointing_steps", str(k), "--gradient_accumulation_steps", "2",
-              "--cond_drop_prob", "0.5"]
+    common = [
+        "--max_train_steps",
+        str(2 * k),
+        "--checkpointing_steps",
+        str(k),
+        "--gradient_accumulation_steps",
+        "2",
+        "--cond_drop_prob",
+        "0.5",
+    ]
     assert train_ddpm.main(tiny_args(straight, *common)) == 0
     checkpoints = list_checkpoints(straight)
     assert [p.name for p in checkpoints] == [f"checkpoint-{k}"]
@@ -231,12 +282,29 @@ def test_two_processes_match_one_process(tmp_path):
     env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
     common = ["--max_train_steps", "4", "--cond_drop_prob", "0.3"]
     two = tmp_path / "two"
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--main_process_port", str(_free_port()), "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--num_machines", "1"]
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        str(_free_port()),
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--num_machines",
+        "1",
+    ]
     result = subprocess.run(
         launch + [str(ROOT / "train_ddpm.py"), *tiny_args(two, "--train_batch_size", "8", *common)],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 process(es)" in result.stderr + result.stdout

@@ -53,12 +53,44 @@ def saved(tmp_path):
 
 
 def test_cli_sample_and_trajectory(saved, tmp_path):
-    assert cli.main(["sample", "--model", str(saved), "--num_images", "36", "--num_inference_steps", "3",
-                     "--digits", "0,1,7", "--out", str(tmp_path / "s.png")]) == 0
+    assert (
+        cli.main(
+            [
+                "sample",
+                "--model",
+                str(saved),
+                "--num_images",
+                "36",
+                "--num_inference_steps",
+                "3",
+                "--digits",
+                "0,1,7",
+                "--out",
+                str(tmp_path / "s.png"),
+            ]
+        )
+        == 0
+    )
     grid = PIL.Image.open(tmp_path / "s.png")
     assert grid.width > 6 * 28 * 3
-    assert cli.main(["trajectory", "--model", str(saved), "--num_inference_steps", "12", "--num_images", "2",
-                     "--out", str(tmp_path / "t.png"), "--gif", str(tmp_path / "t.gif")]) == 0
+    assert (
+        cli.main(
+            [
+                "trajectory",
+                "--model",
+                str(saved),
+                "--num_inference_steps",
+                "12",
+                "--num_images",
+                "2",
+                "--out",
+                str(tmp_path / "t.png"),
+                "--gif",
+                str(tmp_path / "t.gif"),
+            ]
+        )
+        == 0
+    )
     assert PIL.Image.open(tmp_path / "t.gif").n_frames >= 2
     assert PIL.Image.open(tmp_path / "t.png").width > PIL.Image.open(tmp_path / "t.png").height
     with pytest.raises(SystemExit):
@@ -67,11 +99,39 @@ def test_cli_sample_and_trajectory(saved, tmp_path):
 
 def test_cli_evaluate_writes_json(saved, tmp_path, capsys):
     out = tmp_path / "eval.json"
-    assert cli.main(["evaluate", "--model", str(saved), "--num_samples", "12", "--num_inference_steps", "2",
-                     "--nll_images", "2", "--nll_steps", "2", "--out", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "evaluate",
+                "--model",
+                str(saved),
+                "--num_samples",
+                "12",
+                "--num_inference_steps",
+                "2",
+                "--nll_images",
+                "2",
+                "--nll_steps",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
-    for key in ["fid", "fid_real_floor", "fid_images_per_side", "clear_rate", "digit_accuracy", "coverage",
-                "nll_bpd", "memorization", "images_per_second", "sampling_seconds"]:
+    for key in [
+        "fid",
+        "fid_real_floor",
+        "fid_images_per_side",
+        "clear_rate",
+        "digit_accuracy",
+        "coverage",
+        "nll_bpd",
+        "memorization",
+        "images_per_second",
+        "sampling_seconds",
+    ]:
         assert key in result, key
     assert "clear_rate" in capsys.readouterr().out
 

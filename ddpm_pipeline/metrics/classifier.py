@@ -29,12 +29,23 @@ class MnistClassifier(nn.Module):
     def __init__(self):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.GroupNorm(8, 32), nn.ReLU(),
-            nn.Conv2d(32, 32, 3, padding=1), nn.GroupNorm(8, 32), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.GroupNorm(8, 64), nn.ReLU(),
-            nn.Conv2d(64, 64, 3, padding=1), nn.GroupNorm(8, 64), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.GroupNorm(8, 32),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=1),
+            nn.GroupNorm(8, 32),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.GroupNorm(8, 64),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 3, padding=1),
+            nn.GroupNorm(8, 64),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
             nn.Flatten(),
-            nn.Linear(64 * 7 * 7, FEATURE_DIM), nn.ReLU(),
+            nn.Linear(64 * 7 * 7, FEATURE_DIM),
+            nn.ReLU(),
         )
         self.dropout = nn.Dropout(0.3)
         self.head = nn.Linear(FEATURE_DIM, NUM_CLASSES)
@@ -62,7 +73,8 @@ def load_classifier(path: str | Path | None = None) -> MnistClassifier:
     path = Path(path) if path else WEIGHTS_PATH
     if not path.is_file():
         raise FileNotFoundError(
-            f"Classifier weights not found at {path}. Train them with `python -m ddpm_pipeline.metrics.train_classifier`."
+            f"Classifier weights not found at {path}. "
+            "Train them with `python -m ddpm_pipeline.metrics.train_classifier`."
         )
     model = MnistClassifier()
     model.load_state_dict(load_file(str(path)))
