@@ -91,7 +91,7 @@ def main():
         ],
     )
     write_json(
-        "bench_sample",
+        f"bench_sample{args.tag}",
         {
             "machine": machine(),
             "model": args.model,
