@@ -67,6 +67,7 @@ def build_models(config: TrainingConfig, num_classes: int | None):
         num_train_timesteps=config.num_train_timesteps,
         variance_type="learned_range" if config.learned_variance else "fixed_small",
         prediction_type=config.prediction_type,
+        timestep_spacing="linspace",  # respaced chains keep T-1 and 0, as in Improved DDPM
     )
     return unet, scheduler
 

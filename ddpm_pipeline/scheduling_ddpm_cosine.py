@@ -115,7 +115,9 @@ class CosineDDPMScheduler(SchedulerMixin, ConfigMixin):
         prediction_type: what the (first C channels of the) model predict: ``"epsilon"``, ``"v_prediction"`` or
             ``"sample"``.
         clip_sample: clip the predicted x_0 to ``[-clip_sample_range, clip_sample_range]`` while sampling.
-        timestep_spacing: how ``set_timesteps(num_inference_steps)`` picks the kept timesteps, as in diffusers.
+        timestep_spacing: how ``set_timesteps(num_inference_steps)`` picks the kept timesteps, as in diffusers
+            (default ``"leading"``, diffusers' DDPMScheduler default). ``train_ddpm.py`` saves ``"linspace"``, which
+            keeps both ends of the chain, as Improved DDPM's respacing does.
         steps_offset: added to the timesteps with ``"leading"`` spacing, as in diffusers.
         beta_schedule: kept as ``"squaredcos_cap_v2"``, the name diffusers' schedulers give this schedule, so that
             ``DDIMScheduler.from_config(ours.config)`` rebuilds the same betas.
@@ -139,7 +141,7 @@ class CosineDDPMScheduler(SchedulerMixin, ConfigMixin):
         prediction_type: str = "epsilon",
         clip_sample: bool = True,
         clip_sample_range: float = 1.0,
-        timestep_spacing: str = "linspace",
+        timestep_spacing: str = "leading",
         steps_offset: int = 0,
         beta_schedule: str = "squaredcos_cap_v2",
     ):

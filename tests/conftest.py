@@ -19,7 +19,9 @@ def tiny_pipeline(num_class_embeds=10, learned_variance=True, num_train_timestep
     # the output layer starts at zero; give it weights so that outputs depend on every input
     torch.nn.init.normal_(unet.conv_out.weight, std=0.05)
     variance_type = "learned_range" if learned_variance else "fixed_small"
-    scheduler = CosineDDPMScheduler(num_train_timesteps=num_train_timesteps, variance_type=variance_type)
+    scheduler = CosineDDPMScheduler(
+        num_train_timesteps=num_train_timesteps, variance_type=variance_type, timestep_spacing="linspace"
+    )
     pipe = DDPMMnistPipeline(unet=unet, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -10,7 +10,9 @@ from ddpm_pipeline import CosineDDPMScheduler
 from ddpm_pipeline.scheduling_ddpm_cosine import discretized_gaussian_log_likelihood, normal_kl
 
 
-def reference_scheduler(num_train_timesteps, variance_type, float64_schedule=True, **kwargs):
+def reference_scheduler(
+    num_train_timesteps, variance_type, float64_schedule=True, timestep_spacing="linspace", **kwargs
+):
     """diffusers' DDPMScheduler on the same cosine schedule.
 
     diffusers keeps alphas_cumprod in float32 and so computes beta_t = 1 - abar_t / abar_{t-1} with a relative error of
@@ -21,7 +23,7 @@ def reference_scheduler(num_train_timesteps, variance_type, float64_schedule=Tru
         num_train_timesteps=num_train_timesteps,
         beta_schedule="squaredcos_cap_v2",
         variance_type=variance_type,
-        timestep_spacing="linspace",
+        timestep_spacing=timestep_spacing,
         **kwargs,
     )
     if float64_schedule:
@@ -56,7 +58,7 @@ def test_schedule_formula_directly():
 
 
 def test_long_chains_work():
-    scheduler = CosineDDPMScheduler(num_train_timesteps=20000)
+    scheduler = CosineDDPMScheduler(num_train_timesteps=20000, timestep_spacing="linspace")
     assert torch.all(scheduler.betas > 0) and torch.all(torch.isfinite(scheduler.alphas_cumprod))
     assert float(scheduler.alphas_cumprod[0]) > 1 - 1e-5
     scheduler.set_timesteps(50)
@@ -89,11 +91,12 @@ def test_add_noise_statistics():
 
 @pytest.mark.parametrize("T", [10, 1000, 4000])
 @pytest.mark.parametrize("variance_type", ["fixed_small", "fixed_large", "learned_range"])
-@pytest.mark.parametrize("respaced", [False, True])
+@pytest.mark.parametrize("respaced", ["full", "linspace", "leading"])
 def test_step_matches_diffusers(T, variance_type, respaced):
-    ours = CosineDDPMScheduler(num_train_timesteps=T, variance_type=variance_type)
-    reference = reference_scheduler(T, variance_type)
-    if respaced:
+    spacing = "leading" if respaced == "leading" else "linspace"
+    ours = CosineDDPMScheduler(num_train_timesteps=T, variance_type=variance_type, timestep_spacing=spacing)
+    reference = reference_scheduler(T, variance_type, timestep_spacing=spacing)
+    if respaced != "full":
         n = min(50, T // 2)
         ours.set_timesteps(n)
         reference.set_timesteps(n)
@@ -127,7 +130,12 @@ def test_step_close_to_float32_diffusers_away_from_t0():
 
 
 def test_v_prediction_matches_diffusers():
-    ours = CosineDDPMScheduler(num_train_timesteps=1000, variance_type="fixed_small", prediction_type="v_prediction")
+    ours = CosineDDPMScheduler(
+        num_train_timesteps=1000,
+        variance_type="fixed_small",
+        prediction_type="v_prediction",
+        timestep_spacing="linspace",
+    )
     reference = reference_scheduler(1000, "fixed_small", prediction_type="v_prediction")
     ours.set_timesteps(20)
     reference.set_timesteps(20)
@@ -299,3 +307,11 @@ def test_wrong_channel_count_is_named():
     a = fixed.step(output, 9, torch.zeros(1, 1, 4, 4), generator=torch.Generator().manual_seed(0)).prev_sample
     b = fixed.step(output[:, :1], 9, torch.zeros(1, 1, 4, 4), generator=torch.Generator().manual_seed(0)).prev_sample
     assert torch.equal(a, b)
+
+
+def test_defaults_mirror_diffusers_ddpm_spacing():
+    """With both left at their defaults, ours and diffusers' DDPMScheduler pick the same respaced timesteps."""
+    ours, reference = CosineDDPMScheduler(num_train_timesteps=1000), DDPMScheduler(beta_schedule="squaredcos_cap_v2")
+    ours.set_timesteps(50)
+    reference.set_timesteps(50)
+    torch.testing.assert_close(ours.timesteps, reference.timesteps)
