@@ -121,6 +121,17 @@ class FakeHub:
                     return None
                 return repo
 
+            def _snapshot_for_read(self, repo_id, revision, head=False):
+                """(repo, commit oid, files) at a revision, or None after answering the error."""
+                repo = self._repo_for_read(repo_id, head)
+                if repo is None:
+                    return None
+                snapshot = hub.snapshot(repo_id, revision)
+                if snapshot is None:
+                    self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}", head)
+                    return None
+                return (repo, *snapshot)
+
             def _check_write(self, repo_id):
                 user, role = self._user()
                 if user is None:
@@ -251,13 +262,10 @@ class FakeHub:
                 )
 
             def _model_info(self, repo_id, revision):
-                repo = self._repo_for_read(repo_id)
-                if repo is None:
+                found = self._snapshot_for_read(repo_id, revision)
+                if found is None:
                     return
-                snapshot = hub.snapshot(repo_id, revision)
-                if snapshot is None:
-                    return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
-                oid, files = snapshot
+                repo, oid, files = found
                 now = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
                 self._send(
                     200,
@@ -280,13 +288,10 @@ class FakeHub:
                 )
 
             def _tree(self, repo_id, revision, prefix, query):
-                repo = self._repo_for_read(repo_id)
-                if repo is None:
+                found = self._snapshot_for_read(repo_id, revision)
+                if found is None:
                     return
-                snapshot = hub.snapshot(repo_id, revision)
-                if snapshot is None:
-                    return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
-                _, files = snapshot
+                _, _, files = found
                 recursive = query.get("recursive", ["false"])[0].lower() == "true"
                 entries, folders = [], set()
                 for path, digest in sorted(files.items()):
@@ -305,13 +310,10 @@ class FakeHub:
                 self._send(200, entries)
 
             def _resolve(self, repo_id, revision, file_path, head):
-                repo = self._repo_for_read(repo_id, head)
-                if repo is None:
+                found = self._snapshot_for_read(repo_id, revision, head)
+                if found is None:
                     return
-                snapshot = hub.snapshot(repo_id, revision)
-                if snapshot is None:
-                    return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}", head)
-                oid, files = snapshot
+                _, oid, files = found
                 if file_path not in files:
                     return self._error(
                         404, "EntryNotFound", f"{file_path} does not exist", head, {"X-Repo-Commit": oid}
