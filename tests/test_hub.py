@@ -275,3 +275,37 @@ def test_private_repo_needs_the_owner_token(hub, tmp_path, saved_pipeline):
     bob_env["HF_HOME"] = str(tmp_path / "bob-home")  # another user, another machine: nothing cached
     denied = run([sys.executable, "-c", script], bob_env)
     assert denied.returncode != 0 and "neither a local folder nor a Hub repository" in denied.stderr
+
+
+def test_push_at_every_saved_epoch(hub, tmp_path):
+    env = client_env(hub, tmp_path)
+    out = tmp_path / "epochs"
+    args = [
+        sys.executable,
+        str(ROOT / "train_ddpm.py"),
+        "--config",
+        str(ROOT / "configs" / "tiny.yaml"),
+        "--output_dir",
+        str(out),
+        "--digits",
+        "0,1",
+        "--train_batch_size",
+        "64",
+        "--max_train_steps",
+        "28",
+        "--save_images_epochs",
+        "1",
+        "--push_to_hub",
+        "--push_every_save",
+        "--hub_model_id",
+        "alice/epochs",
+    ]
+    result = run(args, env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    commits = hub.repos["alice/epochs"]["commits"]
+    assert len(commits) == 3  # the empty initial commit, epoch 1, and the end of training
+    first_push, final_push = commits[1][1], commits[2][1]
+    assert "unet/diffusion_pytorch_model.safetensors" in first_push
+    assert (
+        first_push["unet/diffusion_pytorch_model.safetensors"] != final_push["unet/diffusion_pytorch_model.safetensors"]
+    )
