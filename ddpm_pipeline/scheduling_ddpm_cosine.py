@@ -69,6 +69,8 @@ class ChainCoefficients:
     sqrt_alphas_cumprod: torch.Tensor
     sqrt_one_minus_alphas_cumprod: torch.Tensor  # 1 - abar taken in float64: it is ~1e-6 at t = 0 for large T
     betas: torch.Tensor
+    log_betas: torch.Tensor  # log beta: the upper end of the learned range
+    log_betas_large: torch.Tensor  # Improved DDPM's fixed_large: log beta, with log beta_tilde_1 at the last step
     posterior_variance: torch.Tensor  # beta_tilde
     posterior_log_variance_clipped: torch.Tensor  # log beta_tilde, with beta_tilde_0 (= 0) replaced by beta_tilde_1
     posterior_mean_coef1: torch.Tensor  # multiplies x_0
@@ -84,6 +86,7 @@ class ChainCoefficients:
             clipped = torch.cat([posterior_variance[1:2], posterior_variance[1:]])
         else:  # a one-step chain has no beta_tilde_1 to borrow; use beta itself
             clipped = betas.clone()
+        large = torch.cat([posterior_variance[1:2], betas[1:]]) if len(abar) > 1 else betas
         return cls(
             timesteps=timesteps_ascending,
             alphas_cumprod=abar,
@@ -91,6 +94,8 @@ class ChainCoefficients:
             sqrt_alphas_cumprod=torch.sqrt(abar),
             sqrt_one_minus_alphas_cumprod=torch.sqrt(1.0 - abar),
             betas=betas,
+            log_betas=torch.log(betas),
+            log_betas_large=torch.log(large),
             posterior_variance=posterior_variance,
             posterior_log_variance_clipped=torch.log(clipped),
             posterior_mean_coef1=betas * torch.sqrt(abar_prev) / (1.0 - abar),
@@ -308,13 +313,11 @@ class CosineDDPMScheduler(SchedulerMixin, ConfigMixin):
         variance_type = self.config.variance_type
         if variance_type == "learned_range":
             min_log = _broadcast(chain.posterior_log_variance_clipped, index, like)
-            max_log = _broadcast(torch.log(chain.betas), index, like)
+            max_log = _broadcast(chain.log_betas, index, like)
             frac = (variance_values + 1.0) / 2.0
             return frac * max_log + (1.0 - frac) * min_log
         if variance_type == "fixed_large":
-            # Improved DDPM: beta, except at the last step, where beta_tilde_1 stands in (no noise is added there).
-            large = torch.cat([chain.posterior_variance[1:2], chain.betas[1:]]) if len(chain.betas) > 1 else chain.betas
-            return _broadcast(torch.log(large), index, like).expand_as(like)
+            return _broadcast(chain.log_betas_large, index, like).expand_as(like)
         return _broadcast(chain.posterior_log_variance_clipped, index, like).expand_as(like)
 
     def p_mean_variance(

@@ -180,16 +180,17 @@ def test_token_never_stored_or_logged(hub, tmp_path, saved_pipeline):
             assert TOKEN.encode() not in path.read_bytes(), path
 
 
+def train_command(out, *flags):
+    """train_ddpm.py on the tiny config, writing to ``out``, with extra flags."""
+    config = str(ROOT / "configs" / "tiny.yaml")
+    return [sys.executable, str(ROOT / "train_ddpm.py"), "--config", config, "--output_dir", str(out), *flags]
+
+
 def test_push_from_training(hub, tmp_path):
     env = client_env(hub, tmp_path, token=None)
     out = tmp_path / "trained"
-    args = [
-        sys.executable,
-        str(ROOT / "train_ddpm.py"),
-        "--config",
-        str(ROOT / "configs" / "tiny.yaml"),
-        "--output_dir",
-        str(out),
+    args = train_command(
+        out,
         "--max_train_steps",
         "2",
         "--checkpointing_steps",
@@ -199,7 +200,7 @@ def test_push_from_training(hub, tmp_path):
         "alice/from-training",
         "--hub_token",
         TOKEN,
-    ]
+    )
     result = run(args, env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert TOKEN not in result.stdout + result.stderr
@@ -280,13 +281,8 @@ def test_private_repo_needs_the_owner_token(hub, tmp_path, saved_pipeline):
 def test_push_at_every_saved_epoch(hub, tmp_path):
     env = client_env(hub, tmp_path)
     out = tmp_path / "epochs"
-    args = [
-        sys.executable,
-        str(ROOT / "train_ddpm.py"),
-        "--config",
-        str(ROOT / "configs" / "tiny.yaml"),
-        "--output_dir",
-        str(out),
+    args = train_command(
+        out,
         "--digits",
         "0,1",
         "--train_batch_size",
@@ -299,7 +295,7 @@ def test_push_at_every_saved_epoch(hub, tmp_path):
         "--push_every_save",
         "--hub_model_id",
         "alice/epochs",
-    ]
+    )
     result = run(args, env)
     assert result.returncode == 0, result.stderr[-3000:]
     commits = hub.repos["alice/epochs"]["commits"]
