@@ -42,14 +42,15 @@ class TrainingConfig:
         default=True, metadata={"help": "learn the reverse variance (learned_range) with the hybrid loss"}
     )
     block_out_channels: list[int] = field(
-        default_factory=lambda: [32, 64, 64], metadata={"help": "UNet widths per level"}
+        default_factory=lambda: [32, 48, 64], metadata={"help": "UNet widths per level"}
     )
     layers_per_block: int = field(default=1, metadata={"help": "residual blocks per UNet level"})
     decoder_layers_per_block: int | None = field(
         default=1, metadata={"help": "UNet decoder blocks per level (None = layers_per_block + 1)"}
     )
     attention_levels: list[bool] = field(
-        default_factory=lambda: [False, False, True], metadata={"help": "self-attention per level"}
+        default_factory=lambda: [False, False, False],
+        metadata={"help": "self-attention per level (the middle block always has it)"},
     )
     attention_head_dim: int = field(default=32, metadata={"help": "channels per attention head"})
     norm_num_groups: int = field(default=8, metadata={"help": "GroupNorm groups"})

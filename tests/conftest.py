@@ -10,7 +10,10 @@ import torch
 
 from ddpm_pipeline import CosineDDPMScheduler, DDPMMnistPipeline, MnistUNet
 
-TINY_UNET = dict(block_out_channels=(16, 32, 32), attention_head_dim=16, norm_num_groups=4)
+# attention at the coarsest level too (the default has it only in the middle block), so that its path is tested
+TINY_UNET = dict(
+    block_out_channels=(16, 32, 32), attention_levels=(False, False, True), attention_head_dim=16, norm_num_groups=4
+)
 
 
 def tiny_pipeline(num_class_embeds=10, learned_variance=True, num_train_timesteps=50, seed=0):
