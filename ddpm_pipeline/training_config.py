@@ -44,7 +44,10 @@ class TrainingConfig:
     block_out_channels: list[int] = field(
         default_factory=lambda: [32, 48, 64], metadata={"help": "UNet widths per level"}
     )
-    layers_per_block: int = field(default=1, metadata={"help": "residual blocks per UNet level"})
+    layers_per_block: int | list[int] = field(
+        default_factory=lambda: [0, 1, 1],
+        metadata={"help": "UNet encoder blocks: one number for every level, or one per level (0 allowed)"},
+    )
     decoder_layers_per_block: int | None = field(
         default=1, metadata={"help": "UNet decoder blocks per level (None = layers_per_block + 1)"}
     )
@@ -168,7 +171,6 @@ class TrainingConfig:
             "num_epochs",
             "gradient_accumulation_steps",
             "resolution",
-            "layers_per_block",
             "attention_head_dim",
             "norm_num_groups",
             "eval_num_samples",
@@ -208,6 +210,24 @@ class TrainingConfig:
                 fail("digits", "give a non-empty list of digits between 0 and 9, or leave it unset for all.")
             if len(set(self.digits)) != len(self.digits):
                 fail("digits", "lists a digit twice.")
+        levels = len(self.block_out_channels)
+        if isinstance(self.layers_per_block, int):
+            if self.layers_per_block < 1:
+                fail("layers_per_block", "must be >= 1 (or a list with one number >= 0 per level).")
+            encoder_blocks = [self.layers_per_block] * levels
+        else:
+            encoder_blocks = self.layers_per_block
+            if len(encoder_blocks) != levels or min(encoder_blocks) < 0:
+                fail("layers_per_block", f"a list needs one number >= 0 per level of block_out_channels ({levels}).")
+        if (
+            self.decoder_layers_per_block is not None
+            and not 1 <= self.decoder_layers_per_block <= min(encoder_blocks) + 1
+        ):
+            fail(
+                "decoder_layers_per_block",
+                f"must lie in [1, {min(encoder_blocks) + 1}]: each decoder block eats one skip connection, and the "
+                "level with the fewest encoder blocks has that many (or leave it unset).",
+            )
         if len(self.attention_levels) != len(self.block_out_channels):
             fail(
                 "attention_levels", f"needs one entry per level of block_out_channels ({len(self.block_out_channels)})."
@@ -234,12 +254,23 @@ def _coerce(name: str, value, hint):
     """Check a value against a field's type hint, accepting ints for floats; raise ConfigError naming the key."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
-    optional = origin in (typing.Union, getattr(__import__("types"), "UnionType", ())) and type(None) in args
-    if optional:
+    union = origin in (typing.Union, getattr(__import__("types"), "UnionType", ()))
+    if union and type(None) in args:
         if value is None:
             return None
-        hint = next(a for a in args if a is not type(None))
+        alternatives = [a for a in args if a is not type(None)]
+        hint = alternatives[0] if len(alternatives) == 1 else typing.Union[tuple(alternatives)]
         origin, args = typing.get_origin(hint), typing.get_args(hint)
+        union = origin is typing.Union
+    if union:  # e.g. int | list[int]: the first alternative that fits
+        errors = []
+        for alternative in args:
+            try:
+                return _coerce(name, value, alternative)
+            except ConfigError as error:
+                errors.append(error)
+        expected = " or ".join(str(a).replace("typing.", "") if typing.get_origin(a) else a.__name__ for a in args)
+        raise ConfigError(f"Config key {name!r} expects {expected}, got {value!r} ({type(value).__name__}).")
 
     def wrong(expected):
         return ConfigError(f"Config key {name!r} expects {expected}, got {value!r} ({type(value).__name__}).")
@@ -308,7 +339,10 @@ def _parser_type(name, hint):
                 return base(text)
             except ValueError:
                 return text  # validation then names the key and the expected type
-        if typing.get_origin(base) is list and not text.strip().startswith("["):
+        takes_list = typing.get_origin(base) is list or any(typing.get_origin(a) is list for a in typing.get_args(base))
+        if takes_list and "," in text and not text.strip().startswith("["):
+            text = f"[{text}]"
+        elif typing.get_origin(base) is list and not text.strip().startswith("["):
             text = f"[{text}]"
         try:
             return yaml.safe_load(text)

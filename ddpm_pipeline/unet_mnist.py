@@ -81,13 +81,15 @@ class MnistUNet(ModelMixin, ConfigMixin):
         in_channels: image channels (1 for grayscale).
         learned_variance: output 2 x in_channels channels (noise, then variance values) instead of in_channels.
         block_out_channels: width of each resolution level, finest first.
-        layers_per_block: residual blocks per level on the way down (one more on the way up).
+        layers_per_block: residual blocks per level on the way down: one number for every level, or one per level
+            (0 at a level leaves it only its input as a skip connection, e.g. (0, 1, 1) spends no encoder block at
+            full resolution).
         attention_levels: which levels get self-attention after their residual blocks.
         attention_head_dim: channels per attention head.
         norm_num_groups: GroupNorm groups; must divide every width.
         decoder_layers_per_block: residual blocks per level on the way up, each eating one skip connection from its
-            level; None = layers_per_block + 1 (diffusers' layout: every level input and block output is a skip).
-            The default, 1 with layers_per_block=1, keeps only the blocks' outputs: a third fewer FLOPs.
+            level; None = layers_per_block + 1 at each level (diffusers' layout: every level input and block output
+            is a skip). An integer, the same at every level, must not exceed any level's layers_per_block + 1.
         num_class_embeds: number of classes for class conditioning (10 for digits), or None. One extra "null" class,
             index ``num_class_embeds``, stands for "no label" (classifier-free guidance).
         dropout: dropout inside the residual blocks.
@@ -102,7 +104,7 @@ class MnistUNet(ModelMixin, ConfigMixin):
         in_channels: int = 1,
         learned_variance: bool = True,
         block_out_channels: tuple[int, ...] = (32, 48, 64),
-        layers_per_block: int = 1,
+        layers_per_block: int | tuple[int, ...] = (0, 1, 1),
         decoder_layers_per_block: int | None = 1,
         attention_levels: tuple[bool, ...] = (False, False, False),
         attention_head_dim: int = 32,
@@ -126,14 +128,27 @@ class MnistUNet(ModelMixin, ConfigMixin):
                 f"sample_size={sample_size} cannot be halved {len(block_out_channels) - 1} times; "
                 f"use a size divisible by {factor} or fewer levels."
             )
-        if layers_per_block < 1:
-            raise ValueError(f"layers_per_block must be >= 1, got {layers_per_block}.")
-        self.decoder_layers = layers_per_block + 1 if decoder_layers_per_block is None else decoder_layers_per_block
-        if not 1 <= self.decoder_layers <= layers_per_block + 1:
+        if isinstance(layers_per_block, int):
+            if layers_per_block < 1:
+                raise ValueError(f"layers_per_block must be >= 1, got {layers_per_block}.")
+            self.layers_per_level = (layers_per_block,) * len(block_out_channels)
+        else:
+            self.layers_per_level = tuple(layers_per_block)
+        if len(self.layers_per_level) != len(block_out_channels) or min(self.layers_per_level) < 0:
             raise ValueError(
-                f"decoder_layers_per_block must lie in [1, layers_per_block + 1 = {layers_per_block + 1}], "
-                f"got {decoder_layers_per_block}."
+                f"layers_per_block must be one number >= 1, or one number >= 0 per level ({len(block_out_channels)} "
+                f"levels), got {layers_per_block}."
             )
+        if decoder_layers_per_block is None:
+            self.decoder_layers_per_level = tuple(n + 1 for n in self.layers_per_level)
+        else:
+            self.decoder_layers_per_level = (decoder_layers_per_block,) * len(block_out_channels)
+            most = min(self.layers_per_level) + 1
+            if not 1 <= decoder_layers_per_block <= most:
+                raise ValueError(
+                    f"decoder_layers_per_block must lie in [1, {most}] (one skip connection per level input and "
+                    f"encoder block; layers_per_block={layers_per_block}), got {decoder_layers_per_block}."
+                )
         if num_class_embeds is not None and num_class_embeds < 1:
             raise ValueError(f"num_class_embeds must be a positive number of classes or None, got {num_class_embeds}.")
 
@@ -161,7 +176,7 @@ class MnistUNet(ModelMixin, ConfigMixin):
         width = base
         for level, out_width in enumerate(block_out_channels):
             skip_channels.append([width])
-            for _ in range(layers_per_block):
+            for _ in range(self.layers_per_level[level]):
                 self.down_blocks.append(block(width, out_width))
                 self.down_attentions.append(
                     AttentionBlock(out_width, attention_head_dim, groups) if attention_levels[level] else nn.Identity()
@@ -181,7 +196,7 @@ class MnistUNet(ModelMixin, ConfigMixin):
         self.upsamplers = nn.ModuleList()
         for level in reversed(range(len(block_out_channels))):
             out_width = block_out_channels[level]
-            for _ in range(self.decoder_layers):
+            for _ in range(self.decoder_layers_per_level[level]):
                 self.up_blocks.append(block(width + skip_channels[level].pop(), out_width))
                 self.up_attentions.append(
                     AttentionBlock(out_width, attention_head_dim, groups) if attention_levels[level] else nn.Identity()
@@ -251,7 +266,7 @@ class MnistUNet(ModelMixin, ConfigMixin):
         blocks = iter(zip(self.down_blocks, self.down_attentions))
         for level in range(levels):
             skips[level].append(h)
-            for _ in range(self.config.layers_per_block):
+            for _ in range(self.layers_per_level[level]):
                 res, attn = next(blocks)
                 h = attn(res(h, embedding))
                 skips[level].append(h)
@@ -262,7 +277,7 @@ class MnistUNet(ModelMixin, ConfigMixin):
 
         blocks = iter(zip(self.up_blocks, self.up_attentions))
         for level in reversed(range(levels)):
-            for _ in range(self.decoder_layers):
+            for _ in range(self.decoder_layers_per_level[level]):
                 res, attn = next(blocks)
                 h = attn(res(torch.cat([h, skips[level].pop()], dim=1), embedding))
             if level > 0:

@@ -50,6 +50,11 @@ def unet_weights(output_dir):
         ({"digits": []}, "digits"),
         ({"push_to_hub": True}, "hub_model_id"),
         ({"ema_max_decay": 1.5}, "ema_max_decay"),
+        ({"layers_per_block": 0}, "layers_per_block"),
+        ({"layers_per_block": [0, 1]}, "layers_per_block"),
+        ({"layers_per_block": [0, -1, 1]}, "layers_per_block"),
+        ({"layers_per_block": "deep"}, "layers_per_block"),
+        ({"layers_per_block": [0, 1, 1], "decoder_layers_per_block": 2}, "decoder_layers_per_block"),
     ],
 )
 def test_bad_config_names_the_key(override, key):

@@ -95,3 +95,39 @@ def test_bad_inputs():
         MnistUNet(block_out_channels=(30, 60, 60), norm_num_groups=8)
     with pytest.raises(ValueError, match="attention_levels"):
         MnistUNet(block_out_channels=(16, 32), attention_levels=(False, False, True), norm_num_groups=4)
+
+
+def test_layers_per_level():
+    """One number per level; 0 leaves a level only its input as a skip connection (the default spends no encoder
+    block at 28x28)."""
+    assert tuple(MnistUNet().config.layers_per_block) == (0, 1, 1)
+    lean = MnistUNet(block_out_channels=(16, 32, 32), layers_per_block=(0, 1, 1), norm_num_groups=4)
+    full = MnistUNet(block_out_channels=(16, 32, 32), layers_per_block=1, norm_num_groups=4)
+    assert len(lean.down_blocks) == 2 and len(full.down_blocks) == 3
+    assert len(lean.up_blocks) == len(full.up_blocks) == 3
+    # the 28x28 decoder block eats conv_in's 16 channels next to the upsampled 32
+    assert lean.up_blocks[-1].conv1.in_channels == 32 + 16
+    x = torch.randn(2, 1, 28, 28)
+    assert lean(x, torch.tensor([3, 7])).sample.shape == (2, 2, 28, 28)
+    deep = MnistUNet(
+        block_out_channels=(16, 32, 32), layers_per_block=(2, 1, 1), decoder_layers_per_block=None, norm_num_groups=4
+    )
+    assert [len(deep.down_blocks), len(deep.up_blocks)] == [4, 3 + 2 + 2]
+    assert deep(x, 5).sample.shape == (2, 2, 28, 28)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(layers_per_block=(0, 1)), "one number >= 0 per level"),
+        (dict(layers_per_block=(0, -1, 1)), "one number >= 0 per level"),
+        (dict(layers_per_block=0), ">= 1"),
+        (
+            dict(layers_per_block=(0, 1, 1), decoder_layers_per_block=2),
+            r"decoder_layers_per_block must lie in \[1, 1\]",
+        ),
+    ],
+)
+def test_bad_layer_counts(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        MnistUNet(block_out_channels=(16, 32, 32), norm_num_groups=4, **kwargs)
