@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import machine, print_table, reference_unet, write_json  # noqa: E402
+from benchmarks.common import device, machine, print_table, reference_unet, synchronize, write_json  # noqa: E402
 
 BAR = 0.95
 
@@ -50,6 +50,8 @@ class Contender:
             self.scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
             self.sampler = DDIMScheduler.from_config(self.scheduler.config)
             self.null_class = 10
+        self.device = device()
+        self.model = self.model.to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr)
         self.ema = EMAModel(self.model.parameters(), decay=0.9995, use_ema_warmup=True, power=0.75)
         self.warmup, self.lr, self.steps = 100, lr, 0
@@ -59,13 +61,15 @@ class Contender:
 
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr * min(1.0, (self.steps + 1) / self.warmup)
-        noise = torch.randn(x0.shape, generator=generator)
+        # random draws on the CPU generator, so that both devices see the same numbers
+        noise = torch.randn(x0.shape, generator=generator).to(self.device)
         t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(x0),), generator=generator)
         drop = torch.rand(len(x0), generator=generator) < 0.1
-        labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
+        labels = torch.where(drop, torch.full_like(labels, self.null_class), labels).to(self.device)
+        x0, t = x0.to(self.device), t.to(self.device)
         noisy = self.scheduler.add_noise(x0, noise, t)
         if self.kind == "ours":
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
                 output = self.model(noisy, t, labels).sample
             loss = diffusion_loss(output, self.scheduler, x0, noise, noisy, t).loss
         else:
@@ -87,7 +91,7 @@ class Contender:
         self.ema.copy_to(model.parameters())
         model.eval()
         if self.kind == "ours":
-            pipe = DDPMMnistPipeline(unet=model.to(torch.bfloat16), scheduler=self.scheduler)
+            pipe = DDPMMnistPipeline(unet=model.to(torch.bfloat16), scheduler=self.scheduler).to(self.device)
             pipe.set_progress_bar_config(disable=True)
             out = pipe(
                 batch_size=len(labels),
@@ -97,15 +101,16 @@ class Contender:
                 generator=torch.Generator().manual_seed(0),
                 output_type="pt",
             )
-            return out.images * 2 - 1
-        self.sampler.set_timesteps(steps)
-        x = torch.randn((len(labels), 1, 28, 28), generator=torch.Generator().manual_seed(0))
+            return out.images.cpu() * 2 - 1
+        self.sampler.set_timesteps(steps, device=self.device)
+        x = torch.randn((len(labels), 1, 28, 28), generator=torch.Generator().manual_seed(0)).to(self.device)
+        labels = labels.to(self.device)
         null = torch.full_like(labels, self.null_class)
         for t in self.sampler.timesteps:
             both = model(torch.cat([x, x]), t, class_labels=torch.cat([labels, null])).sample
             conditional, unconditional = both.chunk(2)
             x = self.sampler.step(unconditional + guidance * (conditional - unconditional), t, x).prev_sample
-        return x.clamp(-1, 1)
+        return x.clamp(-1, 1).cpu()
 
 
 def run(kind, lr, images, labels, budget_s, eval_every_s, eval_samples, reference_data):
@@ -119,6 +124,7 @@ def run(kind, lr, images, labels, budget_s, eval_every_s, eval_samples, referenc
         index = torch.randint(0, len(images), (batch,), generator=generator)
         started = time.perf_counter()
         contender.train_step(images[index], labels[index], generator)
+        synchronize()
         clock += time.perf_counter() - started
         if clock >= next_eval or clock >= budget_s:
             samples = contender.sample(requested)
@@ -145,11 +151,17 @@ def main():
     parser.add_argument("--budget_minutes", type=float, default=8)
     parser.add_argument("--eval_every_minutes", type=float, default=2)
     parser.add_argument("--eval_samples", type=int, default=100)
+    parser.add_argument("--models", default="ours,reference", help="which to train, comma-separated")
+    parser.add_argument("--tag", default="", help="suffix for the JSON file name")
     args = parser.parse_args()
     images, labels = load_digits()
     reference_data = embedded_reference()
     curves = {}
-    for kind, lr in (("ours", 2e-3), ("reference", 1e-3)):
+    learning_rates = {"ours": 2e-3, "reference": 1e-3}
+    for kind in args.models.split(","):
+        if kind not in learning_rates:
+            parser.error(f"--models takes ours and/or reference, got {kind!r}")
+        lr = learning_rates[kind]
         curves[kind] = run(
             kind,
             lr,
@@ -160,7 +172,7 @@ def main():
             args.eval_samples,
             reference_data,
         )
-    rows = curves["ours"] + curves["reference"]
+    rows = [point for curve in curves.values() for point in curve]
     summary = {}
     for kind, curve in curves.items():
         reached = [p["train_seconds"] for p in curve if p["clear_rate"] >= BAR and p["digit_accuracy"] >= BAR]
@@ -174,7 +186,7 @@ def main():
         text = f"{seconds:.0f} s" if seconds is not None else f"not within {args.budget_minutes * 60:.0f} s"
         print(f"time to clear rate and digit accuracy >= {BAR}: {kind}: {text}")
     write_json(
-        "bench_time_to_quality",
+        f"bench_time_to_quality{args.tag}",
         {
             "machine": machine(),
             "budget_minutes": args.budget_minutes,

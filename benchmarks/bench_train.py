@@ -30,11 +30,15 @@ from benchmarks.common import (  # noqa: E402
 )
 
 CONFIGS = {
-    # name: (model, precision)
-    "ours bf16": ("ours", "bf16"),
-    "ours fp32": ("ours", "fp32"),
-    "reference fp32": ("reference", "fp32"),
-    "reference bf16": ("reference", "bf16"),
+    # name: (model, precision, torch.compile)
+    "ours bf16": ("ours", "bf16", False),
+    "ours fp32": ("ours", "fp32", False),
+    "reference fp32": ("reference", "fp32", False),
+    "reference bf16": ("reference", "bf16", False),
+}
+COMPILED = {
+    "ours bf16 compiled": ("ours", "bf16", True),
+    "reference bf16 compiled": ("reference", "bf16", True),
 }
 
 
@@ -46,7 +50,7 @@ def run_one(name: str, batch_size: int, steps: int) -> dict:
     from ddpm_pipeline.training_config import TrainingConfig
     from train_ddpm import build_models
 
-    kind, precision = CONFIGS[name]
+    kind, precision, compiled = {**CONFIGS, **COMPILED}[name]
     dev = device()
     torch.manual_seed(0)
     x0 = torch.rand(batch_size, 1, 28, 28, device=dev) * 2 - 1
@@ -60,6 +64,7 @@ def run_one(name: str, batch_size: int, steps: int) -> dict:
     model = model.to(dev)
     flops = forward_flops(model, x0[:1], torch.tensor([5], device=dev), *([labels[:1]] if kind == "ours" else []))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    network = torch.compile(model) if compiled else model
 
     def step():
         noise = torch.randn_like(x0)
@@ -67,9 +72,9 @@ def run_one(name: str, batch_size: int, steps: int) -> dict:
         noisy = scheduler.add_noise(x0, noise, t)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             if kind == "ours":
-                output = model(noisy, t, labels).sample
+                output = network(noisy, t, labels).sample
             else:
-                output = model(noisy, t).sample
+                output = network(noisy, t).sample
         if isinstance(scheduler, CosineDDPMScheduler):
             loss = diffusion_loss(output, scheduler, x0, noise, noisy, t).loss
         else:
@@ -78,8 +83,8 @@ def run_one(name: str, batch_size: int, steps: int) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    step()
-    step()
+    for _ in range(3 if compiled else 2):  # warm-up (compilation, autotuning, allocator)
+        step()
     synchronize()
     started = time.perf_counter()
     for _ in range(steps):
@@ -106,6 +111,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument(
+        "--compile", action="store_true", help="also time both models under torch.compile (bf16); pays on GPUs"
+    )
+    parser.add_argument(
+        "--configs",
+        default=",".join(CONFIGS),
+        help=f"comma-separated, from: {', '.join([*CONFIGS, *COMPILED])}",
+    )
+    parser.add_argument("--tag", default="", help="suffix for the JSON file name")
     parser.add_argument("--single", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.single:
@@ -114,7 +128,11 @@ def main():
 
     limits = ceilings()
     rows = []
-    for name in CONFIGS:
+    names = [name.strip() for name in args.configs.split(",")] + (list(COMPILED) if args.compile else [])
+    unknown = [name for name in names if name not in {**CONFIGS, **COMPILED}]
+    if unknown:
+        parser.error(f"unknown config(s) {unknown}; choose from {[*CONFIGS, *COMPILED]}")
+    for name in names:
         result = subprocess.run(
             [
                 sys.executable,
@@ -131,16 +149,16 @@ def main():
             check=True,
         )
         row = json.loads(result.stdout.strip().splitlines()[-1])
-        ceiling = limits["conv3x3_bf16_gflops"] if name.endswith("bf16") else limits["matmul_fp32_gflops"]
+        ceiling = limits["conv3x3_bf16_gflops"] if "bf16" in name else limits["matmul_fp32_gflops"]
         row["share_of_ceiling"] = row["train_gflops"] / ceiling
         rows.append(row)
         print(f"{name}: {row['images_per_second']:.0f} images/s", file=sys.stderr)
     by_name = {r["config"]: r for r in rows}
-    reference = by_name["reference fp32"]["images_per_second"]
+    reference = by_name.get("reference fp32", {}).get("images_per_second")
     for row in rows:
-        row["vs_reference_fp32"] = row["images_per_second"] / reference
+        row["vs_reference_fp32"] = row["images_per_second"] / reference if reference else None
     print(f"\nMachine: {machine()}\nCeilings (GFLOP/s): " + ", ".join(f"{k} {v:.0f}" for k, v in limits.items()))
-    print(f"Batch {args.batch_size}, {args.steps} timed steps after 2 warm-up steps.\n")
+    print(f"Batch {args.batch_size}, {args.steps} timed steps after 2 (compiled: 3) warm-up steps.\n")
     print_table(
         rows,
         [
@@ -155,7 +173,7 @@ def main():
         ],
     )
     write_json(
-        "bench_train",
+        f"bench_train{args.tag}",
         {
             "machine": machine(),
             "ceilings_gflops": limits,

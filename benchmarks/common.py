@@ -1,13 +1,15 @@
 """Shared by the benchmarks: the machine's description and ceilings, the reference model, tables and JSON."""
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
 
 import torch
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# BENCH_RESULTS_DIR redirects the JSON (the GPU script sends it straight to the folder that comes back)
+RESULTS_DIR = Path(os.environ.get("BENCH_RESULTS_DIR", Path(__file__).resolve().parent / "results"))
 
 
 def machine() -> dict:
@@ -53,12 +55,13 @@ def _rate(fn, flops: float, repeats: int = 5) -> float:
 def ceilings() -> dict:
     """GFLOP/s this machine reaches on a large matrix product (fp32, bf16) and a bf16 3x3 convolution at MNIST size."""
     dev = device()
-    n = 2048
+    # A GPU needs far bigger problems than a CPU to reach its rate (and to run past launch overhead).
+    n, conv_batch = (8192, 4096) if dev.type == "cuda" else (2048, 128)
     a32, b32 = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
     a16, b16 = a32.bfloat16(), b32.bfloat16()
-    x = torch.randn(128, 64, 14, 14, device=dev, dtype=torch.bfloat16)
+    x = torch.randn(conv_batch, 64, 14, 14, device=dev, dtype=torch.bfloat16)
     conv = torch.nn.Conv2d(64, 64, 3, padding=1).to(dev, torch.bfloat16)
-    conv_flops = 2 * 9 * 64 * 64 * 14 * 14 * 128
+    conv_flops = 2 * 9 * 64 * 64 * 14 * 14 * conv_batch
     return {
         "matmul_fp32_gflops": _rate(lambda: a32 @ b32, 2 * n**3),
         "matmul_bf16_gflops": _rate(lambda: a16 @ b16, 2 * n**3),
