@@ -1,8 +1,9 @@
-"""A lean UNet for 28x28 digits: 28 -> 14 -> 7 and back, attention only at the coarse levels.
+"""A lean UNet for 28x28 digits: 28 -> 14 -> 7 and back, self-attention only at the coarse levels.
 
-Designed for a laptop CPU: few wide-enough convolutions, no attention at full resolution, GroupNorm that runs well in
-channels-last bf16. It predicts the noise and, when ``learned_variance`` is set, the interpolation value v of the
-learned-range variance (2 x in_channels outputs).
+Designed for a laptop CPU, where the 28x28 level costs the most: by default no encoder block there (the input
+convolution is that level's skip connection), a narrow 14x14 level and attention only in the middle block; 0.145
+GFLOP per image (benchmarks/RESULTS.md). It predicts the noise and, when ``learned_variance`` is set, the
+interpolation value v of the learned-range variance (2 x in_channels outputs).
 """
 
 import math
