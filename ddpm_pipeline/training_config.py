@@ -339,10 +339,9 @@ def _parser_type(name, hint):
                 return base(text)
             except ValueError:
                 return text  # validation then names the key and the expected type
-        takes_list = typing.get_origin(base) is list or any(typing.get_origin(a) is list for a in typing.get_args(base))
-        if takes_list and "," in text and not text.strip().startswith("["):
-            text = f"[{text}]"
-        elif typing.get_origin(base) is list and not text.strip().startswith("["):
+        only_list = typing.get_origin(base) is list
+        may_be_list = any(typing.get_origin(a) is list for a in typing.get_args(base))  # e.g. int | list[int]
+        if (only_list or (may_be_list and "," in text)) and not text.strip().startswith("["):
             text = f"[{text}]"
         try:
             return yaml.safe_load(text)

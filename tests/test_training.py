@@ -329,3 +329,12 @@ def test_ranks_draw_different_noise():
     assert not set(indices[0].tolist()) & set(indices[1].tolist())
     single = train_ddpm.BatchPlan(TrainingConfig.from_yaml(TINY, {"train_batch_size": 32}), 1000, 1, 0)
     torch.testing.assert_close(single.randomness(7, (1, 28, 28), 50, 0.1)[0], torch.cat(noise))
+
+
+def test_layers_per_block_flag_takes_one_number_or_one_per_level():
+    from ddpm_pipeline.training_config import parse_training_config
+
+    assert parse_training_config(["--config", TINY, "--layers_per_block", "0,1,1"]).layers_per_block == [0, 1, 1]
+    assert parse_training_config(["--config", TINY, "--layers_per_block", "[1, 2, 1]"]).layers_per_block == [1, 2, 1]
+    assert parse_training_config(["--config", TINY, "--layers_per_block", "2"]).layers_per_block == 2
+    assert TrainingConfig.from_yaml(ROOT / "configs" / "mnist.yaml").layers_per_block == [0, 1, 1]
