@@ -12,7 +12,6 @@ import json
 import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -25,7 +24,7 @@ from benchmarks.common import (  # noqa: E402
     machine,
     print_table,
     reference_unet,
-    synchronize,
+    seconds_per_call,
     write_json,
 )
 
@@ -83,15 +82,8 @@ def run_one(name: str, batch_size: int, steps: int) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for _ in range(3 if compiled else 2):  # warm-up (compilation, autotuning, allocator)
-        step()
-    synchronize()
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    synchronize()
-    seconds = time.perf_counter() - started
-    images_per_second = batch_size * steps / seconds
+    # warm-up covers compilation, autotuning and the allocator
+    images_per_second = batch_size / seconds_per_call(step, steps, warmup=3 if compiled else 2)
     peak_mb = (
         torch.cuda.max_memory_allocated() / 2**20
         if dev.type == "cuda"

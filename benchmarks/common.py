@@ -41,14 +41,20 @@ def synchronize():
         torch.cuda.synchronize()
 
 
-def _rate(fn, flops: float, repeats: int = 5) -> float:
-    fn()
+def seconds_per_call(fn, repeats: int, warmup: int = 1) -> float:
+    """Mean wall time of fn() after warm-up calls, waiting for the GPU (if any) before reading the clock."""
+    for _ in range(warmup):
+        fn()
     synchronize()
     started = time.perf_counter()
     for _ in range(repeats):
         fn()
     synchronize()
-    return flops * repeats / (time.perf_counter() - started) / 1e9
+    return (time.perf_counter() - started) / repeats
+
+
+def _rate(fn, flops: float, repeats: int = 5) -> float:
+    return flops / seconds_per_call(fn, repeats) / 1e9
 
 
 @torch.no_grad()
