@@ -37,7 +37,7 @@ class Contender:
         from diffusers.training_utils import EMAModel
 
         from ddpm_pipeline.training_config import TrainingConfig
-        from train_ddpm import build_models
+        from train_ddpm import build_models, build_optimizer
 
         self.kind = kind
         torch.manual_seed(0)
@@ -52,8 +52,14 @@ class Contender:
             self.null_class = 10
         self.device = device()
         self.model = self.model.to(self.device)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr)
-        self.ema = EMAModel(self.model.parameters(), decay=0.9995, use_ema_warmup=True, power=0.75)
+        if kind == "ours":  # our training loop's fused AdamW and foreach EMA; the course's plain ones
+            config.learning_rate = lr
+            self.optimizer = build_optimizer(config, self.model.parameters(), self.device)
+        else:
+            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr)
+        self.ema = EMAModel(
+            self.model.parameters(), decay=0.9995, use_ema_warmup=True, power=0.75, foreach=kind == "ours"
+        )
         self.warmup, self.lr, self.steps = 100, lr, 0
 
     def train_step(self, x0, labels, generator):

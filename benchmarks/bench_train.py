@@ -47,7 +47,7 @@ def run_one(name: str, batch_size: int, steps: int) -> dict:
     from ddpm_pipeline import CosineDDPMScheduler
     from ddpm_pipeline.losses import diffusion_loss
     from ddpm_pipeline.training_config import TrainingConfig
-    from train_ddpm import build_models
+    from train_ddpm import build_models, build_optimizer
 
     kind, precision, compiled = {**CONFIGS, **COMPILED}[name]
     dev = device()
@@ -62,7 +62,12 @@ def run_one(name: str, batch_size: int, steps: int) -> dict:
         scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
     model = model.to(dev)
     flops = forward_flops(model, x0[:1], torch.tensor([5], device=dev), *([labels[:1]] if kind == "ours" else []))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    # our training loop's optimizer (fused AdamW) for ours; the course's plain AdamW for the reference
+    optimizer = (
+        build_optimizer(config, model.parameters(), dev)
+        if kind == "ours"
+        else torch.optim.AdamW(model.parameters(), lr=1e-4)
+    )
     network = torch.compile(model) if compiled else model
 
     def step():
