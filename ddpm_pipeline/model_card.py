@@ -33,7 +33,11 @@ import torch
 from ddpm_pipeline import DDPMMnistPipeline
 
 pipe = DDPMMnistPipeline.from_pretrained("{repo_id}")
-images = pipe(batch_size=36, {label_argument}num_inference_steps=50, generator=torch.Generator().manual_seed(0)).images
+images = pipe(
+    batch_size=36,
+{label_argument}    num_inference_steps=50,
+    generator=torch.Generator().manual_seed(0),
+).images
 ```
 
 Without the package, through diffusers' remote code (the component code lives in this repository; pin a revision you
@@ -104,7 +108,7 @@ def render_model_card(config: dict, run_info: dict | None = None, evaluation: di
         data=_data_description(config),
         T=config.get("num_train_timesteps", "T"),
         repo_id=repo_id or "namespace/ddpm-mnist",
-        label_argument="class_labels=[i % 10 for i in range(36)], " if conditional else "",
+        label_argument="    class_labels=[i % 10 for i in range(36)],\n" if conditional else "",
         training_line=training_line,
         config=yaml.safe_dump({k: v for k, v in config.items() if k != "hub_token"}, sort_keys=False),
         evaluation=_evaluation_section(evaluation),

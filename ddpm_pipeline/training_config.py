@@ -42,7 +42,7 @@ class TrainingConfig:
         default=True, metadata={"help": "learn the reverse variance (learned_range) with the hybrid loss"}
     )
     block_out_channels: list[int] = field(
-        default_factory=lambda: [32, 48, 64], metadata={"help": "UNet widths per level"}
+        default_factory=lambda: [32, 64, 64], metadata={"help": "UNet widths per level"}
     )
     layers_per_block: int | list[int] = field(
         default_factory=lambda: [0, 1, 1],

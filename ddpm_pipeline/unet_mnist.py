@@ -1,7 +1,8 @@
 """A lean UNet for 28x28 digits: 28 -> 14 -> 7 and back, self-attention only at the coarse levels.
 
-Designed for a laptop CPU, where the 28x28 level costs the most: by default no encoder block there (the input
-convolution is that level's skip connection), a narrow 14x14 level and attention only in the middle block; 0.145
+Designed for a laptop CPU, where the 28x28 level costs the most and memory-bound layers cost more than their FLOPs:
+by default no encoder block at 28x28 (the input convolution is that level's skip connection), attention only in the
+middle block, and no 1x1 shortcut convolutions (widths change in the stride-2 and transposed convolutions); 0.168
 GFLOP per image (benchmarks/RESULTS.md). It predicts the noise and, when ``learned_variance`` is set, the
 interpolation value v of the learned-range variance (2 x in_channels outputs).
 """
@@ -36,7 +37,12 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
 
 
 class ResidualBlock(nn.Module):
-    """GroupNorm-SiLU-conv twice, with the time (and class) embedding added between the convolutions."""
+    """GroupNorm-SiLU-conv twice, with the time (and class) embedding added between the convolutions.
+
+    The convolutions' output is added to ``residual``: the input itself in the down and middle blocks, and in the up
+    path the sum of the two halves of the concatenated input (the upsampled features and the skip connection, which
+    have the same width). So no block needs a 1x1 shortcut convolution (memory-bound, slow on CPUs).
+    """
 
     def __init__(self, in_channels: int, out_channels: int, embedding_dim: int, groups: int, dropout: float):
         super().__init__()
@@ -46,13 +52,12 @@ class ResidualBlock(nn.Module):
         self.norm2 = nn.GroupNorm(groups, out_channels)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
-    def forward(self, x: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
         h = h + self.embedding_proj(embedding)[:, :, None, None]
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-        return self.skip(x) + h
+        return (x if residual is None else residual) + h
 
 
 class AttentionBlock(nn.Module):
@@ -104,7 +109,7 @@ class MnistUNet(ModelMixin, ConfigMixin):
         sample_size: int = 28,
         in_channels: int = 1,
         learned_variance: bool = True,
-        block_out_channels: tuple[int, ...] = (32, 48, 64),
+        block_out_channels: tuple[int, ...] = (32, 64, 64),
         layers_per_block: int | tuple[int, ...] = (0, 1, 1),
         decoder_layers_per_block: int | None = 1,
         attention_levels: tuple[bool, ...] = (False, False, False),
@@ -175,17 +180,18 @@ class MnistUNet(ModelMixin, ConfigMixin):
         self.downsamplers = nn.ModuleList()
         skip_channels = []  # per level, in the order the down path produces them
         width = base
-        for level, out_width in enumerate(block_out_channels):
+        for level in range(len(block_out_channels)):
             skip_channels.append([width])
             for _ in range(self.layers_per_level[level]):
-                self.down_blocks.append(block(width, out_width))
+                self.down_blocks.append(block(width, width))
                 self.down_attentions.append(
-                    AttentionBlock(out_width, attention_head_dim, groups) if attention_levels[level] else nn.Identity()
+                    AttentionBlock(width, attention_head_dim, groups) if attention_levels[level] else nn.Identity()
                 )
-                width = out_width
                 skip_channels[level].append(width)
             if level < len(block_out_channels) - 1:
-                self.downsamplers.append(nn.Conv2d(width, width, 3, stride=2, padding=1))
+                # The stride-2 convolution also widens to the next level, so every down block keeps its width.
+                self.downsamplers.append(nn.Conv2d(width, block_out_channels[level + 1], 3, stride=2, padding=1))
+                width = block_out_channels[level + 1]
 
         self.mid_block1 = block(width, width)
         self.mid_attention = AttentionBlock(width, attention_head_dim, groups)
@@ -204,8 +210,10 @@ class MnistUNet(ModelMixin, ConfigMixin):
                 )
                 width = out_width
             if level > 0:
-                # A 2x2 transposed convolution: learned upsampling at a ninth of the cost of nearest + 3x3.
-                self.upsamplers.append(nn.ConvTranspose2d(width, width, 2, stride=2))
+                # A 2x2 transposed convolution: learned upsampling at a ninth of the cost of nearest + 3x3; it also
+                # narrows to the finer level's width, so that the up blocks there can add to its output.
+                self.upsamplers.append(nn.ConvTranspose2d(width, block_out_channels[level - 1], 2, stride=2))
+                width = block_out_channels[level - 1]
 
         self.norm_out = nn.GroupNorm(groups, width)
         self.conv_out = nn.Conv2d(width, self.out_channels, 3, padding=1)
@@ -280,7 +288,8 @@ class MnistUNet(ModelMixin, ConfigMixin):
         for level in reversed(range(levels)):
             for _ in range(self.decoder_layers_per_level[level]):
                 res, attn = next(blocks)
-                h = attn(res(torch.cat([h, skips[level].pop()], dim=1), embedding))
+                skip = skips[level].pop()
+                h = attn(res(torch.cat([h, skip], dim=1), embedding, residual=h + skip))
             if level > 0:
                 h = self.upsamplers[levels - 1 - level](h)
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from ddpm_pipeline import MnistUNet
+from ddpm_pipeline.unet_mnist import AttentionBlock
 from tests.conftest import TINY_UNET
 
 
@@ -105,8 +106,8 @@ def test_layers_per_level():
     full = MnistUNet(block_out_channels=(16, 32, 32), layers_per_block=1, norm_num_groups=4)
     assert len(lean.down_blocks) == 2 and len(full.down_blocks) == 3
     assert len(lean.up_blocks) == len(full.up_blocks) == 3
-    # the 28x28 decoder block eats conv_in's 16 channels next to the upsampled 32
-    assert lean.up_blocks[-1].conv1.in_channels == 32 + 16
+    # the 28x28 decoder block eats conv_in's 16 channels next to the upsampled features, narrowed to 16
+    assert lean.up_blocks[-1].conv1.in_channels == 16 + 16
     x = torch.randn(2, 1, 28, 28)
     assert lean(x, torch.tensor([3, 7])).sample.shape == (2, 2, 28, 28)
     deep = MnistUNet(
@@ -131,3 +132,30 @@ def test_layers_per_level():
 def test_bad_layer_counts(kwargs, match):
     with pytest.raises(ValueError, match=match):
         MnistUNet(block_out_channels=(16, 32, 32), norm_num_groups=4, **kwargs)
+
+
+def test_no_shortcut_convolutions_blocks_add_to_their_input_halves():
+    """Widths change only in the stride-2 and transposed convolutions; a block adds its convolutions to its input (a
+    decoder block: to the sum of the upsampled features and the skip), so with conv2 zeroed it passes that through."""
+    unet = MnistUNet(num_class_embeds=10)
+    kernels = [m.kernel_size for m in unet.modules() if isinstance(m, torch.nn.Conv2d) and m not in _attention(unet)]
+    assert (1, 1) not in kernels
+    assert [m.out_channels for m in unet.downsamplers] == [64, 64]
+    assert [m.out_channels for m in unet.upsamplers] == [64, 32]
+    for block in [*unet.down_blocks, unet.mid_block1, unet.mid_block2, *unet.up_blocks]:
+        torch.nn.init.zeros_(block.conv2.weight)
+        torch.nn.init.zeros_(block.conv2.bias)
+    middle = unet.mid_block1
+    h = torch.randn(2, 64, 7, 7)
+    torch.testing.assert_close(middle(h, torch.randn(2, middle.embedding_proj.in_features)), h)
+    # end to end: with every block an identity, the 28x28 decoder block's output is upsampled + conv_in's features
+    seen = {}
+    unet.norm_out.register_forward_pre_hook(lambda module, args: seen.update(h=args[0]))
+    unet.upsamplers[-1].register_forward_hook(lambda module, args, out: seen.update(upsampled=out))
+    unet.conv_in.register_forward_hook(lambda module, args, out: seen.update(skip=out))
+    unet(torch.randn(2, 1, 28, 28), torch.tensor([3, 900]), torch.tensor([1, 2]))
+    torch.testing.assert_close(seen["h"], seen["upsampled"] + seen["skip"])
+
+
+def _attention(unet):
+    return {m for attention in unet.modules() if isinstance(attention, AttentionBlock) for m in attention.modules()}
