@@ -138,7 +138,8 @@ def test_no_shortcut_convolutions_blocks_add_to_their_input_halves():
     """Widths change only in the stride-2 and transposed convolutions; a block adds its convolutions to its input (a
     decoder block: to the sum of the upsampled features and the skip), so with conv2 zeroed it passes that through."""
     unet = MnistUNet(num_class_embeds=10)
-    kernels = [m.kernel_size for m in unet.modules() if isinstance(m, torch.nn.Conv2d) and m not in _attention(unet)]
+    attention = {m for block in unet.modules() if isinstance(block, AttentionBlock) for m in block.modules()}
+    kernels = [m.kernel_size for m in unet.modules() if isinstance(m, torch.nn.Conv2d) and m not in attention]
     assert (1, 1) not in kernels
     assert [m.out_channels for m in unet.downsamplers] == [64, 64]
     assert [m.out_channels for m in unet.upsamplers] == [64, 32]
@@ -155,7 +156,3 @@ def test_no_shortcut_convolutions_blocks_add_to_their_input_halves():
     unet.conv_in.register_forward_hook(lambda module, args, out: seen.update(skip=out))
     unet(torch.randn(2, 1, 28, 28), torch.tensor([3, 900]), torch.tensor([1, 2]))
     torch.testing.assert_close(seen["h"], seen["upsampled"] + seen["skip"])
-
-
-def _attention(unet):
-    return {m for attention in unet.modules() if isinstance(attention, AttentionBlock) for m in attention.modules()}
