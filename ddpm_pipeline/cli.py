@@ -25,6 +25,14 @@ def _digits(text: str | None):
     return digits
 
 
+def _interval(text: str) -> tuple[float, ...]:
+    """--guidance_interval LOW,HIGH as floats; the pipeline checks that 0 <= LOW < HIGH <= 1."""
+    try:
+        return tuple(float(bound) for bound in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes two fractions LOW,HIGH, e.g. 0.6,1; got {text!r}") from None
+
+
 def cmd_evaluate(args):
     from .evaluation import evaluate_pipeline
 
@@ -36,6 +44,7 @@ def cmd_evaluate(args):
         num_inference_steps=args.num_inference_steps,
         scheduler=args.scheduler,
         guidance_scale=args.guidance_scale,
+        guidance_interval=args.guidance_interval,
         seed=args.seed,
         nll_images=args.nll_images,
         nll_steps=args.nll_steps,
@@ -76,6 +85,7 @@ def _sample(args, return_trajectory=False):
         batch_size=args.num_images,
         class_labels=labels,
         guidance_scale=args.guidance_scale,
+        guidance_interval=args.guidance_interval,
         num_inference_steps=args.num_inference_steps,
         generator=torch.Generator().manual_seed(args.seed),
         output_type="np",
@@ -128,6 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", required=True, help="a local pipeline folder or a Hub id")
         p.add_argument("--num_inference_steps", type=int, default=steps_default, help="respaced steps (T = full chain)")
         p.add_argument("--guidance_scale", type=float, default=2.0, help="classifier-free guidance weight")
+        p.add_argument(
+            "--guidance_interval",
+            type=_interval,
+            default=(0.0, 1.0),
+            metavar="LOW,HIGH",
+            help="guide only at timesteps t with LOW*T <= t < HIGH*T (fractions of the training chain T)",
+        )
         p.add_argument("--seed", type=int, default=0)
 
     evaluate = commands.add_parser(

@@ -57,7 +57,9 @@ def use_scheduler(pipe, name: str):
     return pipe
 
 
-def generate(pipe, num_samples, num_inference_steps, guidance_scale, seed, batch_size=250):
+def generate(
+    pipe, num_samples, num_inference_steps, guidance_scale, seed, batch_size=250, guidance_interval=(0.0, 1.0)
+):
     """Samples in [-1, 1] and the digits asked for (balanced 0..9 for a conditional model, else None)."""
     conditional = pipe.unet.config.num_class_embeds is not None
     requested = torch.arange(num_samples) % 10 if conditional else None
@@ -69,6 +71,7 @@ def generate(pipe, num_samples, num_inference_steps, guidance_scale, seed, batch
             batch_size=count,
             class_labels=requested[start : start + count] if conditional else None,
             guidance_scale=guidance_scale,
+            guidance_interval=guidance_interval,
             num_inference_steps=num_inference_steps,
             generator=generator,
             output_type="pt",
@@ -147,6 +150,7 @@ def evaluate_pipeline(
     num_inference_steps: int | None = 50,
     scheduler: str = "ddpm",
     guidance_scale: float = 2.0,
+    guidance_interval: tuple[float, float] = (0.0, 1.0),
     seed: int = 0,
     nll_images: int = 200,
     nll_steps: int = 50,
@@ -159,12 +163,15 @@ def evaluate_pipeline(
     pipe.set_progress_bar_config(disable=True)
     use_scheduler(pipe, scheduler)
     started = time.perf_counter()
-    samples, requested = generate(pipe, num_samples, num_inference_steps, guidance_scale, seed)
+    samples, requested = generate(
+        pipe, num_samples, num_inference_steps, guidance_scale, seed, guidance_interval=guidance_interval
+    )
     sampling_seconds = time.perf_counter() - started
     result = {
         "scheduler": scheduler,
         "num_inference_steps": num_inference_steps or pipe.scheduler.config.num_train_timesteps,
         "guidance_scale": guidance_scale,
+        "guidance_interval": list(guidance_interval),
         "seed": seed,
         **score_samples(samples, reference, requested),
         "sampling_seconds": sampling_seconds,

@@ -56,6 +56,38 @@ def test_class_labels_and_guidance(pipe):
     assert not np.array_equal(one.images, guided.images)
 
 
+def test_guidance_interval_guides_only_the_timesteps_inside_it(pipe):
+    calls = []  # (timestep, batch rows) of every UNet call
+    original = pipe.unet.forward
+    pipe.unet.forward = lambda sample, timestep, *a, **k: (
+        calls.append((int(timestep[0]), sample.shape[0])) or original(sample, timestep, *a, **k)
+    )
+    kwargs = dict(batch_size=3, class_labels=7, guidance_scale=3.0, num_inference_steps=5, output_type="np")
+    interval = run(pipe, guidance_interval=(0.5, 1.0), **kwargs).images
+    num_train_timesteps = pipe.scheduler.config.num_train_timesteps
+    assert len(calls) == 5
+    # the null-label pass doubles the batch, and only at t >= 0.5 T
+    assert [rows for _, rows in calls] == [6 if t >= 0.5 * num_train_timesteps else 3 for t, _ in calls]
+    assert {rows for _, rows in calls} == {3, 6}
+    pipe.unet.forward = original
+
+    everywhere = run(pipe, **kwargs).images
+    np.testing.assert_array_equal(run(pipe, guidance_interval=(0.0, 1.0), **kwargs).images, everywhere)
+    unguided = run(pipe, **{**kwargs, "guidance_scale": 1.0}).images
+    # an interval that holds none of the 5 timesteps (49, 37, 25, 12, 0 of 50) is the unguided sampler
+    np.testing.assert_array_equal(run(pipe, guidance_interval=(0.02, 0.2), **kwargs).images, unguided)
+    assert not np.array_equal(interval, everywhere) and not np.array_equal(interval, unguided)
+
+
+@pytest.mark.parametrize(
+    "interval",
+    [(0.6, 0.4), (0.5, 0.5), (-0.1, 1.0), (0.0, 1.5), (0.5,), (0.1, 0.5, 1.0), "ab", None, (float("nan"), 1.0)],
+)
+def test_bad_guidance_interval(pipe, interval):
+    with pytest.raises(ValueError, match="guidance_interval must be two fractions"):
+        run(pipe, batch_size=1, num_inference_steps=2, guidance_interval=interval)
+
+
 def test_bad_labels(pipe):
     with pytest.raises(ValueError, match=r"\[0, 9\]"):
         run(pipe, batch_size=2, class_labels=[1, 10], num_inference_steps=2)

@@ -97,6 +97,28 @@ def test_cli_sample_and_trajectory(saved, tmp_path):
         cli.main(["sample", "--model", str(saved), "--digits", "12"])
 
 
+def test_cli_guidance_interval(saved, tmp_path, capsys):
+    def grid(name, *flags):
+        argv = ["sample", "--model", str(saved), "--num_images", "4", "--num_inference_steps", "3", *flags]
+        assert cli.main([*argv, "--out", str(tmp_path / name)]) == 0
+        return np.asarray(PIL.Image.open(tmp_path / name))
+
+    guided = grid("guided.png", "--guidance_scale", "3")
+    unguided = grid("unguided.png", "--guidance_scale", "1")
+    # the 3 timesteps of the 50-step chain (49, 24, 0) all lie outside [1, 10): no step is guided
+    np.testing.assert_array_equal(
+        grid("outside.png", "--guidance_scale", "3", "--guidance_interval", "0.02,0.2"), unguided
+    )
+    partly = grid("partly.png", "--guidance_scale", "3", "--guidance_interval", "0.4,1")
+    assert not np.array_equal(partly, guided) and not np.array_equal(partly, unguided)
+
+    assert cli.main(["sample", "--model", str(saved), "--guidance_interval", "0.8,0.2"]) == 2
+    assert "guidance_interval must be two fractions" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["sample", "--model", str(saved), "--guidance_interval", "high,low"])
+    assert "LOW,HIGH" in capsys.readouterr().err
+
+
 def test_cli_evaluate_writes_json(saved, tmp_path, capsys):
     out = tmp_path / "eval.json"
     assert (
@@ -113,6 +135,8 @@ def test_cli_evaluate_writes_json(saved, tmp_path, capsys):
                 "2",
                 "--nll_steps",
                 "2",
+                "--guidance_interval",
+                "0.5,1",
                 "--out",
                 str(out),
             ]
@@ -133,6 +157,7 @@ def test_cli_evaluate_writes_json(saved, tmp_path, capsys):
         "sampling_seconds",
     ]:
         assert key in result, key
+    assert result["guidance_interval"] == [0.5, 1.0]
     assert "clear_rate" in capsys.readouterr().out
 
 
