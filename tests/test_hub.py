@@ -305,3 +305,20 @@ def test_push_at_every_saved_epoch(hub, tmp_path):
     assert (
         first_push["unet/diffusion_pytorch_model.safetensors"] != final_push["unet/diffusion_pytorch_model.safetensors"]
     )
+
+
+def test_model_card_usage_snippets_parse_and_name_the_repository():
+    import ast
+    import re
+
+    from ddpm_pipeline.model_card import render_model_card
+
+    conditional = render_model_card({"class_conditional": True}, repo_id="alice/tiny-ddpm")
+    unconditional = render_model_card({"class_conditional": False}, repo_id="alice/tiny-ddpm")
+    for card in (conditional, unconditional):
+        blocks = re.findall(r"```python\n(.*?)```", card, flags=re.S)
+        assert blocks and all("alice/tiny-ddpm" in block for block in blocks)
+        for block in blocks:
+            ast.parse(block)
+    # the fast setting (guidance only inside an interval) is for class-conditional models only
+    assert "guidance_interval=(0.3, 0.8)" in conditional and "guidance_interval" not in unconditional
