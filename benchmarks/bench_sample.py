@@ -24,6 +24,7 @@ SCHEDULERS = ("ddpm", "ddim", "dpm")
 
 def main():
     from ddpm_pipeline import DDPMMnistPipeline
+    from ddpm_pipeline.cli import parse_guidance_interval
     from ddpm_pipeline.evaluation import embedded_reference, generate, score_samples, use_scheduler
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -35,7 +36,8 @@ def main():
     parser.add_argument("--guidance_scale", type=float, default=2.0)
     parser.add_argument(
         "--guidance_interval",
-        default="0,1",
+        type=parse_guidance_interval,
+        default=(0.0, 1.0),
         help="LOW,HIGH: guide only where LOW*T <= t < HIGH*T (default: every step)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the quality samples (FID moves by 1-2 with it)")
@@ -47,10 +49,7 @@ def main():
         help="measure quality at this many steps or more only for our scheduler (it is slow)",
     )
     args = parser.parse_args()
-    try:
-        interval = tuple(float(bound) for bound in args.guidance_interval.split(","))
-    except ValueError:
-        parser.error(f"--guidance_interval takes two fractions LOW,HIGH, e.g. 0.6,1; got {args.guidance_interval!r}")
+    interval = args.guidance_interval
     schedulers = [name.strip() for name in args.schedulers.split(",")]
     if any(name not in SCHEDULERS for name in schedulers):
         parser.error(f"--schedulers takes names from {SCHEDULERS}, got {args.schedulers!r}")

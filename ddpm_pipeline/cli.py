@@ -25,7 +25,7 @@ def _digits(text: str | None):
     return digits
 
 
-def _interval(text: str) -> tuple[float, ...]:
+def parse_guidance_interval(text: str) -> tuple[float, ...]:
     """--guidance_interval LOW,HIGH as floats; the pipeline checks that 0 <= LOW < HIGH <= 1."""
     try:
         return tuple(float(bound) for bound in text.split(","))
@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--guidance_scale", type=float, default=2.0, help="classifier-free guidance weight")
         p.add_argument(
             "--guidance_interval",
-            type=_interval,
+            type=parse_guidance_interval,
             default=(0.0, 1.0),
             metavar="LOW,HIGH",
             help="guide only at timesteps t with LOW*T <= t < HIGH*T (fractions of the training chain T)",
