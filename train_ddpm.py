@@ -30,6 +30,7 @@ from ddpm_pipeline.checkpointing import (
     resolve_checkpoint,
     save_checkpoint_atomically,
 )
+from ddpm_pipeline.cpu_allocator import keep_freed_memory
 from ddpm_pipeline.data import (
     DatasetError,
     load_mnist_dataset,
@@ -169,6 +170,8 @@ def train(config: TrainingConfig) -> Path:
         threads = config.num_cpu_threads or max(1, cores // accelerator.state.num_processes)
         torch.set_num_threads(threads)
         logger.info("Using %d CPU thread(s) per process.", threads)
+        if config.keep_freed_memory and keep_freed_memory():
+            logger.info("Keeping freed memory in the process (glibc mallopt): no page faults on each step's buffers.")
     set_seed(config.seed)  # the weights' initialisation; all later randomness comes from BatchPlan
 
     images, labels = load_training_data(config)

@@ -85,6 +85,13 @@ class TrainingConfig:
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
     mixed_precision: str = field(default="bf16", metadata={"help": "no, bf16 or fp16"})
     channels_last: bool = field(default=False, metadata={"help": "channels-last memory format for the UNet"})
+    keep_freed_memory: bool = field(
+        default=True,
+        metadata={
+            "help": "on a CPU under Linux (glibc), keep freed memory in the process instead of returning it to the "
+            "kernel: no page faults on each step's fresh activations (ddpm_pipeline/cpu_allocator.py)"
+        },
+    )
     num_cpu_threads: int | None = field(
         default=None,
         metadata={

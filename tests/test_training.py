@@ -50,6 +50,7 @@ def unet_weights(output_dir):
         ({"digits": []}, "digits"),
         ({"push_to_hub": True}, "hub_model_id"),
         ({"ema_max_decay": 1.5}, "ema_max_decay"),
+        ({"keep_freed_memory": "yes"}, "keep_freed_memory"),
         ({"layers_per_block": 0}, "layers_per_block"),
         ({"layers_per_block": [0, 1]}, "layers_per_block"),
         ({"layers_per_block": [0, -1, 1]}, "layers_per_block"),
@@ -274,6 +275,14 @@ def test_nan_loss_stops_with_the_step(tmp_path, monkeypatch, capsys):
     message = capsys.readouterr().err
     assert "at step 5" in message and "nan" in message.lower()
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2", "checkpoint-4"]
+
+
+@pytest.mark.parametrize("flag,calls", [([], 1), (["--keep_freed_memory", "false"], 0)])
+def test_cpu_training_keeps_freed_memory_unless_told_not_to(tmp_path, monkeypatch, flag, calls):
+    seen = []
+    monkeypatch.setattr(train_ddpm, "keep_freed_memory", lambda: seen.append(True) or True)
+    assert train_ddpm.main(tiny_args(tmp_path / "run", "--max_train_steps", "1", *flag)) == 0
+    assert len(seen) == calls
 
 
 def _free_port():
