@@ -2,11 +2,14 @@
 and evaluate both at fixed training times.
 
     python benchmarks/bench_time_to_quality.py [--budget_minutes 8] [--eval_every_minutes 2] [--eval_samples 100]
+        [--no_tune_allocator]
 
 Both are class-conditional (null class dropped 10% of the time), keep an EMA (same settings), and sample with
 classifier-free guidance 2 on 25 steps: ours with its learned-variance scheduler in bf16, the reference
 (UNet2DModel (32, 64, 64), DDPMScheduler cosine, MSE, fp32 as the course trains it) with DDIM. The clock counts
-training only; evaluation pauses it. Writes benchmarks/results/bench_time_to_quality.json.
+training only; evaluation pauses it. On a CPU the process keeps freed memory, as train_ddpm.py does, for both
+(ddpm_pipeline/cpu_allocator.py; --no_tune_allocator leaves glibc as it is).
+Writes benchmarks/results/bench_time_to_quality.json.
 """
 
 import argparse
@@ -158,8 +161,14 @@ def main():
     parser.add_argument("--eval_every_minutes", type=float, default=2)
     parser.add_argument("--eval_samples", type=int, default=100)
     parser.add_argument("--models", default="ours,reference", help="which to train, comma-separated")
+    parser.add_argument(
+        "--no_tune_allocator", action="store_true", help="leave glibc's allocator as it is (both contenders)"
+    )
     parser.add_argument("--tag", default="", help="suffix for the JSON file name")
     args = parser.parse_args()
+    from ddpm_pipeline.cpu_allocator import keep_freed_memory
+
+    allocator_tuned = device().type == "cpu" and not args.no_tune_allocator and keep_freed_memory()
     images, labels = load_digits()
     reference_data = embedded_reference()
     curves = {}
@@ -198,6 +207,7 @@ def main():
             "budget_minutes": args.budget_minutes,
             "eval_samples": args.eval_samples,
             "bar": BAR,
+            "allocator_tuned": allocator_tuned,
             "curves": curves,
             "time_to_bar_seconds": summary,
         },

@@ -1,10 +1,13 @@
 """Training throughput: our default UNet against the diffusers-course UNet2DModel, same batch and data.
 
-    python benchmarks/bench_train.py [--batch_size 128] [--steps 6]
+    python benchmarks/bench_train.py [--batch_size 128] [--steps 6] [--no_tune_allocator]
 
 Each configuration runs in its own process (so peak memory is its own), doing full training steps: noising, forward,
 loss, backward, AdamW. Prints a table and writes benchmarks/results/bench_train.json with images/s, achieved
-GFLOP/s against the machine's ceilings measured in the same run, peak memory, and the ratio ours / reference.
+GFLOP/s, peak memory, page faults per step and the ratio ours / reference. The share of the ceiling divides by the
+ceiling (bf16 3x3 convolution for bf16 rows, fp32 matrix product for fp32 rows) measured inside the same process,
+between rounds of training steps, so that the machine's drift hits both alike. Like train_ddpm.py, every process keeps
+freed memory (ddpm_pipeline/cpu_allocator.py) unless --no_tune_allocator.
 """
 
 import argparse
@@ -18,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import (  # noqa: E402
+    ceiling_probe,
     ceilings,
     device,
     forward_flops,
@@ -27,6 +31,8 @@ from benchmarks.common import (  # noqa: E402
     seconds_per_call,
     write_json,
 )
+
+STEPS_PER_ROUND = 4  # training steps between two measurements of the ceiling
 
 CONFIGS = {
     # name: (model, precision, torch.compile)
@@ -41,16 +47,18 @@ COMPILED = {
 }
 
 
-def run_one(name: str, batch_size: int, steps: int) -> dict:
+def run_one(name: str, batch_size: int, steps: int, tune_allocator: bool) -> dict:
     from diffusers import DDPMScheduler
 
     from ddpm_pipeline import CosineDDPMScheduler
+    from ddpm_pipeline.cpu_allocator import keep_freed_memory
     from ddpm_pipeline.losses import diffusion_loss
     from ddpm_pipeline.training_config import TrainingConfig
     from train_ddpm import build_models, build_optimizer
 
     kind, precision, compiled = {**CONFIGS, **COMPILED}[name]
     dev = device()
+    allocator_tuned = dev.type == "cpu" and tune_allocator and keep_freed_memory()
     torch.manual_seed(0)
     x0 = torch.rand(batch_size, 1, 28, 28, device=dev) * 2 - 1
     labels = torch.randint(0, 10, (batch_size,), device=dev)
@@ -87,8 +95,22 @@ def run_one(name: str, batch_size: int, steps: int) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    # warm-up covers compilation, autotuning and the allocator
-    images_per_second = batch_size / seconds_per_call(step, steps, warmup=3 if compiled else 2)
+    # warm-up covers compilation, autotuning and the allocator; then rounds of steps, each after a ceiling probe
+    probe, probe_flops = ceiling_probe("conv3x3_bf16" if precision == "bf16" else "matmul_fp32")
+    for _ in range(3 if compiled else 2):
+        step()
+    step_seconds, ceiling_rates = 0.0, []
+    faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    done = 0
+    while done < steps:
+        ceiling_rates.append(probe_flops / seconds_per_call(probe, 5) / 1e9)
+        round_steps = min(STEPS_PER_ROUND, steps - done)
+        step_seconds += seconds_per_call(step, round_steps, warmup=0) * round_steps
+        done += round_steps
+    # the probes' own faults are few (their buffers are reused): counted with the steps' to stay conservative
+    faults_per_step = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before) / steps
+    images_per_second = batch_size * steps / step_seconds
+    ceiling = sorted(ceiling_rates)[len(ceiling_rates) // 2]
     peak_mb = (
         torch.cuda.max_memory_allocated() / 2**20
         if dev.type == "cuda"
@@ -100,6 +122,10 @@ def run_one(name: str, batch_size: int, steps: int) -> dict:
         "gflop_per_image_fwd": flops / 1e9,
         "images_per_second": images_per_second,
         "train_gflops": 3 * flops * images_per_second / 1e9,  # forward + backward ~ 3x forward
+        "ceiling_gflops": ceiling,
+        "share_of_ceiling": 3 * flops * images_per_second / 1e9 / ceiling,
+        "page_faults_per_step": faults_per_step,
+        "allocator_tuned": allocator_tuned,
         "peak_memory_mb": peak_mb,
     }
 
@@ -116,11 +142,16 @@ def main():
         default=",".join(CONFIGS),
         help=f"comma-separated, from: {', '.join([*CONFIGS, *COMPILED])}",
     )
+    parser.add_argument(
+        "--no_tune_allocator",
+        action="store_true",
+        help="leave glibc's allocator as it is (the A/B for ddpm_pipeline/cpu_allocator.py)",
+    )
     parser.add_argument("--tag", default="", help="suffix for the JSON file name")
     parser.add_argument("--single", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.single:
-        print(json.dumps(run_one(args.single, args.batch_size, args.steps)))
+        print(json.dumps(run_one(args.single, args.batch_size, args.steps, not args.no_tune_allocator)))
         return
 
     limits = ceilings()
@@ -140,14 +171,13 @@ def main():
                 str(args.batch_size),
                 "--steps",
                 str(args.steps),
+                *(["--no_tune_allocator"] if args.no_tune_allocator else []),
             ],
             capture_output=True,
             text=True,
             check=True,
         )
         row = json.loads(result.stdout.strip().splitlines()[-1])
-        ceiling = limits["conv3x3_bf16_gflops"] if "bf16" in name else limits["matmul_fp32_gflops"]
-        row["share_of_ceiling"] = row["train_gflops"] / ceiling
         rows.append(row)
         print(f"{name}: {row['images_per_second']:.0f} images/s", file=sys.stderr)
     by_name = {r["config"]: r for r in rows}
@@ -155,7 +185,11 @@ def main():
     for row in rows:
         row["vs_reference_fp32"] = row["images_per_second"] / reference if reference else None
     print(f"\nMachine: {machine()}\nCeilings (GFLOP/s): " + ", ".join(f"{k} {v:.0f}" for k, v in limits.items()))
-    print(f"Batch {args.batch_size}, {args.steps} timed steps after 2 (compiled: 3) warm-up steps.\n")
+    print(
+        f"Batch {args.batch_size}, {args.steps} timed steps after 2 (compiled: 3) warm-up steps, in rounds of "
+        f"{STEPS_PER_ROUND} between probes of the ceiling (its median is the ceiling column); allocator "
+        f"{'left as it is' if args.no_tune_allocator else 'keeping freed memory'}.\n"
+    )
     print_table(
         rows,
         [
@@ -165,7 +199,9 @@ def main():
             "images_per_second",
             "vs_reference_fp32",
             "train_gflops",
+            "ceiling_gflops",
             "share_of_ceiling",
+            "page_faults_per_step",
             "peak_memory_mb",
         ],
     )
@@ -176,6 +212,8 @@ def main():
             "ceilings_gflops": limits,
             "batch_size": args.batch_size,
             "steps": args.steps,
+            "steps_per_ceiling_probe": STEPS_PER_ROUND,
+            "allocator_tuned": not args.no_tune_allocator,
             "rows": rows,
         },
     )

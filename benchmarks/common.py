@@ -57,22 +57,32 @@ def _rate(fn, flops: float, repeats: int = 5) -> float:
     return flops / seconds_per_call(fn, repeats) / 1e9
 
 
-@torch.no_grad()
-def ceilings() -> dict:
-    """GFLOP/s this machine reaches on a large matrix product (fp32, bf16) and a bf16 3x3 convolution at MNIST size."""
+def ceiling_probe(kind: str):
+    """(fn, flops) of one call that measures a ceiling: "matmul_fp32", "matmul_bf16" or "conv3x3_bf16".
+
+    The matrix products are large and square; the convolution is 64 -> 64 channels at 14x14, an MNIST UNet's size.
+    """
     dev = device()
     # A GPU needs far bigger problems than a CPU to reach its rate (and to run past launch overhead).
     n, conv_batch = (8192, 4096) if dev.type == "cuda" else (2048, 128)
-    a32, b32 = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
-    a16, b16 = a32.bfloat16(), b32.bfloat16()
-    x = torch.randn(conv_batch, 64, 14, 14, device=dev, dtype=torch.bfloat16)
-    conv = torch.nn.Conv2d(64, 64, 3, padding=1).to(dev, torch.bfloat16)
-    conv_flops = 2 * 9 * 64 * 64 * 14 * 14 * conv_batch
-    return {
-        "matmul_fp32_gflops": _rate(lambda: a32 @ b32, 2 * n**3),
-        "matmul_bf16_gflops": _rate(lambda: a16 @ b16, 2 * n**3),
-        "conv3x3_bf16_gflops": _rate(lambda: conv(x), conv_flops, repeats=20),
-    }
+    if kind.startswith("matmul_"):
+        dtype = torch.float32 if kind == "matmul_fp32" else torch.bfloat16
+        a, b = torch.randn(n, n, device=dev, dtype=dtype), torch.randn(n, n, device=dev, dtype=dtype)
+        return torch.no_grad()(lambda: a @ b), 2 * n**3
+    if kind == "conv3x3_bf16":
+        x = torch.randn(conv_batch, 64, 14, 14, device=dev, dtype=torch.bfloat16)
+        conv = torch.nn.Conv2d(64, 64, 3, padding=1).to(dev, torch.bfloat16)
+        return torch.no_grad()(lambda: conv(x)), 2 * 9 * 64 * 64 * 14 * 14 * conv_batch
+    raise ValueError(f"unknown ceiling {kind!r}; choose matmul_fp32, matmul_bf16 or conv3x3_bf16.")
+
+
+def ceilings() -> dict:
+    """GFLOP/s this machine reaches on a large matrix product (fp32, bf16) and a bf16 3x3 convolution at MNIST size."""
+    rates = {}
+    for kind, repeats in (("matmul_fp32", 5), ("matmul_bf16", 5), ("conv3x3_bf16", 20)):
+        fn, flops = ceiling_probe(kind)
+        rates[f"{kind}_gflops"] = _rate(fn, flops, repeats)
+    return rates
 
 
 def reference_unet(num_class_embeds=None):
