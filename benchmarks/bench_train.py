@@ -107,7 +107,7 @@ def run_one(name: str, batch_size: int, steps: int, tune_allocator: bool) -> dic
         round_steps = min(STEPS_PER_ROUND, steps - done)
         step_seconds += seconds_per_call(step, round_steps, warmup=0) * round_steps
         done += round_steps
-    # the probes' own faults are few (their buffers are reused): counted with the steps' to stay conservative
+    # the probes' faults (if any) are counted with the steps': an upper bound on the steps' own
     faults_per_step = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before) / steps
     images_per_second = batch_size * steps / step_seconds
     ceiling = sorted(ceiling_rates)[len(ceiling_rates) // 2]
