@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
@@ -38,6 +38,7 @@ from ddpm_pipeline.data import (
     select_digits,
     to_training_tensors,
 )
+from ddpm_pipeline.hardware import PrecisionChoice, choose_precision, machine_summary
 from ddpm_pipeline.hub import HubError, push_output_dir
 from ddpm_pipeline.losses import diffusion_loss
 from ddpm_pipeline.outputs import save_final_outputs, save_sample_grid
@@ -155,15 +156,32 @@ def ema_pipeline(unwrapped_unet, ema, scheduler_config) -> DDPMMnistPipeline:
     return pipe
 
 
-def train(config: TrainingConfig) -> Path:
-    """Run training; returns the output folder, which then holds a loadable pipeline and its pictures."""
+def setup_accelerator(config: TrainingConfig) -> tuple[Accelerator, PrecisionChoice]:
+    """The Accelerator, with ``mixed_precision: auto`` resolved for the device it will train on (and logged why)."""
+    precision = choose_precision(config.mixed_precision, PartialState().device)
     output_dir = Path(config.output_dir)
     accelerator = Accelerator(
-        mixed_precision=config.mixed_precision,
+        mixed_precision=precision.mixed_precision,
         log_with=None if config.logger == "none" else config.logger,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
     )
+    logger.info(
+        "Mixed precision %s -> %s (%s): %s.",
+        config.mixed_precision,
+        precision.mixed_precision,
+        str(precision.dtype).removeprefix("torch."),
+        precision.reason,
+    )
+    if precision.warning:
+        logger.warning(precision.warning)
+    return accelerator, precision
+
+
+def train(config: TrainingConfig) -> Path:
+    """Run training; returns the output folder, which then holds a loadable pipeline and its pictures."""
+    output_dir = Path(config.output_dir)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
+    accelerator, precision = setup_accelerator(config)
     if accelerator.device.type == "cpu":
         # `accelerate launch` exports OMP_NUM_THREADS=1 unless told otherwise, which halves a 2-core laptop.
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -346,7 +364,13 @@ def train(config: TrainingConfig) -> Path:
     if accelerator.is_main_process:
         pipe = ema_pipeline(accelerator.unwrap_model(unet), ema, scheduler.config)
         wall_time = time.perf_counter() - started
-        run_info = {"global_step": global_step, "train_seconds": wall_time, "command": recorded_command()}
+        run_info = {
+            "global_step": global_step,
+            "train_seconds": wall_time,
+            "command": recorded_command(),
+            "mixed_precision": precision.mixed_precision,
+            "machine": machine_summary(accelerator.device),
+        }
         evaluation = None
         if config.evaluate:
             evaluation = evaluate_for_card(pipe, config)
@@ -396,7 +420,6 @@ def evaluate_for_card(pipe, config: TrainingConfig) -> dict:
         guidance_scale=config.guidance_scale,
         seed=config.seed,
     )
-    pipe.scheduler = CosineDDPMScheduler.from_config(pipe.scheduler.config)
     (Path(config.output_dir) / "evaluation.json").write_text(json.dumps(result, indent=2))
     return result
 

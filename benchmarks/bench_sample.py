@@ -5,7 +5,9 @@
 
 For each scheduler and step count: seconds for 36 images (after a warm-up), images/s, and quality on
 ``--quality_samples`` samples (classifier FID against held-out digits at equal counts, clear rate, digit accuracy).
-The UNet runs in bfloat16 (``--dtype``), the scheduler in float32. Writes benchmarks/results/bench_sample.json.
+The UNet runs in the dtype ``ddpm-mnist sample`` picks on this machine (``--dtype``, default auto: bfloat16 where the
+CPU runs it natively, else float32 in channels-last), the scheduler in float32.
+Writes benchmarks/results/bench_sample.json.
 """
 
 import argparse
@@ -25,12 +27,15 @@ SCHEDULERS = ("ddpm", "ddim", "dpm")
 def main():
     from ddpm_pipeline import DDPMMnistPipeline
     from ddpm_pipeline.cli import parse_guidance_interval
-    from ddpm_pipeline.evaluation import embedded_reference, generate, score_samples, use_scheduler
+    from ddpm_pipeline.evaluation import embedded_reference, generate, score_samples, with_scheduler
+    from ddpm_pipeline.hardware import DTYPE_CHOICES, prepare_for_sampling
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="pretrained/ddpm-mnist")
     parser.add_argument("--quality_samples", type=int, default=200)
-    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    parser.add_argument(
+        "--dtype", choices=DTYPE_CHOICES, default="auto", help="the UNet's; auto = what ddpm-mnist sample uses here"
+    )
     parser.add_argument("--steps", default=",".join(map(str, STEPS)))
     parser.add_argument("--schedulers", default=",".join(SCHEDULERS), help=f"comma-separated, from {SCHEDULERS}")
     parser.add_argument("--guidance_scale", type=float, default=2.0)
@@ -54,15 +59,15 @@ def main():
     if any(name not in SCHEDULERS for name in schedulers):
         parser.error(f"--schedulers takes names from {SCHEDULERS}, got {args.schedulers!r}")
 
-    pipe = DDPMMnistPipeline.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).to(device())
-    pipe.set_progress_bar_config(disable=True)
+    pipe = prepare_for_sampling(DDPMMnistPipeline.from_pretrained(args.model), device(), args.dtype)
+    dtype = str(pipe.unet.dtype).removeprefix("torch.")
     reference = embedded_reference()
     rows = []
     for steps in [int(s) for s in args.steps.split(",")]:
         for name in schedulers:
-            use_scheduler(pipe, name)
+            sampler = with_scheduler(pipe, name)
             labels = [i % 10 for i in range(36)]
-            pipe(
+            sampler(
                 batch_size=36,
                 class_labels=labels,
                 num_inference_steps=min(steps, 5),
@@ -71,7 +76,7 @@ def main():
             )
             synchronize()
             started = time.perf_counter()
-            pipe(
+            sampler(
                 batch_size=36,
                 class_labels=labels,
                 num_inference_steps=steps,
@@ -85,14 +90,19 @@ def main():
             row = {"scheduler": name, "steps": steps, "seconds_for_36": seconds, "images_per_second": 36 / seconds}
             if args.quality_samples and (steps < args.skip_long_quality or name == "ddpm"):
                 samples, requested = generate(
-                    pipe, args.quality_samples, steps, args.guidance_scale, seed=args.seed, guidance_interval=interval
+                    sampler,
+                    args.quality_samples,
+                    steps,
+                    args.guidance_scale,
+                    seed=args.seed,
+                    guidance_interval=interval,
                 )
                 quality = score_samples(samples, reference, requested)
                 row.update({k: quality[k] for k in ("fid", "fid_real_floor", "clear_rate", "digit_accuracy")})
             rows.append(row)
             print(f"{name} {steps} steps: {seconds:.2f} s for 36", file=sys.stderr)
     print(
-        f"\nMachine: {machine()}; UNet dtype {args.dtype}; guidance {args.guidance_scale} on t/T in "
+        f"\nMachine: {machine()}; UNet dtype {dtype}; guidance {args.guidance_scale} on t/T in "
         f"[{interval[0]}, {interval[1]}); "
         f"quality on {args.quality_samples} samples vs as many held-out digits.\n"
     )
@@ -114,7 +124,7 @@ def main():
         {
             "machine": machine(),
             "model": args.model,
-            "dtype": args.dtype,
+            "dtype": dtype,
             "quality_samples": args.quality_samples,
             "seed": args.seed,
             "guidance_scale": args.guidance_scale,

@@ -5,7 +5,8 @@ and evaluate both at fixed training times.
         [--no_tune_allocator]
 
 Both are class-conditional (null class dropped 10% of the time), keep an EMA (same settings), and sample with
-classifier-free guidance 2 on 25 steps: ours with its learned-variance scheduler in bf16, the reference
+classifier-free guidance 2 on 25 steps: ours with its learned-variance scheduler, trained and sampled at the precision
+train_ddpm.py's auto picks (bf16 where the CPU runs it natively, else float32), the reference
 (UNet2DModel (32, 64, 64), DDPMScheduler cosine, MSE, fp32 as the course trains it) with DDIM. The clock counts
 training only; evaluation pauses it. On a CPU the process keeps freed memory, as train_ddpm.py does, for both
 (ddpm_pipeline/cpu_allocator.py; --no_tune_allocator leaves glibc as it is).
@@ -39,6 +40,7 @@ class Contender:
         from diffusers import DDIMScheduler, DDPMScheduler
         from diffusers.training_utils import EMAModel
 
+        from ddpm_pipeline.hardware import choose_precision
         from ddpm_pipeline.training_config import TrainingConfig
         from train_ddpm import build_models, build_optimizer
 
@@ -64,6 +66,8 @@ class Contender:
             self.model.parameters(), decay=0.9995, use_ema_warmup=True, power=0.75, foreach=kind == "ours"
         )
         self.warmup, self.lr, self.steps = 100, lr, 0
+        # ours trains at the precision train_ddpm.py's default (auto) picks here; the reference in fp32, as the course
+        self.precision = choose_precision("auto", self.device) if kind == "ours" else choose_precision("no")
 
     def train_step(self, x0, labels, generator):
         from ddpm_pipeline.losses import diffusion_loss
@@ -78,7 +82,9 @@ class Contender:
         x0, t = x0.to(self.device), t.to(self.device)
         noisy = self.scheduler.add_noise(x0, noise, t)
         if self.kind == "ours":
-            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+            with torch.autocast(
+                self.device.type, dtype=self.precision.dtype, enabled=self.precision.dtype != torch.float32
+            ):
                 output = self.model(noisy, t, labels).sample
             loss = diffusion_loss(output, self.scheduler, x0, noise, noisy, t).loss
         else:
@@ -95,12 +101,13 @@ class Contender:
         import copy
 
         from ddpm_pipeline import DDPMMnistPipeline
+        from ddpm_pipeline.hardware import prepare_for_sampling
 
         model = copy.deepcopy(self.model)
         self.ema.copy_to(model.parameters())
         model.eval()
         if self.kind == "ours":
-            pipe = DDPMMnistPipeline(unet=model.to(torch.bfloat16), scheduler=self.scheduler).to(self.device)
+            pipe = prepare_for_sampling(DDPMMnistPipeline(unet=model, scheduler=self.scheduler), self.device)
             pipe.set_progress_bar_config(disable=True)
             out = pipe(
                 batch_size=len(labels),

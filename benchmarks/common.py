@@ -13,23 +13,10 @@ RESULTS_DIR = Path(os.environ.get("BENCH_RESULTS_DIR", Path(__file__).resolve().
 
 
 def machine() -> dict:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {
-        "cpu": cpu,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
+    """The CPU (model, PyTorch's capability, native bf16 or not), threads, torch and Python, and the GPU if any."""
+    from ddpm_pipeline.hardware import machine_summary
+
+    return {**machine_summary(device()), "python": platform.python_version()}
 
 
 def device() -> torch.device:
@@ -57,10 +44,14 @@ def _rate(fn, flops: float, repeats: int = 5) -> float:
     return flops / seconds_per_call(fn, repeats) / 1e9
 
 
-def ceiling_probe(kind: str):
-    """(fn, flops) of one call that measures a ceiling: "matmul_fp32", "matmul_bf16" or "conv3x3_bf16".
+CEILINGS = ("matmul_fp32", "matmul_bf16", "conv3x3_fp32", "conv3x3_bf16")
 
-    The matrix products are large and square; the convolution is 64 -> 64 channels at 14x14, an MNIST UNet's size.
+
+def ceiling_probe(kind: str):
+    """(fn, flops) of one call that measures a ceiling: one of CEILINGS.
+
+    The matrix products are large and square; the convolution is 64 -> 64 channels at 14x14 in the default (NCHW)
+    layout, forward, an MNIST UNet's size.
     """
     dev = device()
     # A GPU needs far bigger problems than a CPU to reach its rate (and to run past launch overhead).
@@ -69,17 +60,33 @@ def ceiling_probe(kind: str):
         dtype = torch.float32 if kind == "matmul_fp32" else torch.bfloat16
         a, b = torch.randn(n, n, device=dev, dtype=dtype), torch.randn(n, n, device=dev, dtype=dtype)
         return torch.no_grad()(lambda: a @ b), 2 * n**3
-    if kind == "conv3x3_bf16":
-        x = torch.randn(conv_batch, 64, 14, 14, device=dev, dtype=torch.bfloat16)
-        conv = torch.nn.Conv2d(64, 64, 3, padding=1).to(dev, torch.bfloat16)
+    if kind in ("conv3x3_fp32", "conv3x3_bf16"):
+        dtype = torch.float32 if kind == "conv3x3_fp32" else torch.bfloat16
+        x = torch.randn(conv_batch, 64, 14, 14, device=dev, dtype=dtype)
+        conv = torch.nn.Conv2d(64, 64, 3, padding=1).to(dev, dtype)
         return torch.no_grad()(lambda: conv(x)), 2 * 9 * 64 * 64 * 14 * 14 * conv_batch
-    raise ValueError(f"unknown ceiling {kind!r}; choose matmul_fp32, matmul_bf16 or conv3x3_bf16.")
+    raise ValueError(f"unknown ceiling {kind!r}; choose one of {', '.join(CEILINGS)}.")
+
+
+def ceiling_for(precision: str) -> str:
+    """The ceiling a training configuration is measured against: the 3x3 convolution in its own precision."""
+    return "conv3x3_bf16" if precision == "bf16" else "conv3x3_fp32"
+
+
+def native_bf16() -> bool:
+    from ddpm_pipeline.hardware import choose_precision
+
+    return choose_precision("auto", device()).mixed_precision == "bf16"
 
 
 def ceilings() -> dict:
-    """GFLOP/s this machine reaches on a large matrix product (fp32, bf16) and a bf16 3x3 convolution at MNIST size."""
+    """GFLOP/s this machine reaches on a large matrix product and a 3x3 convolution at MNIST size, in float32, and
+    in bfloat16 only where it is native (elsewhere bf16 runs on slow reference kernels: minutes for the probe)."""
     rates = {}
-    for kind, repeats in (("matmul_fp32", 5), ("matmul_bf16", 5), ("conv3x3_bf16", 20)):
+    kinds = [("matmul_fp32", 5), ("conv3x3_fp32", 20)]
+    if native_bf16():
+        kinds += [("matmul_bf16", 5), ("conv3x3_bf16", 20)]
+    for kind, repeats in kinds:
         fn, flops = ceiling_probe(kind)
         rates[f"{kind}_gflops"] = _rate(fn, flops, repeats)
     return rates

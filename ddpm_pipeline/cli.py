@@ -6,11 +6,15 @@ import sys
 import time
 from pathlib import Path
 
+from .hardware import DTYPE_CHOICES
 
-def _load_pipeline(model: str):
+
+def _load_pipeline(model: str, dtype: str = "auto"):
+    """The pipeline at ``model``, its UNet in ``dtype`` (auto: the fastest one this machine runs natively)."""
+    from .hardware import prepare_for_sampling
     from .pipeline_ddpm_mnist import DDPMMnistPipeline
 
-    return DDPMMnistPipeline.from_pretrained(model)
+    return prepare_for_sampling(DDPMMnistPipeline.from_pretrained(model), dtype=dtype)
 
 
 def _digits(text: str | None):
@@ -36,7 +40,7 @@ def parse_guidance_interval(text: str) -> tuple[float, ...]:
 def cmd_evaluate(args):
     from .evaluation import evaluate_pipeline
 
-    pipe = _load_pipeline(args.model)
+    pipe = _load_pipeline(args.model, args.dtype)
     started = time.perf_counter()
     result = evaluate_pipeline(
         pipe,
@@ -78,7 +82,7 @@ def _sample(args, return_trajectory=False):
     """Load --model and draw --num_images samples of the --digits asked for, as numpy arrays."""
     import torch
 
-    pipe = _load_pipeline(args.model)
+    pipe = _load_pipeline(args.model, args.dtype)
     digits = _digits(args.digits)
     labels = [digits[i % len(digits)] for i in range(args.num_images)] if digits else None
     out = pipe(
@@ -146,6 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
             help="guide only at timesteps t with LOW*T <= t < HIGH*T (fractions of the training chain T)",
         )
         p.add_argument("--seed", type=int, default=0)
+        p.add_argument(
+            "--dtype",
+            choices=DTYPE_CHOICES,
+            default="auto",
+            help="the UNet's dtype; auto = bfloat16 where this machine runs it natively, else float32 "
+            "(ddpm_pipeline/hardware.py)",
+        )
 
     evaluate = commands.add_parser(
         "evaluate",

@@ -7,6 +7,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import load_embedded_mnist, scale_to_model_range, to_training_tensors
+from .hardware import machine_summary
 from .metrics import scores
 from .metrics.classifier import MnistClassifier, load_classifier
 from .scheduling_ddpm_cosine import CosineDDPMScheduler
@@ -30,8 +31,9 @@ def embedded_reference() -> ReferenceData:
     return ReferenceData(scale_to_model_range(train), scale_to_model_range(held_out), labels)
 
 
-def use_scheduler(pipe, name: str):
-    """Swap the pipeline's scheduler for ours ("ddpm"), DDIM or DPM-Solver++, all built from the same config.
+def with_scheduler(pipe, name: str):
+    """A new pipeline sharing ``pipe``'s UNet, with our scheduler ("ddpm"), DDIM or DPM-Solver++ built from its
+    scheduler's config; ``pipe`` itself is left as it was.
 
     DPM-Solver++ does not clip its x_0 estimates the way our scheduler and DDIM do (clip_sample); near t = T the
     cosine schedule's alpha_bar is ~1e-9, so an unclipped x_0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar) explodes.
@@ -43,18 +45,20 @@ def use_scheduler(pipe, name: str):
         raise ValueError(f"Unknown scheduler {name!r}: choose one of {', '.join(SCHEDULERS)}.")
     config = pipe.scheduler.config
     if name == "ddim":
-        pipe.scheduler = DDIMScheduler.from_config(config)
+        scheduler = DDIMScheduler.from_config(config)
     elif name == "dpm":
-        pipe.scheduler = DPMSolverMultistepScheduler.from_config(
+        scheduler = DPMSolverMultistepScheduler.from_config(
             config,
             algorithm_type="dpmsolver++",
             thresholding=True,
             sample_max_value=config.get("clip_sample_range", 1.0),
             lambda_min_clipped=-5.1,
         )
-    elif not isinstance(pipe.scheduler, CosineDDPMScheduler):
-        pipe.scheduler = CosineDDPMScheduler.from_config(config)
-    return pipe
+    else:
+        scheduler = CosineDDPMScheduler.from_config(config)
+    copy = type(pipe)(unet=pipe.unet, scheduler=scheduler)
+    copy.set_progress_bar_config(disable=True)
+    return copy
 
 
 def generate(
@@ -136,7 +140,7 @@ def nll_bits_per_dim(pipe, images: torch.Tensor, labels: torch.Tensor | None, nu
             timesteps = torch.full((len(x0),), t, dtype=torch.long)
             noise = torch.randn(x0.shape, generator=generator).to(x0.device)
             noisy = scheduler.add_noise(x0, noise, timesteps)
-            output = pipe.unet(noisy, timesteps.to(x0.device), y).sample.float()
+            output = pipe.unet(noisy.to(pipe.unet.dtype), timesteps.to(x0.device), y).sample.float()
             total = total + scheduler.variational_bound_terms(
                 output, x0, noisy, timesteps, chain=chain, clip_denoised=True
             )
@@ -160,11 +164,10 @@ def evaluate_pipeline(
     if num_samples < 2:
         raise ValueError("num_samples must be at least 2 (the Frechet distance needs a covariance).")
     reference = reference or embedded_reference()
-    pipe.set_progress_bar_config(disable=True)
-    use_scheduler(pipe, scheduler)
+    sampler = with_scheduler(pipe, scheduler)
     started = time.perf_counter()
     samples, requested = generate(
-        pipe, num_samples, num_inference_steps, guidance_scale, seed, guidance_interval=guidance_interval
+        sampler, num_samples, num_inference_steps, guidance_scale, seed, guidance_interval=guidance_interval
     )
     sampling_seconds = time.perf_counter() - started
     result = {
@@ -176,13 +179,17 @@ def evaluate_pipeline(
         **score_samples(samples, reference, requested),
         "sampling_seconds": sampling_seconds,
         "images_per_second": num_samples / sampling_seconds,
+        "unet_dtype": str(pipe.unet.dtype).removeprefix("torch."),
+        **machine_summary(pipe.device),
     }
     if nll_images > 0:
         count = min(nll_images, len(reference.held_out_images))
         chosen = torch.randperm(len(reference.held_out_images), generator=torch.Generator().manual_seed(seed))[:count]
-        use_scheduler(pipe, "ddpm")
         result["nll_bpd"] = nll_bits_per_dim(
-            pipe, reference.held_out_images[chosen], reference.held_out_labels[chosen], nll_steps
+            with_scheduler(pipe, "ddpm"),
+            reference.held_out_images[chosen],
+            reference.held_out_labels[chosen],
+            nll_steps,
         )
         result["nll_chain_steps"] = min(nll_steps, pipe.scheduler.config.num_train_timesteps)
         result["nll_images"] = count

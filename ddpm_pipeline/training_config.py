@@ -12,6 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from .hardware import MIXED_PRECISION_CHOICES
+
 
 class ConfigError(ValueError):
     """An invalid training configuration value."""
@@ -83,7 +85,13 @@ class TrainingConfig:
     adam_weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
-    mixed_precision: str = field(default="bf16", metadata={"help": "no, bf16 or fp16"})
+    mixed_precision: str = field(
+        default="auto",
+        metadata={
+            "help": "auto (bf16 where the device runs it natively, fp16 on a CUDA GPU without bf16, else float32; "
+            "ddpm_pipeline/hardware.py), no, bf16 or fp16"
+        },
+    )
     channels_last: bool = field(default=False, metadata={"help": "channels-last memory format for the UNet"})
     keep_freed_memory: bool = field(
         default=True,
@@ -206,8 +214,8 @@ class TrainingConfig:
                 fail(key, "must lie in [0, 1).")
         if not 0 < self.ema_max_decay < 1:
             fail("ema_max_decay", "must lie in (0, 1), e.g. 0.9999.")
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
-            fail("mixed_precision", "choose no, bf16 or fp16.")
+        if self.mixed_precision not in MIXED_PRECISION_CHOICES:
+            fail("mixed_precision", f"choose {', '.join(MIXED_PRECISION_CHOICES)} (auto picks from the hardware).")
         if self.prediction_type not in ("epsilon", "v_prediction"):
             fail("prediction_type", "choose epsilon or v_prediction.")
         if self.logger not in ("tensorboard", "none"):
