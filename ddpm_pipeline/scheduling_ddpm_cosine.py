@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.configuration_utils import ConfigMixin, FrozenDict, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
@@ -20,16 +20,8 @@ from diffusers.utils.torch_utils import randn_tensor
 VARIANCE_TYPES = ("fixed_small", "fixed_large", "learned_range")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
-_SCHEDULE_KEYS = (
-    "num_train_timesteps",
-    "beta_schedule",
-    "prediction_type",
-    "variance_type",
-    "clip_sample",
-    "clip_sample_range",
-    "timestep_spacing",
-    "steps_offset",
-)
+MAX_TRAIN_TIMESTEPS = 100_000
+SCHEDULE_BYTES_PER_TIMESTEP = 27 * 8  # the float64 tables of the schedule and its two chains
 
 
 @dataclass
@@ -109,6 +101,25 @@ def _broadcast(values: torch.Tensor, index: torch.Tensor, like: torch.Tensor) ->
     return out.reshape(-1, *([1] * (like.ndim - 1)))
 
 
+class SchedulerConfigError(ValueError):
+    """A CosineDDPMScheduler argument that cannot build a schedule; ``argument`` names it."""
+
+    def __init__(self, argument: str, message: str):
+        super().__init__(message)
+        self.argument = argument
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _bytes(count: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if count < 1000 or unit == "TB":
+            return f"{count:,.0f} {unit}"
+        count /= 1000
+
+
 class CosineDDPMScheduler(SchedulerMixin, ConfigMixin):
     """DDPM on the cosine schedule, with fixed or learned-range variance and respaced sampling.
 
@@ -150,34 +161,23 @@ class CosineDDPMScheduler(SchedulerMixin, ConfigMixin):
         steps_offset: int = 0,
         beta_schedule: str = "squaredcos_cap_v2",
     ):
-        if not isinstance(num_train_timesteps, int) or isinstance(num_train_timesteps, bool) or num_train_timesteps < 2:
-            raise ValueError(
-                f"num_train_timesteps must be an integer >= 2, got {num_train_timesteps!r}. "
-                "A diffusion chain needs at least two steps; values of 1,000 to 10,000 are typical."
+        self.check_config(
+            num_train_timesteps=num_train_timesteps,
+            variance_type=variance_type,
+            prediction_type=prediction_type,
+            clip_sample_range=clip_sample_range,
+            timestep_spacing=timestep_spacing,
+            steps_offset=steps_offset,
+            beta_schedule=beta_schedule,
+        )
+        # diffusers' from_config drops keys listed in _use_default_values when it builds another class; the keys that
+        # define this schedule must travel, or DDIMScheduler.from_config(ours.config) would quietly build a linear
+        # schedule. Every argument here defines the schedule, so the list goes, as diffusers leaves it when nothing
+        # was defaulted: then from_config(config).config == config, as for diffusers' own schedulers.
+        if "_use_default_values" in self._internal_dict:
+            self._internal_dict = FrozenDict(
+                {k: v for k, v in self._internal_dict.items() if k != "_use_default_values"}
             )
-        if variance_type not in VARIANCE_TYPES:
-            raise ValueError(f"Unknown variance_type {variance_type!r}: choose one of {', '.join(VARIANCE_TYPES)}.")
-        if prediction_type not in PREDICTION_TYPES:
-            raise ValueError(
-                f"Unknown prediction_type {prediction_type!r}: choose one of {', '.join(PREDICTION_TYPES)}."
-            )
-        if timestep_spacing not in TIMESTEP_SPACINGS:
-            raise ValueError(
-                f"Unknown timestep_spacing {timestep_spacing!r}: choose one of {', '.join(TIMESTEP_SPACINGS)}."
-            )
-        if beta_schedule != "squaredcos_cap_v2":
-            raise ValueError(
-                f"CosineDDPMScheduler only implements the cosine schedule (beta_schedule='squaredcos_cap_v2'), "
-                f"got {beta_schedule!r}. Use diffusers' DDPMScheduler for other schedules."
-            )
-        if clip_sample_range <= 0:
-            raise ValueError(f"clip_sample_range must be positive, got {clip_sample_range}.")
-
-        # diffusers' from_config drops keys left at their defaults when it builds another class; the keys that define
-        # this schedule must travel, or DDIMScheduler.from_config(ours.config) would quietly build a linear schedule.
-        used_defaults = self.config.get("_use_default_values", [])
-        if used_defaults:
-            self.register_to_config(_use_default_values=[k for k in used_defaults if k not in _SCHEDULE_KEYS])
 
         self.betas = torch.from_numpy(cosine_betas(num_train_timesteps))
         self.alphas = 1.0 - self.betas
@@ -190,6 +190,54 @@ class CosineDDPMScheduler(SchedulerMixin, ConfigMixin):
         )
         self.num_inference_steps = None
         self._set_chain(torch.arange(num_train_timesteps, dtype=torch.int64))
+
+    @staticmethod
+    def check_config(
+        num_train_timesteps: int,
+        variance_type: str = "learned_range",
+        prediction_type: str = "epsilon",
+        clip_sample_range: float = 1.0,
+        timestep_spacing: str = "leading",
+        steps_offset: int = 0,
+        beta_schedule: str = "squaredcos_cap_v2",
+    ):
+        """Every rule on the scheduler's arguments, checked before any table is built; raises
+        ``SchedulerConfigError`` naming the first bad argument (the training config uses it too)."""
+        T = num_train_timesteps
+        if not _is_int(T) or not 2 <= T <= MAX_TRAIN_TIMESTEPS:
+            memory = f" (its tables alone would take {_bytes(T * SCHEDULE_BYTES_PER_TIMESTEP)})" if _is_int(T) else ""
+            raise SchedulerConfigError(
+                "num_train_timesteps",
+                f"num_train_timesteps must be an integer between 2 and {MAX_TRAIN_TIMESTEPS:,}, got {T!r}{memory}. "
+                "A diffusion chain needs at least two steps; values of 1,000 to 10,000 are typical.",
+            )
+        for argument, value, choices in (
+            ("variance_type", variance_type, VARIANCE_TYPES),
+            ("prediction_type", prediction_type, PREDICTION_TYPES),
+            ("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS),
+        ):
+            if value not in choices:
+                raise SchedulerConfigError(
+                    argument, f"Unknown {argument} {value!r}: choose one of {', '.join(choices)}."
+                )
+        if beta_schedule != "squaredcos_cap_v2":
+            raise SchedulerConfigError(
+                "beta_schedule",
+                "CosineDDPMScheduler only implements the cosine schedule (beta_schedule='squaredcos_cap_v2'), "
+                f"got {beta_schedule!r}. Use diffusers' DDPMScheduler for other schedules.",
+            )
+        if isinstance(clip_sample_range, bool) or not isinstance(clip_sample_range, (int, float)):
+            raise SchedulerConfigError(
+                "clip_sample_range", f"clip_sample_range must be a number, got {clip_sample_range!r}."
+            )
+        if not 0 < clip_sample_range < math.inf:
+            raise SchedulerConfigError(
+                "clip_sample_range", f"clip_sample_range must be positive, got {clip_sample_range}."
+            )
+        if not _is_int(steps_offset) or not 0 <= steps_offset < T:
+            raise SchedulerConfigError(
+                "steps_offset", f"steps_offset must be an integer in [0, {T - 1}], got {steps_offset!r}."
+            )
 
     # ------------------------------------------------------------------ timesteps
     def _set_chain(self, timesteps_ascending: torch.Tensor):
@@ -299,19 +347,24 @@ class CosineDDPMScheduler(SchedulerMixin, ConfigMixin):
         )
 
     def _predict_original(self, prediction, sample, chain_index, chain: ChainCoefficients) -> torch.Tensor:
+        """The model's x_0 from x_t and its prediction, inverting x_t = sqrt(abar) x_0 + sqrt(1 - abar) eps."""
         kind = self.config.prediction_type
         if kind == "sample":
             return prediction
         signal = _broadcast(chain.sqrt_alphas_cumprod, chain_index, sample)
         noise_scale = _broadcast(chain.sqrt_one_minus_alphas_cumprod, chain_index, sample)
         if kind == "epsilon":
+            # x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)  (Ho et al. 2020, eq. 15)
             return (sample - noise_scale * prediction) / signal
-        return signal * sample - noise_scale * prediction  # v_prediction
+        # v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0, so x_0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v
+        # (Salimans & Ho 2022, "Progressive distillation", Sec. 4)
+        return signal * sample - noise_scale * prediction
 
     def _model_log_variance(self, variance_values, index: torch.Tensor, like: torch.Tensor, chain: ChainCoefficients):
         """log Sigma_theta for the step at chain index ``index``."""
         variance_type = self.config.variance_type
         if variance_type == "learned_range":
+            # Sigma = exp(v log beta_t + (1 - v) log beta_tilde_t), v = (output + 1) / 2 (Nichol & Dhariwal, eq. 15)
             min_log = _broadcast(chain.posterior_log_variance_clipped, index, like)
             max_log = _broadcast(chain.log_betas, index, like)
             frac = (variance_values + 1.0) / 2.0
@@ -350,11 +403,14 @@ class CosineDDPMScheduler(SchedulerMixin, ConfigMixin):
 
         No noise is added on the last step of the chain, which lands on x_0.
         """
+        # 1. where x_t sits on the current (full or respaced) chain
         k = self._index(timestep)
         index = torch.full((sample.shape[0],), k, dtype=torch.long)
+        # 2. the model's x_0 (clipped), mu_theta = the posterior mean given that x_0, and log Sigma_theta
         mean, log_variance, pred_original = self.p_mean_variance(
             model_output, sample, index, self.chain, clip_denoised=self.config.clip_sample
         )
+        # 3. x_prev = mu_theta + Sigma_theta^(1/2) z, z ~ N(0, I); the last step returns the mean
         prev_sample = mean
         if k > 0:
             noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
@@ -367,7 +423,12 @@ class CosineDDPMScheduler(SchedulerMixin, ConfigMixin):
     def q_posterior_mean_log_variance(
         self, original_samples: torch.Tensor, sample: torch.Tensor, chain_index: torch.Tensor, chain: ChainCoefficients
     ):
-        """Mean and (clipped) log-variance of the true posterior q(x_prev | x_t, x_0)."""
+        """Mean and (clipped) log-variance of the true posterior q(x_prev | x_t, x_0).
+
+        mu_tilde = sqrt(abar_prev) beta_t / (1 - abar_t) x_0 + sqrt(alpha_t) (1 - abar_prev) / (1 - abar_t) x_t and
+        beta_tilde = (1 - abar_prev) / (1 - abar_t) beta_t (Ho et al. 2020, eq. 7); on a respaced chain, alpha_t and
+        beta_t are those of the kept steps.
+        """
         coef1 = _broadcast(chain.posterior_mean_coef1, chain_index, sample)
         coef2 = _broadcast(chain.posterior_mean_coef2, chain_index, sample)
         log_variance = _broadcast(chain.posterior_log_variance_clipped, chain_index, sample)

@@ -79,6 +79,37 @@ class AttentionBlock(nn.Module):
         return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
 
 
+class UNetConfigError(ValueError):
+    """A MnistUNet argument that cannot build a UNet; ``argument`` names it."""
+
+    def __init__(self, argument: str, message: str):
+        super().__init__(message)
+        self.argument = argument
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _blocks_per_level(layers_per_block, levels: int) -> tuple[int, ...]:
+    """Encoder blocks per level from one number (>= 1, every level) or one number >= 0 per level."""
+    if _is_int(layers_per_block):
+        if layers_per_block < 1:
+            raise UNetConfigError(
+                "layers_per_block",
+                f"layers_per_block must be >= 1 (or a list with one number >= 0 per level), got {layers_per_block}.",
+            )
+        return (layers_per_block,) * levels
+    blocks = tuple(layers_per_block) if isinstance(layers_per_block, (list, tuple)) else ()
+    if len(blocks) != levels or any(not _is_int(n) or n < 0 for n in blocks):
+        raise UNetConfigError(
+            "layers_per_block",
+            f"layers_per_block must be one number >= 1, or one number >= 0 per level ({levels} levels), got "
+            f"{layers_per_block!r}.",
+        )
+    return blocks
+
+
 class MnistUNet(ModelMixin, ConfigMixin):
     """Time- and optionally class-conditioned UNet for MNIST-sized images.
 
@@ -121,42 +152,18 @@ class MnistUNet(ModelMixin, ConfigMixin):
         super().__init__()
         block_out_channels = tuple(block_out_channels)
         attention_levels = tuple(attention_levels)
-        if len(attention_levels) != len(block_out_channels):
-            raise ValueError(
-                f"attention_levels has {len(attention_levels)} entries but block_out_channels has "
-                f"{len(block_out_channels)}: give one True/False per level."
-            )
-        if any(width % norm_num_groups for width in block_out_channels):
-            raise ValueError(f"norm_num_groups={norm_num_groups} must divide every width in {block_out_channels}.")
-        factor = 2 ** (len(block_out_channels) - 1)
-        if sample_size % factor:
-            raise ValueError(
-                f"sample_size={sample_size} cannot be halved {len(block_out_channels) - 1} times; "
-                f"use a size divisible by {factor} or fewer levels."
-            )
-        if isinstance(layers_per_block, int):
-            if layers_per_block < 1:
-                raise ValueError(f"layers_per_block must be >= 1, got {layers_per_block}.")
-            self.layers_per_level = (layers_per_block,) * len(block_out_channels)
-        else:
-            self.layers_per_level = tuple(layers_per_block)
-        if len(self.layers_per_level) != len(block_out_channels) or min(self.layers_per_level) < 0:
-            raise ValueError(
-                f"layers_per_block must be one number >= 1, or one number >= 0 per level ({len(block_out_channels)} "
-                f"levels), got {layers_per_block}."
-            )
-        if decoder_layers_per_block is None:
-            self.decoder_layers_per_level = tuple(n + 1 for n in self.layers_per_level)
-        else:
-            self.decoder_layers_per_level = (decoder_layers_per_block,) * len(block_out_channels)
-            most = min(self.layers_per_level) + 1
-            if not 1 <= decoder_layers_per_block <= most:
-                raise ValueError(
-                    f"decoder_layers_per_block must lie in [1, {most}] (one skip connection per level input and "
-                    f"encoder block; layers_per_block={layers_per_block}), got {decoder_layers_per_block}."
-                )
-        if num_class_embeds is not None and num_class_embeds < 1:
-            raise ValueError(f"num_class_embeds must be a positive number of classes or None, got {num_class_embeds}.")
+        self.layers_per_level, self.decoder_layers_per_level = self.check_config(
+            sample_size=sample_size,
+            in_channels=in_channels,
+            block_out_channels=block_out_channels,
+            layers_per_block=layers_per_block,
+            decoder_layers_per_block=decoder_layers_per_block,
+            attention_levels=attention_levels,
+            attention_head_dim=attention_head_dim,
+            norm_num_groups=norm_num_groups,
+            num_class_embeds=num_class_embeds,
+            dropout=dropout,
+        )
 
         self.out_channels = in_channels * (2 if learned_variance else 1)
         base = block_out_channels[0]
@@ -219,6 +226,81 @@ class MnistUNet(ModelMixin, ConfigMixin):
         self.conv_out = nn.Conv2d(width, self.out_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
+
+    @staticmethod
+    def check_config(
+        sample_size: int,
+        in_channels: int,
+        block_out_channels: tuple[int, ...],
+        layers_per_block: int | tuple[int, ...],
+        decoder_layers_per_block: int | None,
+        attention_levels: tuple[bool, ...],
+        attention_head_dim: int,
+        norm_num_groups: int,
+        num_class_embeds: int | None = None,
+        dropout: float = 0.0,
+    ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Every rule a UNet's arguments must follow, checked without building it (the training config uses it too).
+
+        Returns the encoder and decoder blocks per level; raises ``UNetConfigError`` naming the first bad argument.
+        """
+        widths, levels = tuple(block_out_channels), len(block_out_channels)
+        if levels == 0 or any(not _is_int(w) or w < 1 for w in widths):
+            raise UNetConfigError(
+                "block_out_channels", f"block_out_channels needs one positive width per level, got {widths}."
+            )
+        if not _is_int(in_channels) or in_channels < 1:
+            raise UNetConfigError(
+                "in_channels", f"in_channels must be a positive number of channels, got {in_channels!r}."
+            )
+        if not _is_int(norm_num_groups) or norm_num_groups < 1 or any(w % norm_num_groups for w in widths):
+            raise UNetConfigError(
+                "norm_num_groups", f"norm_num_groups={norm_num_groups!r} must divide every width in {widths}."
+            )
+        factor = 2 ** (levels - 1)
+        if not _is_int(sample_size) or sample_size < factor or sample_size % factor:
+            raise UNetConfigError(
+                "sample_size",
+                f"sample_size={sample_size!r} cannot be halved {levels - 1} times; use a size divisible by {factor} "
+                "or fewer "
+                "levels.",
+            )
+        if len(attention_levels) != levels or any(not isinstance(a, bool) for a in attention_levels):
+            raise UNetConfigError(
+                "attention_levels",
+                f"attention_levels has {len(attention_levels)} entries but block_out_channels has {levels}: give one "
+                "true/false per "
+                "level.",
+            )
+        attended = {widths[-1]} | {w for w, a in zip(widths, attention_levels) if a}  # the middle block always has it
+        if not _is_int(attention_head_dim) or attention_head_dim < 1 or any(w % attention_head_dim for w in attended):
+            raise UNetConfigError(
+                "attention_head_dim",
+                f"attention_head_dim={attention_head_dim!r} must divide the width of every level with attention "
+                f"{sorted(attended)} "
+                "(and the middle block's).",
+            )
+        encoder = _blocks_per_level(layers_per_block, levels)
+        if decoder_layers_per_block is None:
+            decoder = tuple(n + 1 for n in encoder)
+        else:
+            most = min(encoder) + 1
+            if not _is_int(decoder_layers_per_block) or not 1 <= decoder_layers_per_block <= most:
+                raise UNetConfigError(
+                    "decoder_layers_per_block",
+                    f"decoder_layers_per_block must lie in [1, {most}]: each decoder block eats one skip connection, "
+                    "and the level with the "
+                    f"fewest encoder blocks has {most} (layers_per_block={layers_per_block}); or leave it unset.",
+                )
+            decoder = (decoder_layers_per_block,) * levels
+        if num_class_embeds is not None and (not _is_int(num_class_embeds) or num_class_embeds < 1):
+            raise UNetConfigError(
+                "num_class_embeds",
+                f"num_class_embeds must be a positive number of classes or None, got {num_class_embeds!r}.",
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise UNetConfigError("dropout", f"dropout must lie in [0, 1), got {dropout!r}.")
+        return encoder, decoder
 
     def _check_inputs(self, sample: torch.Tensor, class_labels: torch.Tensor | None):
         levels = len(self.config.block_out_channels)

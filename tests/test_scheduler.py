@@ -250,6 +250,31 @@ def test_swappable_with_diffusers_schedulers():
     assert back.config.num_train_timesteps == 1000
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"num_train_timesteps": 4000, "timestep_spacing": "linspace"},
+        {"num_train_timesteps": 321, "variance_type": "fixed_large", "clip_sample": False, "prediction_type": "sample"},
+        {"prediction_type": "v_prediction", "steps_offset": 1, "clip_sample_range": 2.0},
+    ],
+)
+def test_config_round_trips_like_diffusers(tmp_path, kwargs):
+    """from_config(config).config == config, and through save_config / from_pretrained, as for DDPMScheduler; and
+    DDIM and DPM-Solver++ built from our config still get the cosine schedule (the keys travel)."""
+    ours = CosineDDPMScheduler(**kwargs)
+    assert "_use_default_values" not in ours.config
+    assert dict(CosineDDPMScheduler.from_config(ours.config).config) == dict(ours.config)
+    ours.save_config(tmp_path)
+    assert dict(CosineDDPMScheduler.from_pretrained(tmp_path).config) == dict(ours.config)
+    reference = DDPMScheduler(beta_schedule="squaredcos_cap_v2", num_train_timesteps=ours.config.num_train_timesteps)
+    assert dict(DDPMScheduler.from_config(reference.config).config) == dict(reference.config)  # the oracle
+    for other in (DDIMScheduler.from_config(ours.config), DPMSolverMultistepScheduler.from_config(ours.config)):
+        assert other.config.beta_schedule == "squaredcos_cap_v2"
+        assert other.config.num_train_timesteps == ours.config.num_train_timesteps
+        torch.testing.assert_close(other.alphas_cumprod.double(), ours.alphas_cumprod, atol=1e-6, rtol=0)
+
+
 def test_save_and_load_config(tmp_path):
     ours = CosineDDPMScheduler(num_train_timesteps=321, variance_type="fixed_large", clip_sample=False)
     ours.save_pretrained(tmp_path)
@@ -267,6 +292,10 @@ def test_save_and_load_config(tmp_path):
         ({"prediction_type": "noise"}, "prediction_type"),
         ({"timestep_spacing": "random"}, "timestep_spacing"),
         ({"beta_schedule": "linear"}, "cosine"),
+        ({"num_train_timesteps": 10**9}, "216 GB"),
+        ({"num_train_timesteps": 4000.0}, "integer"),
+        ({"clip_sample_range": 0}, "clip_sample_range"),
+        ({"steps_offset": -1}, "steps_offset"),
     ],
 )
 def test_bad_config_values(kwargs, match):
