@@ -11,8 +11,35 @@ from .scheduling_ddpm_cosine import CosineDDPMScheduler
 @dataclass
 class DiffusionLoss:
     loss: torch.Tensor  # what is back-propagated
-    simple: torch.Tensor  # L_simple: MSE on the noise (or v)
+    simple: torch.Tensor  # L_simple: MSE on the prediction target (noise, v or x_0)
     vlb: torch.Tensor  # L_vlb estimate, T * L_t in bits/dim (0 with a fixed variance)
+
+
+def prediction_target(scheduler, original_samples, noise, timesteps) -> torch.Tensor:
+    """What the network's first channels are trained to output, for every prediction type the scheduler accepts."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":  # v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (Salimans & Ho 2022)
+        return scheduler.get_velocity(original_samples, noise, timesteps)
+    if kind == "sample":
+        return original_samples
+    raise ValueError(f"No training target for prediction_type {kind!r}: use epsilon, v_prediction or sample.")
+
+
+def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023), per sample: the MSE of each prediction type rescaled so that it
+    weighs the x_0 error by min(SNR_t, gamma), SNR_t = abar_t / (1 - abar_t). Low-noise steps (huge SNR) stop
+    dominating the gradient."""
+    abar = scheduler.train_chain.alphas_cumprod[timesteps.long().cpu()].to(timesteps.device)
+    snr = abar / (1.0 - abar)
+    clipped = torch.clamp(snr, max=gamma)
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return (clipped / snr).float()
+    if kind == "v_prediction":
+        return (clipped / (snr + 1.0)).float()
+    return clipped.float()
 
 
 def diffusion_loss(
@@ -23,23 +50,29 @@ def diffusion_loss(
     noisy_samples: torch.Tensor,
     timesteps: torch.Tensor,
     vlb_weight: float = 0.001,
+    snr_gamma: float | None = None,
+    vlb_importance: torch.Tensor | None = None,
 ) -> DiffusionLoss:
     """L_hybrid = L_simple + vlb_weight * L_vlb (Nichol & Dhariwal 2021, Sec. 3.1).
 
-    With t drawn uniformly, T * L_t is an unbiased estimate of L_vlb = sum_t L_t. The bound's gradient reaches the
-    variance only (the mean is detached), so L_simple alone drives the mean, as in the paper.
+    With t drawn uniformly, T * L_t is an unbiased estimate of L_vlb = sum_t L_t; with another distribution p(t),
+    ``vlb_importance`` = 1 / (T p(t)) per sample keeps it so. The bound's gradient reaches the variance only (the mean
+    is detached), so L_simple alone drives the mean, as in the paper. ``snr_gamma`` weighs L_simple by min-SNR-gamma.
     """
     model_output = model_output.float()
     channels = original_samples.shape[1]
-    if scheduler.config.prediction_type == "v_prediction":
-        target = scheduler.get_velocity(original_samples, noise, timesteps)
+    target = prediction_target(scheduler, original_samples, noise, timesteps)
+    if snr_gamma is None:
+        simple = F.mse_loss(model_output[:, :channels], target)
     else:
-        target = noise
-    simple = F.mse_loss(model_output[:, :channels], target)
+        per_sample = ((model_output[:, :channels] - target) ** 2).mean(dim=tuple(range(1, target.ndim)))
+        simple = (min_snr_weights(scheduler, timesteps, snr_gamma) * per_sample).mean()
     if scheduler.config.variance_type != "learned_range":
         return DiffusionLoss(loss=simple, simple=simple, vlb=torch.zeros((), device=simple.device))
     terms = scheduler.variational_bound_terms(
         model_output, original_samples, noisy_samples, timesteps, stop_mean_gradient=True
     )
+    if vlb_importance is not None:
+        terms = terms * vlb_importance.to(terms.device)
     vlb = terms.mean() * scheduler.config.num_train_timesteps
     return DiffusionLoss(loss=simple + vlb_weight * vlb, simple=simple, vlb=vlb)
