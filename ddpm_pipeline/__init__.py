@@ -1,5 +1,6 @@
 """ddpm-mnist: a cosine-schedule DDPM with learned variance for MNIST, built the diffusers way."""
 
+from .hardware import preferred_dtype
 from .pipeline_ddpm_mnist import DDPMMnistPipeline, DDPMMnistPipelineOutput
 from .scheduling_ddpm_cosine import CosineDDPMScheduler, CosineDDPMSchedulerOutput
 from .unet_mnist import MnistUNet, MnistUNetOutput
@@ -13,4 +14,5 @@ __all__ = [
     "DDPMMnistPipelineOutput",
     "MnistUNet",
     "MnistUNetOutput",
+    "preferred_dtype",
 ]

@@ -1,32 +1,62 @@
-"""The `ddpm-mnist` command: evaluate, sample, trajectory, push."""
+"""The `ddpm-mnist` command: evaluate, sample, trajectory, push.
+
+Sampling flags left out take the model's own saved defaults (its default call), and the UNet runs in the fastest
+dtype this machine has natively (``--dtype``). Every flag is checked, and every output path, before any work starts.
+"""
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
-from .hardware import DTYPE_CHOICES
+import PIL.Image
+import torch
+
+from .evaluation import SCHEDULERS, evaluate_pipeline
+from .hardware import DTYPE_CHOICES, prepare_for_sampling
+from .hub import HubError, push_output_dir
+from .pipeline_ddpm_mnist import PIPELINE_DEFAULT, DDPMMnistPipeline
+from .visualization import make_grid, make_trajectory_figure, save_trajectory_gif
 
 
-def _load_pipeline(model: str, dtype: str = "auto"):
-    """The pipeline at ``model``, its UNet in ``dtype`` (auto: the fastest one this machine runs natively)."""
-    from .hardware import prepare_for_sampling
-    from .pipeline_ddpm_mnist import DDPMMnistPipeline
-
-    return prepare_for_sampling(DDPMMnistPipeline.from_pretrained(model), dtype=dtype)
-
-
-def _digits(text: str | None):
-    if not text:
-        return None
+# ---------------------------------------------------------------------- flag types (errors name the flag)
+def positive_int(text: str) -> int:
     try:
-        digits = [int(d) for d in text.split(",") if d.strip()]
+        value = int(text)
     except ValueError:
-        raise SystemExit(f"error: --digits takes digits separated by commas, e.g. 0,1,7; got {text!r}") from None
-    if not digits or any(not 0 <= d <= 9 for d in digits):
-        raise SystemExit(f"error: --digits must list digits between 0 and 9, got {text!r}")
-    return digits
+        raise argparse.ArgumentTypeError(f"takes a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def inference_steps(text: str):
+    """A step count, or `full` for the whole training chain."""
+    if text.strip().lower() in ("full", "none"):
+        return None
+    return positive_int(text)
+
+
+def finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes a number, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
 
 
 def parse_guidance_interval(text: str) -> tuple[float, ...]:
@@ -37,29 +67,83 @@ def parse_guidance_interval(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"takes two fractions LOW,HIGH, e.g. 0.6,1; got {text!r}") from None
 
 
-def cmd_evaluate(args):
-    from .evaluation import evaluate_pipeline
+def digit_list(text: str) -> list[int]:
+    try:
+        digits = [int(d) for d in text.split(",") if d.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes digits separated by commas, e.g. 0,1,7; got {text!r}") from None
+    if not digits or any(not 0 <= d <= 9 for d in digits):
+        raise argparse.ArgumentTypeError(f"must list digits between 0 and 9, e.g. 0,1,7; got {text!r}")
+    return digits
 
+
+def step_list(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"takes step numbers separated by commas, e.g. 1000,500,0; got {text!r}"
+        ) from None
+
+
+def writable_file(*suffixes: str):
+    """An output path whose folder exists (or can be made) and whose extension is one of ``suffixes``."""
+
+    def check(text: str) -> Path:
+        path = Path(text)
+        if path.suffix.lower() not in suffixes:
+            raise argparse.ArgumentTypeError(f"must end in {' or '.join(suffixes)}, got {text!r}")
+        if path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text!r} is a folder; give a file name")
+        existing = next((p for p in path.parents if p.exists()), Path("."))
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise argparse.ArgumentTypeError(f"cannot write {text!r}: {str(existing)!r} is not a writable folder")
+        return path
+
+    return check
+
+
+IMAGE_SUFFIXES = tuple(sorted({s for s, f in PIL.Image.registered_extensions().items() if f in PIL.Image.SAVE}))
+
+
+# ---------------------------------------------------------------------- commands
+def _load_pipeline(model: str, dtype: str = "auto"):
+    """The pipeline at ``model``, its UNet in ``dtype`` (auto: the fastest one this machine runs natively)."""
+    return prepare_for_sampling(DDPMMnistPipeline.from_pretrained(model), dtype=dtype)
+
+
+def _sampling_arguments(args) -> dict:
+    """The sampling flags given; those left out take the model's saved defaults."""
+    chosen = {"num_inference_steps": args.num_inference_steps}
+    if args.guidance_scale is not None:
+        chosen["guidance_scale"] = args.guidance_scale
+    if args.guidance_interval is not None:
+        chosen["guidance_interval"] = args.guidance_interval
+    return chosen
+
+
+def _write(path: Path, save):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save(path)
+    print(f"wrote {path}")
+
+
+def cmd_evaluate(args):
     pipe = _load_pipeline(args.model, args.dtype)
     started = time.perf_counter()
     result = evaluate_pipeline(
         pipe,
         num_samples=args.num_samples,
-        num_inference_steps=args.num_inference_steps,
         scheduler=args.scheduler,
-        guidance_scale=args.guidance_scale,
-        guidance_interval=args.guidance_interval,
         seed=args.seed,
         nll_images=args.nll_images,
         nll_steps=args.nll_steps,
+        **_sampling_arguments(args),
     )
     result["model"] = args.model
     result["wall_seconds"] = time.perf_counter() - started
     print(format_table(result))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    _write(args.out, lambda path: path.write_text(json.dumps(result, indent=2)))
 
 
 def format_table(result: dict) -> str:
@@ -80,117 +164,111 @@ def format_table(result: dict) -> str:
 
 def _sample(args, return_trajectory=False):
     """Load --model and draw --num_images samples of the --digits asked for, as numpy arrays."""
-    import torch
-
     pipe = _load_pipeline(args.model, args.dtype)
-    digits = _digits(args.digits)
+    digits = args.digits
     labels = [digits[i % len(digits)] for i in range(args.num_images)] if digits else None
-    out = pipe(
+    return pipe(
         batch_size=args.num_images,
         class_labels=labels,
-        guidance_scale=args.guidance_scale,
-        guidance_interval=args.guidance_interval,
-        num_inference_steps=args.num_inference_steps,
         generator=torch.Generator().manual_seed(args.seed),
         output_type="np",
         return_trajectory=return_trajectory,
+        **_sampling_arguments(args),
     )
-    return out, digits
 
 
 def cmd_sample(args):
-    from .visualization import make_grid
-
-    out, digits = _sample(args)
-    grid = make_grid(out.images, labels=out.class_labels if args.label or digits else None)
-    grid.save(args.out)
-    print(f"wrote {args.out} ({args.num_images} samples)")
+    out = _sample(args)
+    grid = make_grid(out.images, labels=out.class_labels if args.label or args.digits else None)
+    _write(args.out, grid.save)
 
 
 def cmd_trajectory(args):
-    from .visualization import make_trajectory_figure, save_trajectory_gif
-
-    out, _ = _sample(args, return_trajectory=True)
+    out = _sample(args, return_trajectory=True)
     frames = None
     if args.frames:
-        wanted = [int(s) for s in args.frames.split(",")]
         steps = out.trajectory_timesteps
-        frames = [min(range(len(steps)), key=lambda i: abs(steps[i] - w)) for w in wanted]
-    make_trajectory_figure(out.trajectory, out.trajectory_timesteps, frames).save(args.out)
-    print(f"wrote {args.out}")
+        frames = [min(range(len(steps)), key=lambda i: abs(steps[i] - wanted)) for wanted in args.frames]
+    figure = make_trajectory_figure(out.trajectory, out.trajectory_timesteps, frames)
+    _write(args.out, figure.save)
     if args.gif:
-        count = save_trajectory_gif(out.trajectory, out.trajectory_timesteps, args.gif)
-        print(f"wrote {args.gif} ({count} frames)")
+        _write(args.gif, lambda path: save_trajectory_gif(out.trajectory, out.trajectory_timesteps, path))
 
 
 def cmd_push(args):
-    from .hub import HubError, push_output_dir
-
-    try:
-        url = push_output_dir(args.output_dir, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo)
-    except HubError as error:
-        raise SystemExit(f"error: {error}") from None
+    url = push_output_dir(args.output_dir, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo)
     print(f"pushed {args.output_dir} to {url}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ddpm-mnist", description="Sample, evaluate and share ddpm-mnist models.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    defaults = argparse.ArgumentDefaultsHelpFormatter
-
-    def sampling_flags(p, steps_default=50):
-        p.add_argument("--model", required=True, help="a local pipeline folder or a Hub id")
-        p.add_argument("--num_inference_steps", type=int, default=steps_default, help="respaced steps (T = full chain)")
-        p.add_argument("--guidance_scale", type=float, default=2.0, help="classifier-free guidance weight")
-        p.add_argument(
-            "--guidance_interval",
-            type=parse_guidance_interval,
-            default=(0.0, 1.0),
-            metavar="LOW,HIGH",
-            help="guide only at timesteps t with LOW*T <= t < HIGH*T (fractions of the training chain T)",
-        )
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument(
-            "--dtype",
-            choices=DTYPE_CHOICES,
-            default="auto",
-            help="the UNet's dtype; auto = bfloat16 where this machine runs it natively, else float32 "
-            "(ddpm_pipeline/hardware.py)",
-        )
-
-    evaluate = commands.add_parser(
-        "evaluate",
-        help="score samples: FID, clear rate, accuracy, coverage, NLL, memorization",
-        formatter_class=defaults,
+# ---------------------------------------------------------------------- the parser
+def _sampling_flags(parser):
+    parser.add_argument("--model", required=True, help="a local pipeline folder or a Hub id")
+    parser.add_argument(
+        "--num_inference_steps",
+        type=inference_steps,
+        default=PIPELINE_DEFAULT,
+        help="respaced steps, or `full` for the training chain (default: the model's saved default call)",
     )
-    sampling_flags(evaluate)
-    evaluate.add_argument("--num_samples", type=int, default=1000)
-    evaluate.add_argument("--scheduler", choices=["ddpm", "ddim", "dpm"], default="ddpm")
-    evaluate.add_argument("--nll_images", type=int, default=200, help="held-out images for the NLL bound (0 = skip)")
-    evaluate.add_argument("--nll_steps", type=int, default=50, help="chain length for the NLL bound")
-    evaluate.add_argument("--out", default="evaluation.json")
+    parser.add_argument(
+        "--guidance_scale",
+        type=finite_float,
+        default=None,
+        help="classifier-free guidance weight (default: the model's)",
+    )
+    parser.add_argument(
+        "--guidance_interval",
+        type=parse_guidance_interval,
+        default=None,
+        metavar="LOW,HIGH",
+        help="guide only at timesteps t with LOW*T <= t < HIGH*T (fractions of the training chain T; default: the "
+        "model's)",
+    )
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPE_CHOICES,
+        default="auto",
+        help="the UNet's dtype; auto = bfloat16 where this machine runs it natively, else float32 "
+        "(ddpm_pipeline/hardware.py)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ddpm-mnist", description="Sample, evaluate and share ddpm-mnist models.", allow_abbrev=False
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name, help):
+        return commands.add_parser(name, help=help, allow_abbrev=False)
+
+    evaluate = command("evaluate", "score samples: FID, clear rate, accuracy, coverage, NLL, memorization")
+    _sampling_flags(evaluate)
+    evaluate.add_argument("--num_samples", type=positive_int, default=1000, help="(at least 2)")
+    evaluate.add_argument("--scheduler", choices=SCHEDULERS, default="ddpm")
+    evaluate.add_argument("--nll_images", type=non_negative_int, default=200, help="held-out images for the NLL bound")
+    evaluate.add_argument("--nll_steps", type=positive_int, default=50, help="chain length for the NLL bound")
+    evaluate.add_argument("--out", type=writable_file(".json"), default=Path("evaluation.json"))
     evaluate.set_defaults(handler=cmd_evaluate)
 
-    sample = commands.add_parser("sample", help="a grid of samples", formatter_class=defaults)
-    sampling_flags(sample)
-    sample.add_argument("--num_images", type=int, default=36)
-    sample.add_argument("--digits", help="digits to ask for, e.g. 0,1,7 (conditional models)")
+    sample = command("sample", "a grid of samples")
+    _sampling_flags(sample)
+    sample.add_argument("--num_images", type=positive_int, default=36)
+    sample.add_argument("--digits", type=digit_list, help="digits to ask for, e.g. 0,1,7 (conditional models)")
     sample.add_argument("--label", action="store_true", help="caption each cell with its requested digit")
-    sample.add_argument("--out", default="samples.png")
+    sample.add_argument("--out", type=writable_file(*IMAGE_SUFFIXES), default=Path("samples.png"))
     sample.set_defaults(handler=cmd_sample)
 
-    trajectory = commands.add_parser(
-        "trajectory", help="samples from noise to digit, frames labelled by step", formatter_class=defaults
-    )
-    sampling_flags(trajectory)
-    trajectory.add_argument("--num_images", type=int, default=4)
-    trajectory.add_argument("--digits", help="digits to ask for, e.g. 3,8")
-    trajectory.add_argument("--frames", help="steps to show, e.g. 1000,500,100,0 (default: about 10, denser late)")
-    trajectory.add_argument("--out", default="trajectory.png")
-    trajectory.add_argument("--gif", help="also write every frame as an animated GIF")
+    trajectory = command("trajectory", "samples from noise to digit, frames labelled by step")
+    _sampling_flags(trajectory)
+    trajectory.add_argument("--num_images", type=positive_int, default=4)
+    trajectory.add_argument("--digits", type=digit_list, help="digits to ask for, e.g. 3,8")
+    trajectory.add_argument("--frames", type=step_list, help="steps to show, e.g. 1000,500,0 (default: ~10)")
+    trajectory.add_argument("--out", type=writable_file(*IMAGE_SUFFIXES), default=Path("trajectory.png"))
+    trajectory.add_argument("--gif", type=writable_file(".gif"), help="also write every frame as an animated GIF")
     trajectory.set_defaults(handler=cmd_trajectory)
 
-    push = commands.add_parser("push", help="push a training output folder to the Hub", formatter_class=defaults)
+    push = command("push", "push a training output folder to the Hub")
     push.add_argument("output_dir")
     push.add_argument("--hub_model_id", required=True, help="namespace/name")
     push.add_argument("--hub_token", default=None, help="else HF_TOKEN or the `hf auth login` store")
@@ -203,7 +281,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.handler(args)
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, HubError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -10,6 +10,7 @@ from .data import load_embedded_mnist, scale_to_model_range, to_training_tensors
 from .hardware import machine_summary
 from .metrics import scores
 from .metrics.classifier import MnistClassifier, load_classifier
+from .pipeline_ddpm_mnist import PIPELINE_DEFAULT, SAMPLING_DEFAULT_KEYS
 from .scheduling_ddpm_cosine import CosineDDPMScheduler
 
 SCHEDULERS = ("ddpm", "ddim", "dpm")
@@ -56,7 +57,8 @@ def with_scheduler(pipe, name: str):
         )
     else:
         scheduler = CosineDDPMScheduler.from_config(config)
-    copy = type(pipe)(unet=pipe.unet, scheduler=scheduler)
+    defaults = {key: pipe.config[key] for key in SAMPLING_DEFAULT_KEYS if key in pipe.config}
+    copy = type(pipe)(unet=pipe.unet, scheduler=scheduler, **defaults)
     copy.set_progress_bar_config(disable=True)
     return copy
 
@@ -151,18 +153,24 @@ def nll_bits_per_dim(pipe, images: torch.Tensor, labels: torch.Tensor | None, nu
 def evaluate_pipeline(
     pipe,
     num_samples: int = 1000,
-    num_inference_steps: int | None = 50,
+    num_inference_steps: int | None = PIPELINE_DEFAULT,
     scheduler: str = "ddpm",
-    guidance_scale: float = 2.0,
-    guidance_interval: tuple[float, float] = (0.0, 1.0),
+    guidance_scale: float | None = None,
+    guidance_interval: tuple[float, float] | None = None,
     seed: int = 0,
     nll_images: int = 200,
     nll_steps: int = 50,
     reference: ReferenceData | None = None,
 ) -> dict:
-    """Sample ``num_samples`` images and compute every figure, with timing."""
-    if num_samples < 2:
-        raise ValueError("num_samples must be at least 2 (the Frechet distance needs a covariance).")
+    """Sample ``num_samples`` images and compute every figure, with timing. Sampling settings left out are the
+    pipeline's saved defaults (its default call); the result records what was used."""
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
+        raise ValueError(f"num_samples must be an integer of at least 2, got {num_samples!r}.")
+    if isinstance(nll_steps, bool) or not isinstance(nll_steps, int) or nll_steps < 1:
+        raise ValueError(f"nll_steps must be a positive integer, got {nll_steps!r}.")
+    num_inference_steps, guidance_scale, guidance_interval = pipe.resolve_sampling(
+        num_inference_steps, guidance_scale, guidance_interval
+    )
     reference = reference or embedded_reference()
     sampler = with_scheduler(pipe, scheduler)
     started = time.perf_counter()
@@ -174,7 +182,7 @@ def evaluate_pipeline(
         "scheduler": scheduler,
         "num_inference_steps": num_inference_steps or pipe.scheduler.config.num_train_timesteps,
         "guidance_scale": guidance_scale,
-        "guidance_interval": list(guidance_interval),
+        "guidance_interval": [float(bound) for bound in guidance_interval],
         "seed": seed,
         **score_samples(samples, reference, requested),
         "sampling_seconds": sampling_seconds,

@@ -26,20 +26,20 @@ Each column is one step of the reverse process, labelled with its step t (t = {T
 
 ## Usage
 
-With the package installed (`pip install ddpm-mnist`):
+With the `ddpm-mnist` package (it is not on PyPI: in a checkout of its repository, `pip install torch==2.13.0 -e .`):
 
 ```python
 import torch
-from ddpm_pipeline import DDPMMnistPipeline
+from ddpm_pipeline import DDPMMnistPipeline, preferred_dtype
 
-pipe = DDPMMnistPipeline.from_pretrained("{repo_id}")
-images = pipe(
-    batch_size=36,
-{label_argument}    num_inference_steps=50,
-    generator=torch.Generator().manual_seed(0),
-).images
+# bfloat16 where this machine runs it natively (AVX512_BF16 or AMX CPUs, most GPUs), else float32
+pipe = DDPMMnistPipeline.from_pretrained("{repo_id}", dtype=preferred_dtype())
+images = pipe(generator=torch.Generator().manual_seed(0)).images  # 36 digits: {default_call}
 ```
-{fast_sampling}
+
+Called without arguments, the pipeline uses the sampling settings it was saved with ({default_call}).
+{label_usage}`num_inference_steps=None` runs the full {T}-step training chain.
+
 Without the package, through diffusers' remote code (the component code lives in this repository; pin a revision you
 have read):
 
@@ -47,7 +47,7 @@ have read):
 from diffusers import DiffusionPipeline
 
 pipe = DiffusionPipeline.from_pretrained("{repo_id}", trust_remote_code=True, revision="main")
-images = pipe(batch_size=36, num_inference_steps=50).images
+images = pipe().images
 ```
 
 ## Training
@@ -57,18 +57,6 @@ images = pipe(batch_size=36, num_inference_steps=50).images
 ```yaml
 {config}```
 {evaluation}"""
-
-
-FAST_SAMPLING = """
-Fast: a bfloat16 UNet, 10 respaced steps, and guidance only where 0.3 T <= t < 0.8 T (one network call per step
-outside that interval). For the default config this gives 36 digits in about 0.4 s on 2 CPU cores, with a classifier
-FID within 10% of the 1,000-step chain's under the same guidance:
-
-```python
-fast = DDPMMnistPipeline.from_pretrained("{repo_id}", dtype=torch.bfloat16)
-images = fast(batch_size=36, num_inference_steps=10, guidance_interval=(0.3, 0.8)).images
-```
-"""
 
 
 def _evaluation_section(evaluation: dict | None) -> str:
@@ -93,6 +81,35 @@ def _data_description(config: dict) -> str:
     return source + (f", digits {digits}" if digits else ", all ten digits")
 
 
+def describe_default_call(config: dict, conditional: bool) -> str:
+    steps = config.get("num_inference_steps")
+    text = "the full training chain" if steps is None else f"{steps} respaced steps of the learned-variance sampler"
+    if not conditional:
+        return text
+    low, high = config.get("guidance_interval", [0.0, 1.0])
+    scale = config.get("guidance_scale", 2.0)
+    where = "at every step" if (low, high) == (0.0, 1.0) else f"where {low} T <= t < {high} T"
+    return f"{text}, classifier-free guidance {scale} {where}"
+
+
+def _training_line(run_info: dict) -> str:
+    seconds, machine = run_info.get("train_seconds"), run_info.get("machine") or {}
+    where = ""
+    if machine:
+        precision = {"no": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(run_info.get("mixed_precision"), "")
+        where = f" on {machine.get('cpu', 'a CPU')} (PyTorch CPU capability {machine.get('cpu_capability', '?')}"
+        where += f", {precision})" if precision else ")"
+        if machine.get("gpu"):
+            where = f" on {machine['gpu']}" + (f" ({precision})" if precision else "")
+    return (
+        f"Trained for {run_info.get('global_step', '?')} steps"
+        + (f" in {seconds / 60:.1f} minutes" if seconds else "")
+        + where
+        + (f" with `{run_info['command']}`" if run_info.get("command") else "")
+        + ". The configuration used:"
+    )
+
+
 def render_model_card(config: dict, run_info: dict | None = None, evaluation: dict | None = None, repo_id=None) -> str:
     """The card's text; ``config`` must already have its token redacted (``TrainingConfig.to_dict``)."""
     conditional = bool(config.get("class_conditional"))
@@ -106,13 +123,7 @@ def render_model_card(config: dict, run_info: dict | None = None, evaluation: di
         "pipeline_tag": "unconditional-image-generation",
     }
     run_info = run_info or {}
-    seconds = run_info.get("train_seconds")
-    training_line = (
-        f"Trained for {run_info.get('global_step', '?')} steps"
-        + (f" in {seconds / 60:.1f} minutes" if seconds else "")
-        + (f" with `{run_info['command']}`" if run_info.get("command") else "")
-        + ". The configuration used:"
-    )
+    training_line = _training_line(run_info)
     repo_id = repo_id or "namespace/ddpm-mnist"
     return CARD_TEMPLATE.format(
         metadata=yaml.safe_dump(metadata, sort_keys=False),
@@ -121,8 +132,12 @@ def render_model_card(config: dict, run_info: dict | None = None, evaluation: di
         data=_data_description(config),
         T=config.get("num_train_timesteps", "T"),
         repo_id=repo_id,
-        label_argument="    class_labels=[i % 10 for i in range(36)],\n" if conditional else "",
-        fast_sampling=FAST_SAMPLING.format(repo_id=repo_id) if conditional else "",
+        default_call=describe_default_call(config, conditional),
+        label_usage=(
+            "`class_labels=7` (or one digit per image) chooses the digits; by default they run 0, 1, ..., 9 in turn. "
+            if conditional
+            else ""
+        ),
         training_line=training_line,
         config=yaml.safe_dump({k: v for k, v in config.items() if k != "hub_token"}, sort_keys=False),
         evaluation=_evaluation_section(evaluation),

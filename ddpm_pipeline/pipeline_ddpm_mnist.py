@@ -6,6 +6,7 @@ This file imports nothing from its own package, so that the Hub copy of it loads
 
 import importlib
 import json
+import math
 import os
 from dataclasses import dataclass
 
@@ -17,6 +18,18 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 OUTPUT_TYPES = ("pil", "np", "pt")
+HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_download")
+SAMPLING_DEFAULT_KEYS = ("default_num_inference_steps", "default_guidance_scale", "default_guidance_interval")
+
+
+class _PipelineDefault:
+    """Marks an argument left out of a call: the pipeline's saved default applies (None has a meaning of its own)."""
+
+    def __repr__(self):
+        return "<the pipeline's default>"
+
+
+PIPELINE_DEFAULT = _PipelineDefault()
 
 
 @dataclass
@@ -60,25 +73,41 @@ class DDPMMnistPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "unet"
 
-    def __init__(self, unet, scheduler):
+    def __init__(
+        self,
+        unet,
+        scheduler,
+        default_num_inference_steps: int | None = None,
+        default_guidance_scale: float = 2.0,
+        default_guidance_interval: tuple[float, float] | list[float] = (0.0, 1.0),
+    ):
+        """``default_*``: what a call without those arguments uses, saved in ``model_index.json`` with the pipeline
+        (None steps = the full training chain). A model trained with other settings carries its own."""
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
+        check_sampling_arguments(
+            default_num_inference_steps, default_guidance_scale, default_guidance_interval, prefix="default_"
+        )
+        self.register_to_config(
+            default_num_inference_steps=default_num_inference_steps,
+            default_guidance_scale=float(default_guidance_scale),
+            default_guidance_interval=[float(bound) for bound in default_guidance_interval],
+        )
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         """Load from a local folder or a Hub id.
 
-        A repository pushed by ``ddpm-mnist push`` names its remote-code copies of the components in
-        ``model_index.json`` (for ``DiffusionPipeline.from_pretrained(..., trust_remote_code=True)``). With this
-        package installed, those names are resolved to the package's own classes, so no remote code runs.
+        The components are loaded one by one, so that an error names the one at fault. A repository pushed by
+        ``ddpm-mnist push`` names its remote-code copies of the components in ``model_index.json`` (for
+        ``DiffusionPipeline.from_pretrained(..., trust_remote_code=True)``); with this package installed, those names
+        are resolved to the package's own classes, so no remote code runs. Keyword arguments beyond the Hub ones,
+        ``dtype``/``torch_dtype`` and the components go through diffusers' own loader.
         """
-        hub_kwargs = {
-            key: kwargs[key]
-            for key in ("revision", "token", "cache_dir", "local_files_only", "force_download")
-            if key in kwargs
-        }
-        index = _read_model_index(str(pretrained_model_name_or_path), hub_kwargs)
-        if not isinstance(index.get("_class_name"), list) or ("unet" in kwargs and "scheduler" in kwargs):
+        hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
+        path = str(pretrained_model_name_or_path)
+        index, index_path = _read_model_index(path, hub_kwargs)
+        if set(kwargs) - set(HUB_KWARGS) - {"dtype", "torch_dtype", "unet", "scheduler", *SAMPLING_DEFAULT_KEYS}:
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         package = importlib.import_module(cls.__module__.rsplit(".", 1)[0])
         components = {}
@@ -86,15 +115,16 @@ class DDPMMnistPipeline(DiffusionPipeline):
             if name in kwargs:
                 components[name] = kwargs[name]
                 continue
-            library, class_name = index[name]
-            component_class = getattr(package, class_name, None) or getattr(
-                importlib.import_module("diffusers"), class_name
-            )
+            component_class = _component_class(index, name, index_path, package)
             extra = {key: kwargs[key] for key in ("dtype", "torch_dtype") if name == "unet" and key in kwargs}
-            components[name] = component_class.from_pretrained(
-                pretrained_model_name_or_path, subfolder=name, **hub_kwargs, **extra
-            )
-        return cls(**components)
+            components[name] = _load_component(component_class, path, name, hub_kwargs, extra)
+        stored = {key: index[key] for key in SAMPLING_DEFAULT_KEYS if key in index}
+        try:
+            pipe = cls(**components, **{**stored, **{k: kwargs[k] for k in SAMPLING_DEFAULT_KEYS if k in kwargs}})
+        except ValueError as error:
+            raise ValueError(f"{index_path}: {error}") from None
+        pipe.register_to_config(_name_or_path=path)
+        return pipe
 
     def _prepare_class_labels(self, class_labels, batch_size: int) -> torch.Tensor | None:
         num_classes = self.unet.config.num_class_embeds
@@ -161,9 +191,9 @@ class DDPMMnistPipeline(DiffusionPipeline):
         self,
         batch_size: int = 36,
         class_labels: int | list[int] | torch.Tensor | None = None,
-        guidance_scale: float = 2.0,
-        guidance_interval: tuple[float, float] = (0.0, 1.0),
-        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        guidance_interval: tuple[float, float] | None = None,
+        num_inference_steps: int | None = PIPELINE_DEFAULT,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         return_trajectory: bool = False,
@@ -176,67 +206,60 @@ class DDPMMnistPipeline(DiffusionPipeline):
             class_labels: for a class-conditional UNet, one digit for all images or one per image; None gives
                 0, 1, ..., 9, 0, ... in turn.
             guidance_scale: classifier-free guidance weight w (eps = eps_null + w (eps_digit - eps_null)); 1 turns
-                guidance off. Ignored by an unconditional UNet.
+                guidance off. Ignored by an unconditional UNet. None: the pipeline's ``default_guidance_scale``.
             guidance_interval: ``(low, high)``, fractions of the training chain: guidance acts only at steps whose
                 timestep t has ``low * T <= t < high * T`` (Kynkaenniemi et al. 2024, "Applying guidance in a
-                limited interval"); elsewhere the UNet runs once, conditioned, without the null-label pass. The
-                default ``(0, 1)`` guides every step.
-            num_inference_steps: None runs the full training chain; fewer runs a respaced chain.
-            generator: torch generator(s) for reproducible samples.
+                limited interval"); elsewhere the UNet runs once, conditioned, without the null-label pass.
+                ``(0, 1)`` guides every step. None: the pipeline's ``default_guidance_interval``.
+            num_inference_steps: steps of a respaced chain; None runs the full training chain. Left out: the
+                pipeline's ``default_num_inference_steps``.
+            generator: a torch generator (or one per image) for reproducible samples.
             output_type: ``"pil"``, ``"np"`` or ``"pt"``.
             return_trajectory: also return every frame from x_T to x_0 with its step.
         """
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
-        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-        num_train_timesteps = self.scheduler.config.num_train_timesteps
-        if num_inference_steps is None:
-            num_inference_steps = num_train_timesteps
-        if (
-            not isinstance(num_inference_steps, (int, np.integer))
-            or not 1 <= num_inference_steps <= num_train_timesteps
-        ):
-            raise ValueError(
-                f"num_inference_steps must be between 1 and the training chain's {num_train_timesteps} steps, "
-                f"got {num_inference_steps!r}."
-            )
-        guidance_low, guidance_high = _check_guidance_interval(guidance_interval)
+        # 0. the call's settings: what was passed, else what the pipeline was saved with
+        num_inference_steps, guidance_scale, guidance_interval = self.resolve_sampling(
+            num_inference_steps, guidance_scale, guidance_interval
+        )
+        T = self.scheduler.config.num_train_timesteps
+        num_inference_steps = T if num_inference_steps is None else num_inference_steps
+        guidance_low, guidance_high = check_sampling_arguments(
+            num_inference_steps, guidance_scale, guidance_interval, num_train_timesteps=T
+        )
+        _check_call_arguments(batch_size, generator, output_type)
         labels = self._prepare_class_labels(class_labels, batch_size)
         device = self._execution_device
         if labels is not None:
             labels = labels.to(device)
 
+        # 1. x_T ~ N(0, I), and the (respaced) chain of timesteps T-1 > ... > 0
         config = self.unet.config
         shape = (batch_size, config.in_channels, config.sample_size, config.sample_size)
         sample = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
         sample = sample * self.scheduler.init_noise_sigma
-
         self.scheduler.set_timesteps(int(num_inference_steps), device=device)
         timesteps = self.scheduler.timesteps
+
+        # Frames are numbered as in the DDPM paper, where x_t for t = T..1 is noisy and x_0 the sample: the input to
+        # the scheduler's (0-based) timestep t is the paper's x_{t+1}, so a frame's step is the timestep + 1.
         frames, frame_steps = [], []
         if return_trajectory:
             frames.append(sample.cpu())
             frame_steps.append(int(timesteps[0]) + 1)
         for i, timestep in enumerate(self.progress_bar(timesteps)):
-            guided = guidance_low * num_train_timesteps <= int(timestep) < guidance_high * num_train_timesteps
+            # 2. predict the noise (and the variance), with guidance inside the interval
+            guided = guidance_low * T <= int(timestep) < guidance_high * T
             model_output = self._predict(sample, timestep, labels, guidance_scale if guided else 1.0)
+            # 3. x_t -> x_{t-1}: one draw from p_theta(x_{t-1} | x_t) (or the swapped-in scheduler's update)
             sample = self.scheduler.step(model_output, timestep, sample, generator=generator).prev_sample
+            # 4. record the frame: the sample now sits at the next timestep of the chain, or is x_0
             if return_trajectory:
                 frames.append(sample.cpu())
-                # the sample just produced sits at the next chain timestep (paper numbering: +1), or is x_0
                 frame_steps.append(int(timesteps[i + 1]) + 1 if i + 1 < len(timesteps) else 0)
 
+        # 5. [-1, 1] -> [0, 1] images (and frames) in the output type asked for
         images = self._to_output(sample, output_type)
-        trajectory = None
-        if return_trajectory:
-            stacked = torch.stack(frames)
-            if output_type == "pil":
-                trajectory = [self._to_output(frame, "pil") for frame in stacked]
-            elif output_type == "np":
-                trajectory = np.stack([self._to_output(frame, "np") for frame in stacked])
-            else:
-                trajectory = (stacked / 2 + 0.5).clamp(0, 1)
+        trajectory = self._trajectory_output(frames, output_type) if return_trajectory else None
         label_list = labels.tolist() if labels is not None else None
         self.maybe_free_model_hooks()
         if not return_dict:
@@ -248,8 +271,70 @@ class DDPMMnistPipeline(DiffusionPipeline):
             trajectory_timesteps=frame_steps or None,
         )
 
+    def resolve_sampling(self, num_inference_steps=PIPELINE_DEFAULT, guidance_scale=None, guidance_interval=None):
+        """(steps, guidance scale, guidance interval) of a call: the arguments given, else the pipeline's saved
+        defaults. Steps None means the full training chain."""
+        if num_inference_steps is PIPELINE_DEFAULT:
+            num_inference_steps = self.config.get("default_num_inference_steps")
+        if guidance_scale is None:
+            guidance_scale = self.config.get("default_guidance_scale", 2.0)
+        if guidance_interval is None:
+            guidance_interval = self.config.get("default_guidance_interval", (0.0, 1.0))
+        return num_inference_steps, guidance_scale, guidance_interval
 
-def _check_guidance_interval(interval) -> tuple[float, float]:
+    def _trajectory_output(self, frames: list[torch.Tensor], output_type: str):
+        stacked = torch.stack(frames)
+        if output_type == "pil":
+            return [self._to_output(frame, "pil") for frame in stacked]
+        if output_type == "np":
+            return np.stack([self._to_output(frame, "np") for frame in stacked])
+        return (stacked / 2 + 0.5).clamp(0, 1)
+
+
+def check_sampling_arguments(
+    num_inference_steps, guidance_scale, guidance_interval, num_train_timesteps: int | None = None, prefix: str = ""
+) -> tuple[float, float]:
+    """The rules on a call's sampling settings (also on the defaults saved with a pipeline, and on the training
+    config that sets them); returns the guidance interval as floats. Errors name the argument."""
+    steps_ok = num_inference_steps is None or (
+        isinstance(num_inference_steps, (int, np.integer))
+        and not isinstance(num_inference_steps, bool)
+        and num_inference_steps >= 1
+        and (num_train_timesteps is None or num_inference_steps <= num_train_timesteps)
+    )
+    if not steps_ok:
+        limit = f" and the training chain's {num_train_timesteps} steps" if num_train_timesteps else ""
+        raise ValueError(
+            f"{prefix}num_inference_steps must be an integer between 1{limit} (or None for the full chain), "
+            f"got {num_inference_steps!r}."
+        )
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float, np.floating, np.integer)):
+        raise ValueError(
+            f"{prefix}guidance_scale must be a number, e.g. 2.0 (1 = no guidance), got {guidance_scale!r}."
+        )
+    if not math.isfinite(guidance_scale) or guidance_scale < 0:
+        raise ValueError(
+            f"{prefix}guidance_scale must be a finite number >= 0 (1 = no guidance), got {guidance_scale!r}."
+        )
+    return _check_guidance_interval(guidance_interval, f"{prefix}guidance_interval")
+
+
+def _check_call_arguments(batch_size, generator, output_type):
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    generators = generator if isinstance(generator, list) else [generator]
+    if generator is not None and not all(isinstance(g, torch.Generator) for g in generators):
+        raise ValueError(
+            f"generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)) or a list of them, got "
+            f"{type(generator).__name__}."
+        )
+    if isinstance(generator, list) and len(generator) != batch_size:
+        raise ValueError(f"generator is a list of {len(generator)} generators; give one per image ({batch_size}).")
+
+
+def _check_guidance_interval(interval, name: str = "guidance_interval") -> tuple[float, float]:
     """(low, high) as floats with 0 <= low < high <= 1, or a ValueError that says what a valid interval is."""
     try:
         low, high = (float(bound) for bound in interval)
@@ -257,32 +342,82 @@ def _check_guidance_interval(interval) -> tuple[float, float]:
         low = high = float("nan")
     if not 0.0 <= low < high <= 1.0:  # also false for NaN
         raise ValueError(
-            "guidance_interval must be two fractions of the training chain (low, high) with 0 <= low < high <= 1, "
+            f"{name} must be two fractions of the training chain (low, high) with 0 <= low < high <= 1, "
             f"e.g. (0.6, 1.0) to guide only the noisiest 40% of timesteps; got {interval!r}."
         )
     return low, high
 
 
-def _read_model_index(path_or_repo_id: str, hub_kwargs: dict) -> dict:
-    """model_index.json of a local folder or a Hub repository, with a clear error when there is none."""
+def _read_model_index(path_or_repo_id: str, hub_kwargs: dict) -> tuple[dict, str]:
+    """model_index.json of a local folder or a Hub repository, and where it was read, with a clear error when it is
+    missing, unreadable or not a pipeline's."""
     if os.path.isdir(path_or_repo_id):
         index_path = os.path.join(path_or_repo_id, "model_index.json")
         if not os.path.isfile(index_path):
             raise OSError(f"{path_or_repo_id} has no model_index.json: it is not a saved pipeline.")
     else:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+        index_path = _download_model_index(path_or_repo_id, hub_kwargs)
+    try:
+        with open(index_path, encoding="utf-8") as handle:
+            index = json.load(handle)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise OSError(f"{index_path} is not a readable model_index.json ({type(error).__name__}: {error}).") from None
+    if not isinstance(index, dict):
+        raise OSError(f"{index_path} must hold a JSON object naming the pipeline's components.")
+    return index, index_path
 
-        try:
-            index_path = hf_hub_download(path_or_repo_id, "model_index.json", **hub_kwargs)
-        except RepositoryNotFoundError:
-            raise OSError(
-                f"{path_or_repo_id!r} is neither a local folder nor a Hub repository you can access. Check the id "
-                "(namespace/name), log in for a private repository, or give the path of a saved pipeline."
-            ) from None
-        except RevisionNotFoundError:
-            raise OSError(f"{path_or_repo_id!r} has no revision {hub_kwargs.get('revision')!r}.") from None
-        except EntryNotFoundError:
-            raise OSError(f"{path_or_repo_id!r} holds no model_index.json: it is not a saved pipeline.") from None
-    with open(index_path) as handle:
-        return json.load(handle)
+
+def _download_model_index(path_or_repo_id: str, hub_kwargs: dict) -> str:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        return hf_hub_download(path_or_repo_id, "model_index.json", **hub_kwargs)
+    except HFValidationError:
+        raise OSError(
+            f"{path_or_repo_id!r} is not a local folder (there is none at that path) and not a Hub repository id "
+            "(namespace/name) either. Give the folder of a saved pipeline, or a Hub id."
+        ) from None
+    except RepositoryNotFoundError:
+        raise OSError(
+            f"{path_or_repo_id!r} is neither a local folder nor a Hub repository you can access. Check the id "
+            "(namespace/name), log in for a private repository, or give the path of a saved pipeline."
+        ) from None
+    except RevisionNotFoundError:
+        raise OSError(f"{path_or_repo_id!r} has no revision {hub_kwargs.get('revision')!r}.") from None
+    except EntryNotFoundError:
+        raise OSError(f"{path_or_repo_id!r} holds no model_index.json: it is not a saved pipeline.") from None
+    except LocalEntryNotFoundError:
+        raise OSError(
+            f"There is no local folder {path_or_repo_id!r}, and the Hub repository of that name could not be "
+            "reached (offline, or not in the cache). Check the path, or connect and try again."
+        ) from None
+
+
+def _load_component(component_class, path: str, name: str, hub_kwargs: dict, extra: dict):
+    """One component from its subfolder; any failure becomes an OSError that names the subfolder."""
+    if os.path.isdir(path) and not os.path.isdir(os.path.join(path, name)):
+        raise OSError(f"{os.path.join(path, name)} is missing: a saved pipeline has a {name}/ folder.")
+    try:
+        return component_class.from_pretrained(path, subfolder=name, **hub_kwargs, **extra)
+    except Exception as error:  # weights, configs and the component's own checks fail in many types
+        raise OSError(
+            f"The {name} in {os.path.join(path, name)} could not be loaded ({type(error).__name__}: {error})."
+        ) from None
+
+
+def _component_class(index: dict, name: str, index_path: str, package):
+    """The class model_index.json names for a component, from this package or from diffusers."""
+    entry = index.get(name)
+    if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(part, str) for part in entry)):
+        raise OSError(f"{index_path} does not name the {name!r} component as [library, class]; got {entry!r}.")
+    component_class = getattr(package, entry[1], None) or getattr(importlib.import_module("diffusers"), entry[1], None)
+    if component_class is None:
+        raise OSError(f"{index_path} names {name} class {entry[1]!r}, which neither ddpm_pipeline nor diffusers has.")
+    return component_class

@@ -320,5 +320,14 @@ def test_model_card_usage_snippets_parse_and_name_the_repository():
         assert blocks and all("alice/tiny-ddpm" in block for block in blocks)
         for block in blocks:
             ast.parse(block)
-    # the fast setting (guidance only inside an interval) is for class-conditional models only
-    assert "guidance_interval=(0.3, 0.8)" in conditional and "guidance_interval" not in unconditional
+    # the card describes the saved default call: guidance only for class-conditional models
+    guided = render_model_card(
+        {"class_conditional": True, "num_inference_steps": 10, "guidance_interval": [0.3, 0.8], "guidance_scale": 2.0},
+        repo_id="alice/tiny-ddpm",
+    )
+    assert "10 respaced steps" in guided and "guidance 2.0 where 0.3 T <= t < 0.8 T" in guided
+    assert "guidance" not in unconditional.split("## Training")[0] and "class_labels" in conditional
+    # the install line works (the package is not on PyPI), and the dtype suits the machine
+    for card in (conditional, unconditional):
+        assert "pip install ddpm-mnist" not in card and "pip install torch==2.13.0 -e ." in card
+        assert "dtype=preferred_dtype()" in card

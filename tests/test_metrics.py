@@ -116,10 +116,14 @@ def test_evaluate_pipeline_is_reproducible_and_complete(reference):
     assert results[0]["fid_images_per_side"] == 20 and results[0]["nll_chain_steps"] == 3
     assert results[0]["images_per_second"] > 0 and 0 < results[0]["nll_bpd"] < 100
     for name in ("ddim", "dpm"):
+        pipe = tiny_pipeline()
+        scheduler = pipe.scheduler
         other = evaluate_pipeline(
-            tiny_pipeline(), num_samples=10, num_inference_steps=3, scheduler=name, nll_images=0, reference=small
+            pipe, num_samples=10, num_inference_steps=3, scheduler=name, nll_images=0, reference=small
         )
         assert other["scheduler"] == name and np.isfinite(other["fid"])
+        assert pipe.scheduler is scheduler  # the evaluation used a copy: the pipeline it was given is unchanged
+    assert results[0]["unet_dtype"] == "float32" and results[0]["cpu_capability"] and "native_bf16" in results[0]
 
 
 def test_nll_on_the_full_chain_matches_a_respaced_one_in_scale(reference):

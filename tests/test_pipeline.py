@@ -81,7 +81,7 @@ def test_guidance_interval_guides_only_the_timesteps_inside_it(pipe):
 
 @pytest.mark.parametrize(
     "interval",
-    [(0.6, 0.4), (0.5, 0.5), (-0.1, 1.0), (0.0, 1.5), (0.5,), (0.1, 0.5, 1.0), "ab", None, (float("nan"), 1.0)],
+    [(0.6, 0.4), (0.5, 0.5), (-0.1, 1.0), (0.0, 1.5), (0.5,), (0.1, 0.5, 1.0), "ab", 3, (float("nan"), 1.0)],
 )
 def test_bad_guidance_interval(pipe, interval):
     with pytest.raises(ValueError, match="guidance_interval must be two fractions"):
@@ -189,3 +189,59 @@ def test_bfloat16_unet_with_float32_scheduler(pipe):
     out = run(pipe, batch_size=3, num_inference_steps=5, output_type="pt").images
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     assert (out - reference).abs().mean() < 0.05  # same noise draws, only the network's rounding differs
+
+
+def count_unet_calls(pipe):
+    calls = []
+    original = pipe.unet.forward
+    pipe.unet.forward = lambda *a, **k: calls.append(len(a[0])) or original(*a, **k)
+    return calls
+
+
+def test_saved_sampling_defaults_drive_the_default_call(tmp_path):
+    """A pipeline carries its own default call (steps, guidance, interval) in model_index.json; arguments win."""
+    from ddpm_pipeline import DDPMMnistPipeline
+
+    pipe = tiny_pipeline()
+    saved = DDPMMnistPipeline(
+        unet=pipe.unet,
+        scheduler=pipe.scheduler,
+        default_num_inference_steps=4,
+        default_guidance_scale=3.0,
+        default_guidance_interval=(0.5, 1.0),
+    )
+    saved.save_pretrained(tmp_path / "p")
+    assert json.loads((tmp_path / "p" / "model_index.json").read_text())["default_num_inference_steps"] == 4
+    loaded = DDPMMnistPipeline.from_pretrained(tmp_path / "p")
+    loaded.set_progress_bar_config(disable=True)
+    calls = count_unet_calls(loaded)
+    loaded(batch_size=2, output_type="np")  # 4 steps (49, 33, 16, 0): only t >= 25 guided, in a doubled batch
+    assert calls == [4, 4, 2, 2]
+    calls.clear()
+    loaded(batch_size=2, num_inference_steps=None, guidance_scale=1.0, output_type="np")  # the full chain
+    assert len(calls) == 50
+    calls.clear()
+    loaded(batch_size=2, num_inference_steps=3, guidance_interval=(0.0, 1.0), output_type="np")
+    assert calls == [4, 4, 4]
+    explicit = run(loaded, batch_size=2, num_inference_steps=4, guidance_scale=3.0, guidance_interval=(0.5, 1.0))
+    default = run(loaded, batch_size=2)
+    assert np.array_equal(np.asarray(explicit.images[0]), np.asarray(default.images[0]))
+    with pytest.raises(ValueError, match="default_guidance_scale"):
+        DDPMMnistPipeline(unet=pipe.unet, scheduler=pipe.scheduler, default_guidance_scale=float("nan"))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"guidance_scale": float("nan")}, "guidance_scale"),
+        ({"guidance_scale": float("inf")}, "guidance_scale"),
+        ({"guidance_scale": "2"}, "guidance_scale"),
+        ({"generator": 0}, "generator"),
+        ({"generator": [torch.Generator()]}, "one per image"),
+        ({"batch_size": True}, "batch_size"),
+        ({"num_inference_steps": 2.5}, "num_inference_steps"),
+    ],
+)
+def test_bad_arguments_are_named(pipe, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        pipe(**{"batch_size": 2, "num_inference_steps": 2, **kwargs})
