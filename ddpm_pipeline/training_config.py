@@ -1,156 +1,202 @@
-"""Training configuration: one dataclass, YAML files in configs/, command-line overrides, and validation.
+"""Training configuration: one dataclass whose defaults are the default run, YAML files, flags, and validation.
 
+The defaults below are the one source of truth: a bare `accelerate launch train_ddpm.py` trains with them, and
+`train_ddpm.py --help` prints them. A YAML file (`--config`) overrides some of them, and flags override the file.
 The command-line flags are the names users of diffusers' example scripts know (--output_dir, --train_batch_size, ...).
-A config is validated before any work starts; every error names the key and the fix.
+
+A config is validated before any work starts, and every error names the key and the fix. Each key's own type and
+range sit beside it (``setting(..., minimum=...)``); the rules of the UNet, the scheduler, the pipeline's sampling
+settings, the Hub id and the learning-rate schedule are asked of those components, which hold them.
 """
 
 import argparse
 import dataclasses
+import json
+import math
+import os
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
+from diffusers.optimization import SchedulerType, get_scheduler
 
 from .hardware import MIXED_PRECISION_CHOICES
+from .hub import HubError, validate_repo_id
+from .pipeline_ddpm_mnist import check_sampling_arguments
+from .scheduling_ddpm_cosine import PREDICTION_TYPES, CosineDDPMScheduler, SchedulerConfigError
+from .unet_mnist import MnistUNet, UNetConfigError
+
+MAX_SEED = 2**32 - 1  # accelerate's set_seed also seeds numpy, which takes seeds below 2^32
 
 
 class ConfigError(ValueError):
     """An invalid training configuration value."""
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """A number's allowed range; NaN and infinities are always refused."""
+
+    minimum: float | None = None
+    maximum: float | None = None
+    above: float | None = None  # exclusive lower bound
+    below: float | None = None  # exclusive upper bound
+
+    def check(self, value) -> str | None:
+        """None if ``value`` fits, else what it must be."""
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"must be a finite number{self._describe(', ')}"
+        if (
+            (self.minimum is not None and value < self.minimum)
+            or (self.maximum is not None and value > self.maximum)
+            or (self.above is not None and value <= self.above)
+            or (self.below is not None and value >= self.below)
+        ):
+            return f"must be {self._describe('')}".strip()
+        return None
+
+    def _describe(self, lead: str) -> str:
+        low = f"[{self.minimum}" if self.minimum is not None else f"({self.above}" if self.above is not None else None
+        high = f"{self.maximum}]" if self.maximum is not None else f"{self.below})" if self.below is not None else None
+        if low and high:
+            return f"{lead}in {low}, {high}"
+        if low:
+            return f"{lead}{'>=' if self.minimum is not None else '>'} {low[1:]}"
+        if high:
+            return f"{lead}{'<=' if self.maximum is not None else '<'} {high[:-1]}"
+        return ""
+
+
+def setting(default, help: str, bounds: Bounds | None = None, choices: tuple | None = None):
+    """A config key: its default, its help line, and the range or choices its value must fit."""
+    metadata = {"help": help, "bounds": bounds, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return field(
+            default_factory=lambda: list(default) if isinstance(default, list) else dict(default), metadata=metadata
+        )
+    return field(default=default, metadata=metadata)
+
+
+POSITIVE = Bounds(minimum=1)
+NON_NEGATIVE = Bounds(minimum=0)
+PROBABILITY = Bounds(minimum=0, below=1)
+
+
 @dataclass
 class TrainingConfig:
     # ---- run
-    output_dir: str = field(
-        default="outputs/ddpm-mnist", metadata={"help": "where the pipeline, pictures, logs and checkpoints go"}
-    )
-    seed: int = field(default=0, metadata={"help": "seed for weights, data order, noise and timesteps"})
+    output_dir: str = setting("outputs/ddpm-mnist", "where the pipeline, pictures, logs and checkpoints go")
+    seed: int = setting(0, "seed for weights, data order, noise and timesteps", Bounds(minimum=0, maximum=MAX_SEED))
     # ---- data
-    dataset_name: str | None = field(
-        default=None, metadata={"help": "Hub dataset (e.g. ylecun/mnist); unset = the embedded 5k MNIST subset"}
-    )
-    train_data_dir: str | None = field(default=None, metadata={"help": "a local folder of images (imagefolder layout)"})
-    dataset_split: str = field(default="train", metadata={"help": "split to train on"})
-    image_column: str = field(default="image", metadata={"help": "name of the image column"})
-    label_column: str = field(default="label", metadata={"help": "name of the label column"})
-    digits: list[int] | None = field(default=None, metadata={"help": "digits to keep, e.g. [1] or [0, 1]; unset = all"})
-    resolution: int = field(default=28, metadata={"help": "image size the data is resized to"})
+    dataset_name: str | None = setting(None, "Hub dataset (e.g. ylecun/mnist); unset = the embedded 5k MNIST subset")
+    train_data_dir: str | None = setting(None, "a local folder of images (imagefolder layout)")
+    dataset_split: str = setting("train", "split to train on")
+    image_column: str = setting("image", "name of the image column")
+    label_column: str = setting("label", "name of the label column")
+    digits: list[int] | None = setting(None, "digits to keep, e.g. [1] or [0, 1]; unset = all")
+    resolution: int = setting(28, "image size the data is resized to", Bounds(minimum=4, maximum=256))
     # ---- model
-    class_conditional: bool = field(
-        default=True, metadata={"help": "condition on the digit (with classifier-free guidance)"}
+    class_conditional: bool = setting(True, "condition on the digit (with classifier-free guidance)")
+    learned_variance: bool = setting(True, "learn the reverse variance (learned_range) with the hybrid loss")
+    block_out_channels: list[int] = setting([32, 64, 64], "UNet widths per level", Bounds(minimum=1, maximum=1024))
+    layers_per_block: int | list[int] = setting(
+        [0, 1, 1], "UNet encoder blocks: one number for every level, or one per level (0 allowed)", Bounds(maximum=16)
     )
-    learned_variance: bool = field(
-        default=True, metadata={"help": "learn the reverse variance (learned_range) with the hybrid loss"}
+    decoder_layers_per_block: int | None = setting(1, "UNet decoder blocks per level (None = layers_per_block + 1)")
+    attention_levels: list[bool] = setting(
+        [False, False, False], "self-attention per level (the middle block always has it)"
     )
-    block_out_channels: list[int] = field(
-        default_factory=lambda: [32, 64, 64], metadata={"help": "UNet widths per level"}
-    )
-    layers_per_block: int | list[int] = field(
-        default_factory=lambda: [0, 1, 1],
-        metadata={"help": "UNet encoder blocks: one number for every level, or one per level (0 allowed)"},
-    )
-    decoder_layers_per_block: int | None = field(
-        default=1, metadata={"help": "UNet decoder blocks per level (None = layers_per_block + 1)"}
-    )
-    attention_levels: list[bool] = field(
-        default_factory=lambda: [False, False, False],
-        metadata={"help": "self-attention per level (the middle block always has it)"},
-    )
-    attention_head_dim: int = field(default=32, metadata={"help": "channels per attention head"})
-    norm_num_groups: int = field(default=8, metadata={"help": "GroupNorm groups"})
-    dropout: float = field(default=0.0, metadata={"help": "dropout in the residual blocks"})
+    attention_head_dim: int = setting(32, "channels per attention head", POSITIVE)
+    norm_num_groups: int = setting(8, "GroupNorm groups", POSITIVE)
+    dropout: float = setting(0.0, "dropout in the residual blocks", PROBABILITY)
     # ---- diffusion
-    num_train_timesteps: int = field(
-        default=4000, metadata={"help": "length T of the diffusion chain (>= 2; 10^4 is fine)"}
+    num_train_timesteps: int = setting(4000, "length T of the diffusion chain (2 to 100,000; 10^4 is fine)")
+    prediction_type: str = setting("epsilon", "what the UNet predicts", choices=PREDICTION_TYPES)
+    vlb_weight: float = setting(0.001, "lambda of L_hybrid = L_simple + lambda * L_vlb", NON_NEGATIVE)
+    cond_drop_prob: float = setting(0.1, "probability of replacing the label by the null class", PROBABILITY)
+    snr_gamma: float | None = setting(
+        None, "min-SNR-gamma weighting of L_simple (Hang et al. 2023; e.g. 5); unset = unweighted", Bounds(above=0)
     )
-    prediction_type: str = field(default="epsilon", metadata={"help": "epsilon or v_prediction"})
-    vlb_weight: float = field(default=0.001, metadata={"help": "lambda of L_hybrid = L_simple + lambda * L_vlb"})
-    cond_drop_prob: float = field(
-        default=0.1, metadata={"help": "probability of replacing the label by the null class"}
+    timestep_sampling: str = setting(
+        "uniform",
+        "how training draws t: uniform, or lognormal (EDM's ln sigma ~ N(-1.2, 1.2^2), half of the draws; the "
+        "other half uniform)",
+        choices=("uniform", "lognormal"),
     )
     # ---- optimisation
-    train_batch_size: int = field(default=128, metadata={"help": "images per process per micro-batch"})
-    num_epochs: int = field(default=30, metadata={"help": "passes over the data (ignored if max_train_steps is set)"})
-    max_train_steps: int | None = field(default=None, metadata={"help": "optimizer steps; overrides num_epochs"})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
-    learning_rate: float = field(default=2e-3, metadata={"help": "peak learning rate (AdamW)"})
-    lr_scheduler: str = field(
-        default="cosine",
-        metadata={"help": "diffusers.optimization schedule name (cosine, linear, constant_with_warmup, ...)"},
+    train_batch_size: int = setting(128, "images per process per micro-batch", Bounds(minimum=1, maximum=65536))
+    num_epochs: int = setting(26, "passes over the data (ignored if max_train_steps is set)", POSITIVE)
+    max_train_steps: int | None = setting(None, "optimizer steps; overrides num_epochs", POSITIVE)
+    gradient_accumulation_steps: int = setting(1, "micro-batches per optimizer step", Bounds(minimum=1, maximum=4096))
+    learning_rate: float = setting(2e-3, "peak learning rate (AdamW)", Bounds(above=0))
+    lr_scheduler: str = setting("cosine", "diffusers.optimization schedule name (cosine, linear, constant, ...)")
+    lr_warmup_steps: int = setting(100, "linear warmup steps", NON_NEGATIVE)
+    adam_beta1: float = setting(0.9, "AdamW beta1", PROBABILITY)
+    adam_beta2: float = setting(0.99, "AdamW beta2", PROBABILITY)
+    adam_weight_decay: float = setting(0.0, "AdamW weight decay", NON_NEGATIVE)
+    adam_epsilon: float = setting(1e-8, "AdamW epsilon", Bounds(above=0))
+    max_grad_norm: float = setting(1.0, "gradient clipping norm (0 = off)", NON_NEGATIVE)
+    mixed_precision: str = setting(
+        "auto",
+        "auto (bf16 where the device runs it natively, fp16 on a CUDA GPU without bf16, else float32; "
+        "ddpm_pipeline/hardware.py), no, bf16 or fp16",
+        choices=MIXED_PRECISION_CHOICES,
     )
-    lr_warmup_steps: int = field(default=100, metadata={"help": "linear warmup steps"})
-    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
-    adam_beta2: float = field(default=0.99, metadata={"help": "AdamW beta2"})
-    adam_weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
-    mixed_precision: str = field(
-        default="auto",
-        metadata={
-            "help": "auto (bf16 where the device runs it natively, fp16 on a CUDA GPU without bf16, else float32; "
-            "ddpm_pipeline/hardware.py), no, bf16 or fp16"
-        },
+    channels_last: bool = setting(False, "channels-last memory format for the UNet")
+    keep_freed_memory: bool = setting(
+        True,
+        "on a CPU under Linux (glibc), keep freed memory in the process instead of returning it to the kernel: no "
+        "page faults on each step's fresh activations (ddpm_pipeline/cpu_allocator.py)",
     )
-    channels_last: bool = field(default=False, metadata={"help": "channels-last memory format for the UNet"})
-    keep_freed_memory: bool = field(
-        default=True,
-        metadata={
-            "help": "on a CPU under Linux (glibc), keep freed memory in the process instead of returning it to the "
-            "kernel: no page faults on each step's fresh activations (ddpm_pipeline/cpu_allocator.py)"
-        },
-    )
-    num_cpu_threads: int | None = field(
-        default=None,
-        metadata={
-            "help": "CPU threads per process; unset = the cores shared among the processes "
-            "(accelerate launch would otherwise set 1)"
-        },
+    num_cpu_threads: int | None = setting(
+        None,
+        "CPU threads per process; unset = the cores shared among the processes (accelerate launch would otherwise "
+        "set 1)",
+        Bounds(minimum=1, maximum=1024),
     )
     # ---- EMA
-    use_ema: bool = field(default=True, metadata={"help": "keep an exponential moving average of the weights"})
-    ema_max_decay: float = field(default=0.9995, metadata={"help": "EMA decay ceiling"})
-    ema_inv_gamma: float = field(default=1.0, metadata={"help": "EMA warmup inverse gamma"})
-    ema_power: float = field(default=0.75, metadata={"help": "EMA warmup power"})
+    use_ema: bool = setting(True, "keep an exponential moving average of the weights")
+    ema_max_decay: float = setting(0.9995, "EMA decay ceiling", Bounds(above=0, below=1))
+    ema_inv_gamma: float = setting(1.0, "EMA warmup inverse gamma", Bounds(above=0))
+    ema_power: float = setting(0.75, "EMA warmup power", Bounds(above=0))
+    weight_snapshot_steps: int = setting(
+        0,
+        "save the raw training weights every N steps (0 = off), for post-hoc EMA (python -m ddpm_pipeline.posthoc_ema)",
+        NON_NEGATIVE,
+    )
     # ---- logging, pictures, checkpoints
-    logger: str = field(default="tensorboard", metadata={"help": "tensorboard or none"})
-    save_images_epochs: int = field(
-        default=10, metadata={"help": "write a 6x6 grid of EMA samples every N epochs (0 = off)"}
-    )
-    checkpointing_steps: int = field(
-        default=500, metadata={"help": "save the training state every N optimizer steps (0 = off)"}
-    )
-    checkpoints_total_limit: int | None = field(default=2, metadata={"help": "keep at most this many checkpoints"})
-    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint path"})
-    # ---- sampling for the pictures
-    guidance_scale: float = field(default=2.0, metadata={"help": "classifier-free guidance weight for the pictures"})
-    num_inference_steps: int = field(
-        default=50, metadata={"help": "respaced steps for sample pictures (None-like 0 = full chain)"}
-    )
+    logger: str = setting("tensorboard", "tensorboard or none", choices=("tensorboard", "none"))
+    save_images_epochs: int = setting(5, "write a 6x6 grid of EMA samples every N epochs (0 = off)", NON_NEGATIVE)
+    checkpointing_steps: int = setting(200, "save the training state every N optimizer steps (0 = off)", NON_NEGATIVE)
+    checkpoints_total_limit: int | None = setting(2, "keep at most this many checkpoints", POSITIVE)
+    resume_from_checkpoint: str | None = setting(None, "'latest' or a checkpoint path")
+    # ---- sampling: the saved pipeline's default call, which also makes the pictures
+    guidance_scale: float = setting(2.0, "classifier-free guidance weight (1 = none)", NON_NEGATIVE)
+    guidance_interval: list[float] = setting([0.0, 1.0], "guide only where low T <= t < high T")
+    num_inference_steps: int | None = setting(50, "respaced sampling steps (None = the full chain)")
     # ---- evaluation and Hub
-    evaluate: bool = field(
-        default=False, metadata={"help": "run `ddpm-mnist evaluate` figures at the end and put them in the model card"}
-    )
-    eval_num_samples: int = field(default=1000, metadata={"help": "samples for --evaluate"})
-    push_to_hub: bool = field(default=False, metadata={"help": "push the final pipeline, card and pictures to the Hub"})
-    hub_model_id: str | None = field(default=None, metadata={"help": "namespace/name of the Hub repository"})
-    hub_token: str | None = field(
-        default=None, metadata={"help": "Hub token (else HF_TOKEN or the `hf auth login` store); never logged"}
-    )
-    hub_private_repo: bool = field(default=False, metadata={"help": "create the Hub repository as private"})
-    push_every_save: bool = field(default=False, metadata={"help": "also push at every saved sample-grid epoch"})
+    evaluate: bool = setting(False, "run `ddpm-mnist evaluate` at the end and put the figures in the model card")
+    eval_num_samples: int = setting(1000, "samples for --evaluate", Bounds(minimum=2, maximum=100_000))
+    push_to_hub: bool = setting(False, "push the final pipeline, card and pictures to the Hub")
+    hub_model_id: str | None = setting(None, "namespace/name of the Hub repository")
+    hub_token: str | None = setting(None, "Hub token (else HF_TOKEN or the `hf auth login` store); never logged")
+    hub_private_repo: bool = setting(False, "create the Hub repository as private")
+    push_every_save: bool = setting(False, "also push at every saved sample-grid epoch")
 
-    # ------------------------------------------------------------------ loading and validation
+    # ------------------------------------------------------------------ loading
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainingConfig":
+    def from_dict(cls, values: dict, source: str = "config") -> "TrainingConfig":
         unknown = sorted(set(values) - set(cls.field_names()))
         if unknown:
             raise ConfigError(
-                f"Unknown config key(s): {', '.join(unknown)}. Valid keys are listed by `train_ddpm.py --help`."
+                f"Unknown {source} key(s): {', '.join(unknown)}. Valid keys are listed by `train_ddpm.py --help`."
             )
         hints = typing.get_type_hints(cls)
         checked = {name: _coerce(name, value, hints[name]) for name, value in values.items()}
@@ -160,16 +206,7 @@ class TrainingConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: dict | None = None) -> "TrainingConfig":
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"Config file {str(path)!r} does not exist; see configs/ for examples.")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"Config file {str(path)!r} is not valid YAML: {error}") from error
-        if not isinstance(values, dict):
-            raise ConfigError(f"Config file {str(path)!r} must hold a mapping of keys to values.")
-        return cls.from_dict({**values, **(overrides or {})})
+        return cls.from_dict({**read_yaml_config(path), **(overrides or {})})
 
     def to_dict(self, redact_secrets: bool = True) -> dict:
         values = dataclasses.asdict(self)
@@ -177,99 +214,142 @@ class TrainingConfig:
             values["hub_token"] = None  # a token never reaches a saved config
         return values
 
-    def validate(self):
-        def fail(key, message):
-            raise ConfigError(f"Invalid config value for {key!r} ({getattr(self, key)!r}): {message}")
+    # ------------------------------------------------------------------ what the components are built from
+    def unet_kwargs(self) -> dict:
+        return {
+            "learned_variance": self.learned_variance,
+            "block_out_channels": tuple(self.block_out_channels),
+            "layers_per_block": self.layers_per_block
+            if isinstance(self.layers_per_block, int)
+            else tuple(self.layers_per_block),
+            "decoder_layers_per_block": self.decoder_layers_per_block,
+            "attention_levels": tuple(self.attention_levels),
+            "attention_head_dim": self.attention_head_dim,
+            "norm_num_groups": self.norm_num_groups,
+            "dropout": self.dropout,
+        }
 
-        positive_ints = [
-            "train_batch_size",
-            "num_epochs",
-            "gradient_accumulation_steps",
-            "resolution",
-            "attention_head_dim",
-            "norm_num_groups",
-            "eval_num_samples",
-        ]
-        for key in positive_ints:
-            if getattr(self, key) < 1:
-                fail(key, "must be >= 1.")
-        for key in ["lr_warmup_steps", "save_images_epochs", "checkpointing_steps", "num_inference_steps"]:
-            if getattr(self, key) < 0:
-                fail(key, "must be >= 0.")
-        if self.num_cpu_threads is not None and self.num_cpu_threads < 1:
-            fail("num_cpu_threads", "must be >= 1, or unset to use every core.")
-        if self.max_train_steps is not None and self.max_train_steps < 1:
-            fail("max_train_steps", "must be >= 1 (or unset to use num_epochs).")
-        if self.num_train_timesteps < 2:
-            fail("num_train_timesteps", "the chain needs at least 2 steps (T of 1,000 to 10,000 is typical).")
-        if self.num_inference_steps > self.num_train_timesteps:
-            fail("num_inference_steps", f"cannot exceed num_train_timesteps={self.num_train_timesteps}.")
-        if not self.learning_rate > 0:
-            fail("learning_rate", "must be positive, e.g. 1e-3.")
-        for key in ["vlb_weight", "adam_weight_decay", "max_grad_norm", "adam_epsilon"]:
-            if getattr(self, key) < 0:
-                fail(key, "must be >= 0.")
-        for key in ["adam_beta1", "adam_beta2", "cond_drop_prob", "dropout"]:
-            if not 0 <= getattr(self, key) < 1:
-                fail(key, "must lie in [0, 1).")
-        if not 0 < self.ema_max_decay < 1:
-            fail("ema_max_decay", "must lie in (0, 1), e.g. 0.9999.")
-        if self.mixed_precision not in MIXED_PRECISION_CHOICES:
-            fail("mixed_precision", f"choose {', '.join(MIXED_PRECISION_CHOICES)} (auto picks from the hardware).")
-        if self.prediction_type not in ("epsilon", "v_prediction"):
-            fail("prediction_type", "choose epsilon or v_prediction.")
-        if self.logger not in ("tensorboard", "none"):
-            fail("logger", "choose tensorboard or none.")
+    def model_signature(self) -> dict:
+        """The keys that shape the weights (a checkpoint of another signature cannot be resumed), JSON-normalised."""
+        signature = {
+            **{k: v for k, v in self.unet_kwargs().items() if k != "dropout"},
+            "resolution": self.resolution,
+            "class_conditional": self.class_conditional,
+            "num_train_timesteps": self.num_train_timesteps,
+            "prediction_type": self.prediction_type,
+        }
+        return json.loads(json.dumps(signature))
+
+    def sampling_defaults(self) -> dict:
+        """The saved pipeline's default call (``DDPMMnistPipeline(default_...)``)."""
+        return {
+            "default_num_inference_steps": self.num_inference_steps,
+            "default_guidance_scale": self.guidance_scale,
+            "default_guidance_interval": tuple(self.guidance_interval),
+        }
+
+    # ------------------------------------------------------------------ validation
+    def validate(self):
+        """Every key's range, then the rules of the components the config builds; raises ConfigError naming the key."""
+        for f in dataclasses.fields(self):
+            _check_setting(f.name, getattr(self, f.name), f.metadata)
+        self._check_components()
+        self._check_combinations()
+
+    def _fail(self, key: str, message: str):
+        raise ConfigError(f"Invalid config value for {key!r} ({getattr(self, key)!r}): {message}")
+
+    def _check_components(self):
+        """Ask each component whether it can be built from these values, and name the key it complains about."""
+        try:
+            CosineDDPMScheduler.check_config(self.num_train_timesteps, prediction_type=self.prediction_type)
+        except SchedulerConfigError as error:
+            self._fail(error.argument, str(error))
+        try:
+            MnistUNet.check_config(
+                sample_size=self.resolution,
+                in_channels=1,
+                num_class_embeds=10 if self.class_conditional else None,
+                **{k: v for k, v in self.unet_kwargs().items() if k != "learned_variance"},
+            )
+        except UNetConfigError as error:
+            self._fail(UNET_ARGUMENT_KEYS.get(error.argument, error.argument), str(error))
+        try:
+            check_sampling_arguments(
+                self.num_inference_steps, self.guidance_scale, self.guidance_interval, self.num_train_timesteps
+            )
+        except ValueError as error:
+            key = next(k for k in ("num_inference_steps", "guidance_scale", "guidance_interval") if k in str(error))
+            self._fail(key, str(error))
+        self._check_lr_scheduler()
+        if self.hub_model_id is not None:
+            try:
+                validate_repo_id(self.hub_model_id)
+            except HubError as error:
+                self._fail("hub_model_id", str(error))
+
+    def _check_lr_scheduler(self):
+        """diffusers' get_scheduler decides which names (and which arguments) it takes: ask it, on a dummy."""
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        try:
+            get_scheduler(self.lr_scheduler, optimizer, num_warmup_steps=self.lr_warmup_steps, num_training_steps=10)
+        except Exception as error:  # a dry run on a dummy: whatever it raises, this name does not work here
+            names = ", ".join(sorted(_lr_scheduler_names()))
+            self._fail("lr_scheduler", f"diffusers' get_scheduler refuses it ({error}). Names it takes: {names}.")
+
+    def _check_combinations(self):
         if self.digits is not None:
             if len(self.digits) == 0 or any(not 0 <= d <= 9 for d in self.digits):
-                fail("digits", "give a non-empty list of digits between 0 and 9, or leave it unset for all.")
+                self._fail("digits", "give a non-empty list of digits between 0 and 9, or leave it unset for all.")
             if len(set(self.digits)) != len(self.digits):
-                fail("digits", "lists a digit twice.")
-        levels = len(self.block_out_channels)
-        if isinstance(self.layers_per_block, int):
-            if self.layers_per_block < 1:
-                fail("layers_per_block", "must be >= 1 (or a list with one number >= 0 per level).")
-            encoder_blocks = [self.layers_per_block] * levels
-        else:
-            encoder_blocks = self.layers_per_block
-            if len(encoder_blocks) != levels or min(encoder_blocks) < 0:
-                fail("layers_per_block", f"a list needs one number >= 0 per level of block_out_channels ({levels}).")
-        if (
-            self.decoder_layers_per_block is not None
-            and not 1 <= self.decoder_layers_per_block <= min(encoder_blocks) + 1
-        ):
-            fail(
-                "decoder_layers_per_block",
-                f"must lie in [1, {min(encoder_blocks) + 1}]: each decoder block eats one skip connection, and the "
-                "level with the fewest encoder blocks has that many (or leave it unset).",
-            )
-        if len(self.attention_levels) != len(self.block_out_channels):
-            fail(
-                "attention_levels", f"needs one entry per level of block_out_channels ({len(self.block_out_channels)})."
-            )
-        if any(w < 1 or w % self.norm_num_groups for w in self.block_out_channels):
-            fail(
-                "block_out_channels",
-                f"every width must be a positive multiple of norm_num_groups={self.norm_num_groups}.",
-            )
-        if self.resolution % 2 ** (len(self.block_out_channels) - 1):
-            fail(
-                "resolution",
-                f"must be divisible by {2 ** (len(self.block_out_channels) - 1)} for this many UNet levels.",
-            )
-        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
-            fail("checkpoints_total_limit", "must be >= 1, or unset to keep every checkpoint.")
+                self._fail("digits", "lists a digit twice.")
         if self.dataset_name and self.train_data_dir:
-            fail("train_data_dir", "give either dataset_name or train_data_dir, not both.")
+            self._fail("train_data_dir", "give either dataset_name or train_data_dir, not both.")
         if self.push_to_hub and not self.hub_model_id:
-            fail("hub_model_id", "--push_to_hub needs --hub_model_id namespace/name.")
+            self._fail("hub_model_id", "--push_to_hub needs --hub_model_id namespace/name.")
+        if self.push_every_save and not self.push_to_hub:
+            self._fail("push_every_save", "only means something with --push_to_hub.")
+
+    def check_output_dir(self):
+        """The output folder can be written: it is a folder (or can be made one) and this user may write there."""
+        path = Path(self.output_dir)
+        if path.exists() and not path.is_dir():
+            self._fail("output_dir", "is a file, not a folder; give a folder for the run's outputs.")
+        existing = next((p for p in [path, *path.parents] if p.exists()), Path("."))
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            self._fail("output_dir", f"cannot be created: {str(existing)!r} is not a folder this user may write in.")
+
+
+UNET_ARGUMENT_KEYS = {"sample_size": "resolution", "num_class_embeds": "class_conditional"}
+
+
+def _lr_scheduler_names() -> list[str]:
+    return [member.value for member in SchedulerType]
+
+
+def _check_setting(name: str, value, metadata):
+    """A key's own range or choices (its type was checked when it was read)."""
+    if value is None:
+        return
+    bounds, choices = metadata.get("bounds"), metadata.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(
+            f"Invalid config value for {name!r} ({value!r}): choose one of {', '.join(map(str, choices))}."
+        )
+    if bounds is None:
+        return
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, (int, float)) and not isinstance(item, bool):
+            problem = bounds.check(item)
+            if problem:
+                raise ConfigError(f"Invalid config value for {name!r} ({value!r}): {problem}.")
 
 
 def _coerce(name: str, value, hint):
     """Check a value against a field's type hint, accepting ints for floats; raise ConfigError naming the key."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
-    union = origin in (typing.Union, getattr(__import__("types"), "UnionType", ()))
+    union = origin in (typing.Union, types.UnionType)
     if union and type(None) in args:
         if value is None:
             return None
@@ -278,12 +358,11 @@ def _coerce(name: str, value, hint):
         origin, args = typing.get_origin(hint), typing.get_args(hint)
         union = origin is typing.Union
     if union:  # e.g. int | list[int]: the first alternative that fits
-        errors = []
         for alternative in args:
             try:
                 return _coerce(name, value, alternative)
-            except ConfigError as error:
-                errors.append(error)
+            except ConfigError:
+                pass
         expected = " or ".join(str(a).replace("typing.", "") if typing.get_origin(a) else a.__name__ for a in args)
         raise ConfigError(f"Config key {name!r} expects {expected}, got {value!r} ({type(value).__name__}).")
 
@@ -312,31 +391,90 @@ def _coerce(name: str, value, hint):
             raise wrong("a number")
         return float(value)
     if hint is str:
-        if not isinstance(value, str):
-            raise wrong("a string")
+        if not isinstance(value, str) or not value.strip():
+            raise wrong("a non-empty string")
         return value
     return value
 
 
+# ---------------------------------------------------------------------- YAML files
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that names a key twice (plain YAML keeps the last one silently)."""
+
+
+def _construct_unique_mapping(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"the key {key!r} appears twice (line {key_node.start_mark.line + 1})", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def read_yaml_config(path: str | Path) -> dict:
+    """The mapping a YAML config file holds; ConfigError naming the file for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file {str(path)!r} does not exist; see configs/ for examples.")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"Config file {str(path)!r} is not UTF-8 text ({error}); save it as UTF-8.") from None
+    except OSError as error:
+        raise ConfigError(f"Config file {str(path)!r} cannot be read: {error}") from None
+    try:
+        values = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"Config file {str(path)!r} is not valid YAML: {error}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"Config file {str(path)!r} must hold a mapping of keys to values.")
+    return values
+
+
+# ---------------------------------------------------------------------- the command line
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse, raising ConfigError instead of exiting, so that a bad flag is answered like a bad config value."""
+
+    def error(self, message):
+        raise ConfigError(f"{message}. `train_ddpm.py --help` lists every flag.")
+
+
 def build_argument_parser() -> argparse.ArgumentParser:
-    """Flags for every config key; a flag given on the command line overrides the YAML file."""
-    parser = argparse.ArgumentParser(
-        description="Train a DDPM on MNIST. Values come from --config (YAML), then from the flags below.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    """Flags for every config key; each shows the value a bare run uses (the dataclass default), and overrides both
+    the default and the --config file. No prefix abbreviations: --learning_rat is an error, not --learning_rate."""
+    parser = _ArgumentParser(
+        description="Train a DDPM on MNIST. Values come from the defaults below, then --config (YAML), then flags.",
+        allow_abbrev=False,
     )
-    parser.add_argument("--config", default="configs/mnist.yaml", help="YAML file with the run's settings")
+    parser.add_argument("--config", default=None, help="YAML file overriding some defaults (e.g. configs/tiny.yaml)")
     hints = typing.get_type_hints(TrainingConfig)
+    defaults = TrainingConfig()
     for f in dataclasses.fields(TrainingConfig):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f"{f.metadata.get('help', '')} (default: {default})"
         parser.add_argument(
             f"--{f.name}",
             default=argparse.SUPPRESS,
             type=_parser_type(f.name, hints[f.name]),
-            help=help_text,
+            help=f"{f.metadata.get('help', '')} (default: {_show(getattr(defaults, f.name))})",
             **({"nargs": "?", "const": True} if hints[f.name] is bool else {}),
         )
     return parser
+
+
+def _show(value) -> str:
+    """A default as a flag would spell it (None, true/false, 0,1,1)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return ",".join(_show(v) for v in value)
+    return str(value)
 
 
 def _parser_type(name, hint):
@@ -368,6 +506,10 @@ def _parser_type(name, hint):
 
 
 def parse_training_config(argv: list[str] | None = None) -> TrainingConfig:
+    """Defaults, then the --config file if given, then the flags; validated, with the output folder checked."""
     args = vars(build_argument_parser().parse_args(argv))
     config_path = args.pop("config")
-    return TrainingConfig.from_yaml(config_path, overrides=args)
+    file_values = read_yaml_config(config_path) if config_path else {}
+    config = TrainingConfig.from_dict({**file_values, **args})
+    config.check_output_dir()
+    return config
