@@ -1,164 +1,112 @@
 #!/usr/bin/env python
-"""Train a DDPM on MNIST: `accelerate launch train_ddpm.py [--config configs/mnist.yaml] [--flag value ...]`.
+"""Train a DDPM on MNIST: `accelerate launch train_ddpm.py [--config FILE.yaml] [--flag value ...]`.
 
 The loop in the diffusers examples' style, with what their users ask for: one-channel data, a seed that fixes
 everything, exact resume (the data order, noise and timesteps are functions of the seed and the step, so a resumed
 run replays the same batches), atomic checkpoints kept out of the pushed model, and EMA weights that never overwrite
-the training weights.
+the training weights. `train()` reads as its phases: set up, resume, then per step: update, log, checkpoint,
+pictures; finally save, evaluate and push.
 """
 
 import contextlib
+import json
 import logging
 import math
 import os
+import shlex
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, set_seed
-from diffusers.optimization import get_scheduler
+from accelerate.utils import ProjectConfiguration, parse_flag_from_env, set_seed
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from ddpm_pipeline import CosineDDPMScheduler, DDPMMnistPipeline, MnistUNet
+from ddpm_pipeline import CosineDDPMScheduler
+from ddpm_pipeline.batch_plan import BatchPlan, lognormal_timestep_probabilities
 from ddpm_pipeline.checkpointing import (
     CheckpointError,
+    find_resumable_checkpoint,
     read_training_state,
     resolve_checkpoint,
     save_checkpoint_atomically,
 )
 from ddpm_pipeline.cpu_allocator import keep_freed_memory
-from ddpm_pipeline.data import (
-    DatasetError,
-    load_mnist_dataset,
-    scale_to_model_range,
-    select_digits,
-    to_training_tensors,
-)
+from ddpm_pipeline.data import DatasetError, scale_to_model_range
+from ddpm_pipeline.divergence import DivergenceError, DivergenceGuard, all_finite
+from ddpm_pipeline.evaluation import evaluate_pipeline
 from ddpm_pipeline.hardware import PrecisionChoice, choose_precision, machine_summary
 from ddpm_pipeline.hub import HubError, push_output_dir
 from ddpm_pipeline.losses import diffusion_loss
 from ddpm_pipeline.outputs import save_final_outputs, save_sample_grid
+from ddpm_pipeline.posthoc_ema import SNAPSHOT_DIR, save_snapshot
 from ddpm_pipeline.training_config import ConfigError, TrainingConfig, parse_training_config
+from ddpm_pipeline.training_setup import (
+    build_ema,
+    build_lr_scheduler,
+    build_models,
+    build_optimizer,
+    ema_pipeline,
+    load_training_data,
+)
 
 logger = get_logger(__name__)
 
 
 class TrainingDivergedError(RuntimeError):
-    """The loss became NaN or infinite."""
+    """The run diverged (a NaN loss, an exploding gradient or update); the message says how to go on."""
 
 
-def build_models(config: TrainingConfig, num_classes: int | None):
-    unet = MnistUNet(
-        sample_size=config.resolution,
-        in_channels=1,
-        learned_variance=config.learned_variance,
-        block_out_channels=tuple(config.block_out_channels),
-        layers_per_block=config.layers_per_block,
-        decoder_layers_per_block=config.decoder_layers_per_block,
-        attention_levels=tuple(config.attention_levels),
-        attention_head_dim=config.attention_head_dim,
-        norm_num_groups=config.norm_num_groups,
-        num_class_embeds=num_classes,
-        dropout=config.dropout,
-    )
-    scheduler = CosineDDPMScheduler(
-        num_train_timesteps=config.num_train_timesteps,
-        variance_type="learned_range" if config.learned_variance else "fixed_small",
-        prediction_type=config.prediction_type,
-        timestep_spacing="linspace",  # respaced chains keep T-1 and 0, as in Improved DDPM
-    )
-    return unet, scheduler
+@dataclass
+class TrainingRun:
+    """Everything a run holds: its config, the Accelerate objects, the data and where the run stands."""
+
+    config: TrainingConfig
+    accelerator: Accelerator
+    precision: PrecisionChoice
+    unet: torch.nn.Module  # as prepared by Accelerate (wrapped for several processes)
+    noise_scheduler: CosineDDPMScheduler
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: object
+    ema: EMAModel | None
+    plan: BatchPlan
+    images: torch.Tensor  # uint8, (N, 1, H, W)
+    labels: torch.Tensor | None
+    num_classes: int | None
+    max_train_steps: int
+    global_step: int = 0
+    images_seen: int = 0
+    started: float = 0.0
+    last_picture_epoch: int = -1
+    guard: DivergenceGuard = field(default_factory=DivergenceGuard)
+    argv: list[str] | None = None  # the flags of this run, for the model card and the recovery command
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.config.output_dir)
+
+    @property
+    def accumulation(self) -> int:
+        return self.config.gradient_accumulation_steps
+
+    def pipeline(self):
+        """A pipeline with the EMA weights and the config's sampling defaults, for pictures and the saved model."""
+        unet = self.accelerator.unwrap_model(self.unet)
+        return ema_pipeline(unet, self.ema, self.noise_scheduler.config, self.config.sampling_defaults())
 
 
-def build_optimizer(config: TrainingConfig, parameters, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; the fused kernel (one pass over all parameters instead of a loop per tensor) on CPU and CUDA."""
-    return torch.optim.AdamW(
-        parameters,
-        lr=config.learning_rate,
-        betas=(config.adam_beta1, config.adam_beta2),
-        weight_decay=config.adam_weight_decay,
-        eps=config.adam_epsilon,
-        fused=device.type in ("cpu", "cuda"),
-    )
-
-
-def load_training_data(config: TrainingConfig):
-    dataset = load_mnist_dataset(config.dataset_name, config.train_data_dir, config.dataset_split)
-    dataset = select_digits(dataset, config.digits, config.label_column)
-    images, labels = to_training_tensors(dataset, config.image_column, config.label_column, config.resolution)
-    if config.class_conditional and labels is None:
-        raise DatasetError(
-            f"class_conditional training needs labels, but there is no {config.label_column!r} column. "
-            "Set label_column, or class_conditional: false."
-        )
-    return images, labels
-
-
-class BatchPlan:
-    """Which images, noise, timesteps and label drops micro-batch ``m`` uses, as a pure function of (seed, m).
-
-    Every process draws the randomness of the whole global batch and takes its own slice, so ranks never share noise
-    and a run on N processes sees exactly the batches of a single-process run with N times the batch size.
-    """
-
-    def __init__(self, config: TrainingConfig, num_images: int, num_processes: int, process_index: int):
-        self.seed = config.seed
-        self.local_batch = config.train_batch_size
-        self.global_batch = config.train_batch_size * num_processes
-        self.process_index = process_index
-        self.num_images = num_images
-        self.micro_batches_per_epoch = num_images // self.global_batch
-        if self.micro_batches_per_epoch == 0:
-            raise ConfigError(
-                f"Invalid config value for 'train_batch_size': a global batch of {self.global_batch} images is larger "
-                f"than the {num_images} training images; lower train_batch_size."
-            )
-        self._epoch, self._order = None, None
-
-    def _generator(self, *keys: int) -> torch.Generator:
-        mixed = self.seed
-        for key in keys:  # a fixed integer mix, the same in every process and Python version
-            mixed = (mixed * 0x9E3779B1 + key + 1) % (2**61 - 1)
-        return torch.Generator().manual_seed(mixed)
-
-    def epoch_of(self, micro_batch: int) -> int:
-        return micro_batch // self.micro_batches_per_epoch
-
-    def indices(self, micro_batch: int) -> torch.Tensor:
-        epoch, position = divmod(micro_batch, self.micro_batches_per_epoch)
-        if epoch != self._epoch:
-            self._epoch, self._order = epoch, torch.randperm(self.num_images, generator=self._generator(0, epoch))
-        start = position * self.global_batch + self.process_index * self.local_batch
-        return self._order[start : start + self.local_batch]
-
-    def randomness(self, micro_batch: int, image_shape, num_train_timesteps: int, cond_drop_prob: float):
-        generator = self._generator(1, micro_batch)
-        noise = torch.randn((self.global_batch, *image_shape), generator=generator)
-        timesteps = torch.randint(0, num_train_timesteps, (self.global_batch,), generator=generator)
-        drop = torch.rand(self.global_batch, generator=generator) < cond_drop_prob
-        mine = slice(self.process_index * self.local_batch, (self.process_index + 1) * self.local_batch)
-        return noise[mine], timesteps[mine], drop[mine]
-
-
-def ema_pipeline(unwrapped_unet, ema, scheduler_config) -> DDPMMnistPipeline:
-    """A separate pipeline holding the EMA weights: sampling never touches the training weights."""
-    unet = MnistUNet.from_config(unwrapped_unet.config)
-    unet.load_state_dict(unwrapped_unet.state_dict())
-    if ema is not None:
-        ema.copy_to(unet.parameters())
-    unet.eval()
-    pipe = DDPMMnistPipeline(unet=unet, scheduler=CosineDDPMScheduler.from_config(scheduler_config))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
+# ---------------------------------------------------------------------------------------------------- set-up
 def setup_accelerator(config: TrainingConfig) -> tuple[Accelerator, PrecisionChoice]:
     """The Accelerator, with ``mixed_precision: auto`` resolved for the device it will train on (and logged why)."""
-    precision = choose_precision(config.mixed_precision, PartialState().device)
+    # the device Accelerate will train on; ACCELERATE_USE_CPU as AcceleratorState reads it, so that the process
+    # state made here is the one the Accelerator then uses (several CPU processes included)
+    device = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device
+    precision = choose_precision(config.mixed_precision, device)
     output_dir = Path(config.output_dir)
     accelerator = Accelerator(
         mixed_precision=precision.mixed_precision,
@@ -177,256 +125,379 @@ def setup_accelerator(config: TrainingConfig) -> tuple[Accelerator, PrecisionCho
     return accelerator, precision
 
 
-def train(config: TrainingConfig) -> Path:
-    """Run training; returns the output folder, which then holds a loadable pipeline and its pictures."""
-    output_dir = Path(config.output_dir)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
-    accelerator, precision = setup_accelerator(config)
-    if accelerator.device.type == "cpu":
-        # `accelerate launch` exports OMP_NUM_THREADS=1 unless told otherwise, which halves a 2-core laptop.
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        threads = config.num_cpu_threads or max(1, cores // accelerator.state.num_processes)
-        torch.set_num_threads(threads)
-        logger.info("Using %d CPU thread(s) per process.", threads)
-        if config.keep_freed_memory and keep_freed_memory():
-            logger.info("Keeping freed memory in the process (glibc mallopt): no page faults on each step's buffers.")
-    set_seed(config.seed)  # the weights' initialisation; all later randomness comes from BatchPlan
+def setup_cpu(accelerator: Accelerator, config: TrainingConfig):
+    """On a CPU: one thread per core shared among the processes, and freed memory kept in the process."""
+    if accelerator.device.type != "cpu":
+        return
+    # `accelerate launch` exports OMP_NUM_THREADS=1 unless told otherwise, which halves a 2-core laptop.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = config.num_cpu_threads or max(1, cores // accelerator.state.num_processes)
+    torch.set_num_threads(threads)
+    logger.info("Using %d CPU thread(s) per process.", threads)
+    if config.keep_freed_memory and keep_freed_memory():
+        logger.info("Keeping freed memory in the process (glibc mallopt): no page faults on each step's buffers.")
 
+
+def setup_run(config: TrainingConfig) -> TrainingRun:
+    """Build everything the config describes, before any step: errors in the data or the config surface here."""
+    accelerator, precision = setup_accelerator(config)
+    setup_cpu(accelerator, config)
+    set_seed(config.seed)  # the weights' initialisation; all later randomness comes from BatchPlan
     images, labels = load_training_data(config)
     num_classes = 10 if config.class_conditional else None
-    unet, scheduler = build_models(config, num_classes)
+    unet, noise_scheduler = build_models(config, num_classes)
     if config.channels_last:
         unet = unet.to(memory_format=torch.channels_last)
-    plan = BatchPlan(config, len(images), accelerator.num_processes, accelerator.process_index)
-    accumulation = config.gradient_accumulation_steps
-    steps_per_epoch = max(1, plan.micro_batches_per_epoch // accumulation)
+    probabilities = None
+    if config.timestep_sampling == "lognormal":
+        probabilities = lognormal_timestep_probabilities(noise_scheduler.alphas_cumprod)
+    try:
+        plan = BatchPlan(
+            config.seed,
+            config.train_batch_size,
+            len(images),
+            accelerator.num_processes,
+            accelerator.process_index,
+            timestep_probabilities=probabilities,
+        )
+    except ValueError as error:
+        raise ConfigError(f"Invalid config value for 'train_batch_size': {error}; lower train_batch_size.") from None
+    steps_per_epoch = max(1, plan.micro_batches_per_epoch // config.gradient_accumulation_steps)
     max_train_steps = config.max_train_steps or config.num_epochs * steps_per_epoch
-
     optimizer = build_optimizer(config, unet.parameters(), accelerator.device)
     # Stepped by hand once per optimizer step (not prepared: Accelerate would step it once per process).
-    lr_scheduler = get_scheduler(
-        config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=max_train_steps
-    )
+    lr_scheduler = build_lr_scheduler(config, optimizer, max_train_steps)
     unet, optimizer = accelerator.prepare(unet, optimizer)
     accelerator.register_for_checkpointing(lr_scheduler)
-    ema = None
-    if config.use_ema:
-        ema = EMAModel(
-            accelerator.unwrap_model(unet).parameters(),
-            decay=config.ema_max_decay,
-            use_ema_warmup=True,
-            inv_gamma=config.ema_inv_gamma,
-            power=config.ema_power,
-            model_cls=MnistUNet,
-            model_config=accelerator.unwrap_model(unet).config,
-            foreach=True,  # one update over all tensors, not a Python loop
-        )
+    ema = build_ema(config, accelerator.unwrap_model(unet))
+    if ema is not None:
         accelerator.register_for_checkpointing(ema)
+    return TrainingRun(
+        config, accelerator, precision, unet, noise_scheduler, optimizer, lr_scheduler, ema, plan, images, labels,
+        num_classes, max_train_steps,
+    )  # fmt: skip
 
-    global_step = 0
-    if config.resume_from_checkpoint:
-        checkpoint = resolve_checkpoint(output_dir, config.resume_from_checkpoint)
-        if checkpoint is None:
-            logger.info("No checkpoint in %s yet; starting from scratch.", output_dir)
-        else:
-            try:
-                accelerator.load_state(str(checkpoint))
-            except Exception as error:
-                raise CheckpointError(
-                    f"Checkpoint {checkpoint} could not be loaded ({type(error).__name__}: {error}). It may be corrupt "
-                    "or from a different model config; resume from another checkpoint or start afresh."
-                ) from error
-            global_step = read_training_state(checkpoint)["global_step"]
-            logger.info("Resumed from %s at step %d.", checkpoint, global_step)
 
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        accelerator.init_trackers("ddpm-mnist", config={k: str(v) for k, v in config.to_dict().items()})
+def resume(run: TrainingRun):
+    """Load the checkpoint asked for, verified (``latest`` may find none yet), and continue from its step with this
+    config's learning rate."""
+    if not run.config.resume_from_checkpoint:
+        return
+    checkpoint = resolve_checkpoint(
+        run.output_dir, run.config.resume_from_checkpoint, run.max_train_steps, run.config.model_signature()
+    )
+    if checkpoint is None:
+        logger.info("No checkpoint in %s verifies yet; starting from scratch.", run.output_dir)
+        return
+    try:
+        run.accelerator.load_state(str(checkpoint))
+    except Exception as error:
+        raise CheckpointError(
+            f"Checkpoint {checkpoint} could not be loaded ({type(error).__name__}: {error}). It may be corrupt "
+            "or from a different model config; resume from another checkpoint or start afresh."
+        ) from error
+    run.global_step = read_training_state(checkpoint)["global_step"]
+    run.last_picture_epoch = run.plan.epoch_of(run.global_step * run.accumulation) if run.global_step else -1
+    use_config_learning_rate(run)
+    logger.info("Resumed from %s at step %d.", checkpoint, run.global_step)
+
+
+def use_config_learning_rate(run: TrainingRun):
+    """A checkpoint restores the learning rate it was saved with; a resume with --learning_rate must train with it."""
+    saved, wanted = run.lr_scheduler.base_lrs[0], run.config.learning_rate
+    if saved == wanted:
+        return
+    logger.info("Learning rate %g from the config, not the checkpoint's %g.", wanted, saved)
+    run.lr_scheduler.base_lrs = [wanted for _ in run.lr_scheduler.base_lrs]
+    for group, factor in zip(run.optimizer.param_groups, run.lr_scheduler.lr_lambdas):
+        group["initial_lr"] = wanted
+        group["lr"] = wanted * factor(run.lr_scheduler.last_epoch)
+
+
+def start_logging(run: TrainingRun):
+    if run.accelerator.is_main_process:
+        run.output_dir.mkdir(parents=True, exist_ok=True)
+        run.accelerator.init_trackers("ddpm-mnist", config={k: str(v) for k, v in run.config.to_dict().items()})
     logger.info(
-        "Training on %d images for %d steps (%d per epoch), global batch %d x %d accumulation, %d process(es).",
-        len(images),
-        max_train_steps,
-        steps_per_epoch,
-        plan.global_batch,
-        accumulation,
-        accelerator.num_processes,
+        "Training on %d images for %d steps, global batch %d x %d accumulation, %d process(es).",
+        len(run.images),
+        run.max_train_steps,
+        run.plan.global_batch,
+        run.accumulation,
+        run.accelerator.num_processes,
     )
 
-    image_shape = tuple(images.shape[1:])
-    progress = tqdm(
-        total=max_train_steps, initial=global_step, desc="train", disable=not accelerator.is_local_main_process
+
+# ---------------------------------------------------------------------------------------------------- one step
+def micro_batch_loss(run: TrainingRun, micro_batch: int):
+    """The losses of one micro-batch: noise its images at their timesteps (q(x_t | x_0)) and run the UNet."""
+    config, device = run.config, run.accelerator.device
+    index = run.plan.indices(micro_batch)
+    x0 = scale_to_model_range(run.images[index]).to(device)
+    noise, timesteps, drop = run.plan.randomness(
+        micro_batch, tuple(run.images.shape[1:]), config.num_train_timesteps, config.cond_drop_prob
     )
-    started, images_seen = time.perf_counter(), 0
-    last_saved_epoch = plan.epoch_of(global_step * accumulation) if global_step else -1
-    while global_step < max_train_steps:
-        unet.train()
-        totals = {"loss": 0.0, "simple": 0.0, "vlb": 0.0}
-        for micro in range(accumulation):
-            micro_batch = global_step * accumulation + micro
-            index = plan.indices(micro_batch)
-            x0 = scale_to_model_range(images[index]).to(accelerator.device)
-            noise, timesteps, drop = plan.randomness(
-                micro_batch, image_shape, config.num_train_timesteps, config.cond_drop_prob
-            )
-            noise, timesteps = noise.to(accelerator.device), timesteps.to(accelerator.device)
-            class_labels = None
-            if num_classes is not None:
-                class_labels = torch.where(drop, torch.full_like(labels[index], num_classes), labels[index])
-                class_labels = class_labels.to(accelerator.device)
-            noisy = scheduler.add_noise(x0, noise, timesteps)
-            if config.channels_last:
-                noisy = noisy.contiguous(memory_format=torch.channels_last)
-            sync = contextlib.nullcontext() if micro == accumulation - 1 else accelerator.no_sync(unet)
-            with sync:
-                with accelerator.autocast():
-                    model_output = unet(noisy, timesteps, class_labels).sample
-                losses = diffusion_loss(model_output, scheduler, x0, noise, noisy, timesteps, config.vlb_weight)
-                accelerator.backward(losses.loss / accumulation)
-            for key, value in (("loss", losses.loss), ("simple", losses.simple), ("vlb", losses.vlb)):
-                totals[key] += value.detach().float().item() / accumulation
-            images_seen += len(index) * accelerator.num_processes
-
-        finite = torch.tensor(float(math.isfinite(totals["loss"])), device=accelerator.device)
-        if accelerator.reduce(finite, reduction="sum").item() < accelerator.num_processes:
-            optimizer.zero_grad(set_to_none=True)
-            raise TrainingDivergedError(
-                f"The loss became {totals['loss']} at step {global_step + 1}; nothing from that step was applied and "
-                f"the last good checkpoint in {output_dir} is untouched. Lower --learning_rate or --max_grad_norm, "
-                "or use --mixed_precision no, then resume with --resume_from_checkpoint latest."
-            )
-        grad_norm = None
-        if config.max_grad_norm > 0:
-            grad_norm = accelerator.clip_grad_norm_(unet.parameters(), config.max_grad_norm)
-        optimizer.step()
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.step(accelerator.unwrap_model(unet).parameters())
-        global_step += 1
-
-        elapsed = time.perf_counter() - started
-        logs = {
-            "loss": totals["loss"],
-            "loss_simple": totals["simple"],
-            "loss_vlb": totals["vlb"],
-            "lr": lr_scheduler.get_last_lr()[0],
-            "images_per_second": images_seen / max(elapsed, 1e-9),
-        }
-        if grad_norm is not None:
-            logs["grad_norm"] = float(grad_norm)
-        if ema is not None:
-            logs["ema_decay"] = ema.cur_decay_value or 0.0
-        progress.update(1)
-        progress.set_postfix(loss=f"{totals['loss']:.4f}", img_s=f"{logs['images_per_second']:.0f}")
-        accelerator.log(logs, step=global_step)
-
-        if (
-            config.checkpointing_steps
-            and global_step % config.checkpointing_steps == 0
-            and global_step < max_train_steps
-        ):
-            path = save_checkpoint_atomically(
-                accelerator,
-                output_dir,
-                global_step,
-                {"max_train_steps": max_train_steps},
-                total_limit=config.checkpoints_total_limit,
-            )
-            logger.info("Saved %s", path)
-
-        epoch = plan.epoch_of(global_step * accumulation - 1)
-        epoch_finished = plan.epoch_of(global_step * accumulation) != epoch
-        if (
-            config.save_images_epochs
-            and epoch_finished
-            and (epoch + 1) % config.save_images_epochs == 0
-            and epoch != last_saved_epoch
-            and global_step < max_train_steps
-        ):
-            last_saved_epoch = epoch
-            if accelerator.is_main_process:
-                pipe = ema_pipeline(accelerator.unwrap_model(unet), ema, scheduler.config)
-                grid = save_sample_grid(pipe, output_dir / "samples" / f"epoch_{epoch + 1:04d}.png", config)
-                _log_image(accelerator, "samples", grid, global_step)
-                if config.push_to_hub and config.push_every_save:
-                    save_final_outputs(pipe, output_dir, config, {"global_step": global_step})
-                    push_output_dir(
-                        output_dir,
-                        config.hub_model_id,
-                        token=config.hub_token,
-                        private=config.hub_private_repo,
-                        commit_message=f"Epoch {epoch + 1}",
-                    )
-            accelerator.wait_for_everyone()
-    progress.close()
-
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        pipe = ema_pipeline(accelerator.unwrap_model(unet), ema, scheduler.config)
-        wall_time = time.perf_counter() - started
-        run_info = {
-            "global_step": global_step,
-            "train_seconds": wall_time,
-            "command": recorded_command(),
-            "mixed_precision": precision.mixed_precision,
-            "machine": machine_summary(accelerator.device),
-        }
-        evaluation = None
-        if config.evaluate:
-            evaluation = evaluate_for_card(pipe, config)
-            accelerator.log(
-                {f"eval/{k}": v for k, v in evaluation.items() if isinstance(v, (int, float))}, step=global_step
-            )
-        grid = save_final_outputs(pipe, output_dir, config, run_info, evaluation)
-        _log_image(accelerator, "samples", grid, global_step)
-        logger.info("Saved the EMA pipeline and pictures to %s (%.0f s of training).", output_dir, wall_time)
-        if config.push_to_hub:
-            url = push_output_dir(
-                output_dir, config.hub_model_id, token=config.hub_token, private=config.hub_private_repo
-            )
-            logger.info("Pushed to %s", url)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return output_dir
+    noise, timesteps = noise.to(device), timesteps.to(device)
+    class_labels = None
+    if run.num_classes is not None:  # dropped labels become the null class, for classifier-free guidance
+        labels = run.labels[index]
+        class_labels = torch.where(drop, torch.full_like(labels, run.num_classes), labels).to(device)
+    noisy = run.noise_scheduler.add_noise(x0, noise, timesteps)
+    if config.channels_last:
+        noisy = noisy.contiguous(memory_format=torch.channels_last)
+    with run.accelerator.autocast():
+        model_output = run.unet(noisy, timesteps, class_labels).sample
+    importance = None
+    if run.plan.timestep_probabilities is not None:  # keeps T * L_t an unbiased estimate of the bound
+        importance = 1.0 / (config.num_train_timesteps * run.plan.timestep_probabilities[timesteps.cpu()])
+    return diffusion_loss(
+        model_output,
+        run.noise_scheduler,
+        x0,
+        noise,
+        noisy,
+        timesteps,
+        config.vlb_weight,
+        snr_gamma=config.snr_gamma,
+        vlb_importance=importance,
+    )
 
 
-def recorded_command() -> str | None:
-    """The command line for the model card, with any --hub_token value left out."""
-    if not sys.argv or not sys.argv[0].endswith("train_ddpm.py"):
+def optimizer_step(run: TrainingRun) -> dict:
+    """One optimizer step over ``gradient_accumulation_steps`` micro-batches; returns the mean losses and grad norm.
+
+    The step is checked before its update (loss and gradient norm finite, no jump) and after it (weights finite, no
+    jump in their norm), before EMA and any save: a diverging run stops with nothing bad written.
+    """
+    run.unet.train()
+    totals = {"loss": 0.0, "loss_simple": 0.0, "loss_vlb": 0.0}
+    for micro in range(run.accumulation):
+        last = micro == run.accumulation - 1
+        with contextlib.nullcontext() if last else run.accelerator.no_sync(run.unet):
+            losses = micro_batch_loss(run, run.global_step * run.accumulation + micro)
+            run.accelerator.backward(losses.loss / run.accumulation)
+        for key, value in (("loss", losses.loss), ("loss_simple", losses.simple), ("loss_vlb", losses.vlb)):
+            totals[key] += value.detach().float().item() / run.accumulation
+        run.images_seen += run.plan.global_batch
+    # the mean loss over the processes, so that every process takes the same decision
+    loss = float(run.accelerator.reduce(torch.tensor(totals["loss"], device=run.accelerator.device), "mean"))
+    clip = run.config.max_grad_norm or math.inf  # inf: measure the norm without clipping
+    totals["grad_norm"] = float(run.accelerator.clip_grad_norm_(run.unet.parameters(), clip))
+    step = run.global_step + 1
+    try:
+        run.guard.check_before_update(step, loss, totals["grad_norm"])
+        run.optimizer.step()
+        run.guard.check_after_update(step, list(run.unet.parameters()))
+    except DivergenceError as error:
+        run.optimizer.zero_grad(set_to_none=True)
+        raise TrainingDivergedError(divergence_message(run, str(error))) from None
+    totals["weight_norm"] = run.guard.weight_norm
+    run.lr_scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.ema is not None:
+        run.ema.step(run.accelerator.unwrap_model(run.unet).parameters())
+    run.global_step = step
+    return totals
+
+
+def divergence_message(run: TrainingRun, what: str) -> str:
+    """What happened, the newest checkpoint that verifies and holds finite weights, and a command that resumes from it
+    with a learning rate and clipping that a diverged run can train on."""
+    config = run.config
+    checkpoint = find_resumable_checkpoint(run.output_dir, run.max_train_steps, config.model_signature())
+    learning_rate = min(config.learning_rate / 10, 1e-3)
+    flags = {"--learning_rate": f"{learning_rate:g}", "--max_grad_norm": "1.0"}
+    if config.max_grad_norm and config.max_grad_norm <= 1.0:
+        flags["--max_grad_norm"] = f"{config.max_grad_norm:g}"
+    if checkpoint is not None:
+        flags["--resume_from_checkpoint"] = str(checkpoint)
+    command = recorded_command(run.argv, replace=flags)
+    where = (
+        f"The newest checkpoint that verifies and holds finite weights is {checkpoint}; nothing from the diverging "
+        "step was applied to it or saved."
+        if checkpoint is not None
+        else f"No checkpoint in {run.output_dir} verifies with finite weights, so the run has to start again."
+    )
+    return f"Training diverged: {what}. {where} Continue with a lower learning rate and clipping:\n    {command}"
+
+
+def log_step(run: TrainingRun, totals: dict, progress):
+    images_per_second = run.images_seen / max(time.perf_counter() - run.started, 1e-9)
+    logs = {**totals, "lr": run.lr_scheduler.get_last_lr()[0], "images_per_second": images_per_second}
+    if run.ema is not None:
+        logs["ema_decay"] = run.ema.cur_decay_value or 0.0
+    progress.update(1)
+    progress.set_postfix(loss=f"{totals['loss']:.4f}", img_s=f"{images_per_second:.0f}")
+    run.accelerator.log(logs, step=run.global_step)
+
+
+# ---------------------------------------------------------------------------------------------------- saving
+def checkpoint_due(run: TrainingRun) -> bool:
+    every = run.config.checkpointing_steps
+    return bool(every) and run.global_step % every == 0 and run.global_step < run.max_train_steps
+
+
+def save_checkpoint(run: TrainingRun):
+    """The training state, atomically, with a manifest; never from weights that are not finite."""
+    tensors = list(run.unet.parameters()) + (list(run.ema.shadow_params) if run.ema is not None else [])
+    if not all_finite(tensors):
+        raise TrainingDivergedError(divergence_message(run, f"some weights are not finite at step {run.global_step}"))
+    state = {"max_train_steps": run.max_train_steps, "model_config": run.config.model_signature()}
+    path = save_checkpoint_atomically(
+        run.accelerator, run.output_dir, run.global_step, state, total_limit=run.config.checkpoints_total_limit
+    )
+    logger.info("Saved %s", path)
+
+
+def save_weight_snapshot(run: TrainingRun):
+    """The training (not EMA) weights at this step, for ddpm_pipeline.posthoc_ema."""
+    if run.accelerator.is_main_process:
+        unet = run.accelerator.unwrap_model(run.unet)
+        save_snapshot(unet, run.output_dir / SNAPSHOT_DIR, run.global_step)
+
+
+def epoch_for_pictures(run: TrainingRun) -> int | None:
+    """The (0-based) epoch that the last step finished, if the config wants a sample grid after it."""
+    every = run.config.save_images_epochs
+    micro_batches = run.global_step * run.accumulation
+    epoch = run.plan.epoch_of(micro_batches - 1)
+    finished = run.plan.epoch_of(micro_batches) != epoch
+    if not every or not finished or (epoch + 1) % every or epoch == run.last_picture_epoch:
         return None
+    return epoch if run.global_step < run.max_train_steps else None
+
+
+def save_epoch_pictures(run: TrainingRun, epoch: int):
+    """A 6x6 grid of the EMA weights' default call after ``epoch`` (and a push, with --push_every_save)."""
+    run.last_picture_epoch = epoch
+    if run.accelerator.is_main_process:
+        pipe = run.pipeline()
+        grid = save_sample_grid(pipe, run.output_dir / "samples" / f"epoch_{epoch + 1:04d}.png", run.config)
+        log_image(run.accelerator, "samples", grid, run.global_step)
+        if run.config.push_to_hub and run.config.push_every_save:
+            save_final_outputs(pipe, run.output_dir, run.config, {"global_step": run.global_step})
+            push(run, commit_message=f"Epoch {epoch + 1}")
+    run.accelerator.wait_for_everyone()
+
+
+def finish(run: TrainingRun):
+    """Save the EMA pipeline and its pictures, evaluate it if asked, and push it if asked."""
+    run.accelerator.wait_for_everyone()
+    if run.accelerator.is_main_process:
+        pipe = run.pipeline()
+        train_seconds = time.perf_counter() - run.started
+        run_info = {
+            "global_step": run.global_step,
+            "train_seconds": train_seconds,
+            "command": recorded_command(run.argv),
+            "mixed_precision": run.precision.mixed_precision,
+            "machine": machine_summary(run.accelerator.device),
+        }
+        evaluation = evaluate_for_card(pipe, run.config) if run.config.evaluate else None
+        if evaluation:
+            numbers = {f"eval/{k}": v for k, v in evaluation.items() if isinstance(v, (int, float))}
+            run.accelerator.log(numbers, step=run.global_step)
+        grid = save_final_outputs(pipe, run.output_dir, run.config, run_info, evaluation)
+        log_image(run.accelerator, "samples", grid, run.global_step)
+        logger.info("Saved the EMA pipeline and pictures to %s (%.0f s of training).", run.output_dir, train_seconds)
+        if run.config.push_to_hub:
+            logger.info("Pushed to %s", push(run))
+    run.accelerator.wait_for_everyone()
+    run.accelerator.end_training()
+
+
+def push(run: TrainingRun, commit_message: str = "Upload DDPM MNIST pipeline") -> str:
+    config = run.config
+    return push_output_dir(
+        run.output_dir,
+        config.hub_model_id,
+        token=config.hub_token,
+        private=config.hub_private_repo,
+        commit_message=commit_message,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- the loop
+def train(config: TrainingConfig, argv: list[str] | None = None) -> Path:
+    """Run training; returns the output folder, which then holds a loadable pipeline and its pictures. ``argv``, the
+    flags the run was started with, goes into the model card and into the command a divergence suggests."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
+    config.check_output_dir()
+    run = setup_run(config)
+    run.argv = argv
+    resume(run)
+    start_logging(run)
+    progress = tqdm(
+        total=run.max_train_steps,
+        initial=run.global_step,
+        desc="train",
+        disable=not run.accelerator.is_local_main_process,
+    )
+    run.started = time.perf_counter()
+    with progress:
+        train_steps(run, progress)
+    # 6. the final pipeline, its pictures and card; evaluation and push when asked
+    finish(run)
+    return run.output_dir
+
+
+def train_steps(run: TrainingRun, progress):
+    """The loop: one optimizer step and what is due after it, until max_train_steps."""
+    config = run.config
+    while run.global_step < run.max_train_steps:
+        # 1. one optimizer step: micro-batches, backward, clipping, AdamW, the LR schedule and EMA
+        totals = optimizer_step(run)
+        # 2. the losses, learning rate and throughput to the tracker and the progress bar
+        log_step(run, totals, progress)
+        # 3. the training state, every checkpointing_steps (written atomically)
+        if checkpoint_due(run):
+            save_checkpoint(run)
+        # 4. the raw weights, for post-hoc EMA, every weight_snapshot_steps
+        if config.weight_snapshot_steps and run.global_step % config.weight_snapshot_steps == 0:
+            save_weight_snapshot(run)
+        # 5. a sample grid from the EMA weights, after every save_images_epochs-th epoch
+        epoch = epoch_for_pictures(run)
+        if epoch is not None:
+            save_epoch_pictures(run, epoch)
+
+
+def recorded_command(argv: list[str] | None, replace: dict[str, str] | None = None) -> str | None:
+    """The command line of a run (``argv``: its flags), with any --hub_token value left out and the flags in
+    ``replace`` set to new values (appended where absent)."""
+    if argv is None:
+        return None
+    replace = replace or {}
     kept, skip = [], False
-    for arg in sys.argv[1:]:
+    for arg in argv:
         if skip:
             skip = False
             continue
-        if arg == "--hub_token":
-            skip = True
+        name = arg.split("=", 1)[0]
+        if name == "--hub_token" or name in replace:
+            skip = "=" not in arg
             continue
-        if not arg.startswith("--hub_token="):
-            kept.append(arg)
-    return " ".join(["accelerate launch train_ddpm.py", *kept])
+        kept.append(arg)
+    for flag, value in replace.items():
+        kept += [flag, value]
+    return " ".join(["accelerate launch train_ddpm.py", *map(shlex.quote, kept)])
 
 
 def evaluate_for_card(pipe, config: TrainingConfig) -> dict:
-    """The evaluation figures for the model card (`ddpm-mnist evaluate` on the final EMA pipeline)."""
-    import json
-
-    from ddpm_pipeline.evaluation import evaluate_pipeline
-
+    """The evaluation figures for the model card (`ddpm-mnist evaluate` on the final EMA pipeline's default call)."""
+    defaults = config.sampling_defaults()
     result = evaluate_pipeline(
         pipe,
         num_samples=config.eval_num_samples,
-        num_inference_steps=config.num_inference_steps or None,
-        guidance_scale=config.guidance_scale,
+        num_inference_steps=defaults["num_inference_steps"],
+        guidance_scale=defaults["guidance_scale"],
+        guidance_interval=defaults["guidance_interval"],
         seed=config.seed,
     )
     (Path(config.output_dir) / "evaluation.json").write_text(json.dumps(result, indent=2))
     return result
 
 
-def _log_image(accelerator, name, image, step):
-    import numpy as np
-
+def log_image(accelerator: Accelerator, name: str, image, step: int):
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
             tracker.writer.add_image(name, np.asarray(image)[None], step, dataformats="CHW")
@@ -434,8 +505,9 @@ def _log_image(accelerator, name, image, step):
 
 def main(argv: list[str] | None = None) -> int:
     try:
+        argv = sys.argv[1:] if argv is None else argv
         config = parse_training_config(argv)
-        train(config)
+        train(config, argv)
     except (ConfigError, DatasetError, CheckpointError, TrainingDivergedError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -42,12 +42,12 @@ class Contender:
 
         from ddpm_pipeline.hardware import choose_precision
         from ddpm_pipeline.training_config import TrainingConfig
-        from train_ddpm import build_models, build_optimizer
+        from ddpm_pipeline.training_setup import build_models, build_optimizer
 
         self.kind = kind
         torch.manual_seed(0)
         if kind == "ours":
-            config = TrainingConfig.from_yaml(Path(__file__).resolve().parent.parent / "configs" / "mnist.yaml")
+            config = TrainingConfig()  # the default run
             self.model, self.scheduler = build_models(config, num_classes=10)
             self.null_class = 10
         else:

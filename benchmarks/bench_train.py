@@ -57,7 +57,7 @@ def run_one(name: str, batch_size: int, steps: int, tune_allocator: bool) -> dic
     from ddpm_pipeline.cpu_allocator import keep_freed_memory
     from ddpm_pipeline.losses import diffusion_loss
     from ddpm_pipeline.training_config import TrainingConfig
-    from train_ddpm import build_models, build_optimizer
+    from ddpm_pipeline.training_setup import build_models, build_optimizer
 
     kind, precision, compiled = {**CONFIGS, **COMPILED}[name]
     dev = device()
@@ -66,7 +66,7 @@ def run_one(name: str, batch_size: int, steps: int, tune_allocator: bool) -> dic
     x0 = torch.rand(batch_size, 1, 28, 28, device=dev) * 2 - 1
     labels = torch.randint(0, 10, (batch_size,), device=dev)
     if kind == "ours":
-        config = TrainingConfig.from_yaml(Path(__file__).resolve().parent.parent / "configs" / "mnist.yaml")
+        config = TrainingConfig()  # the default run
         model, scheduler = build_models(config, num_classes=10)
     else:
         model = reference_unet()

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny models that make every test run in seconds."""
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test talks to the real Hub; the Hub tests set their own endpoint
@@ -9,6 +10,15 @@ import pytest
 import torch
 
 from ddpm_pipeline import CosineDDPMScheduler, DDPMMnistPipeline, MnistUNet
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_CONFIG = str(ROOT / "configs" / "tiny.yaml")  # a seconds-long run: a very small UNet on a 50-step chain
+
+
+def tiny_args(output_dir, *extra):
+    """train_ddpm.py flags for a tiny run on the digits 0 and 1 (900 training images), writing to ``output_dir``."""
+    return ["--config", TINY_CONFIG, "--output_dir", str(output_dir), "--digits", "0,1", *extra]
+
 
 # attention at the coarsest level too (the default has it only in the middle block), so that its path is tested
 TINY_UNET = dict(

@@ -10,7 +10,7 @@ from accelerate.state import AcceleratorState
 import train_ddpm
 from ddpm_pipeline import hardware
 from ddpm_pipeline.training_config import TrainingConfig
-from tests.test_training import TINY
+from tests.conftest import TINY_CONFIG as TINY
 
 
 def fake_machine(monkeypatch, *, avx512_bf16=False, amx=False, capability="AVX2", onednn_isa=None, cuda_bf16=None):

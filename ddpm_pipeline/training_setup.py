@@ -1,0 +1,92 @@
+"""What a training config builds: the data, the UNet and noise scheduler, AdamW, the learning-rate schedule and EMA.
+
+Shared by ``train_ddpm.py`` and the benchmarks, so that a benchmark measures the training loop's own objects.
+"""
+
+import torch
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+
+from .data import DatasetError, load_mnist_dataset, select_digits, to_training_tensors
+from .pipeline_ddpm_mnist import DDPMMnistPipeline
+from .scheduling_ddpm_cosine import CosineDDPMScheduler
+from .training_config import TrainingConfig
+from .unet_mnist import MnistUNet
+
+
+def load_training_data(config: TrainingConfig):
+    """uint8 images (N, 1, resolution, resolution) and digit labels (N,) or None, of the config's dataset."""
+    dataset = load_mnist_dataset(config.dataset_name, config.train_data_dir, config.dataset_split)
+    dataset = select_digits(dataset, config.digits, config.label_column)
+    images, labels = to_training_tensors(dataset, config.image_column, config.label_column, config.resolution)
+    if config.class_conditional and labels is None:
+        raise DatasetError(
+            f"class_conditional training needs labels, but there is no {config.label_column!r} column. "
+            "Set label_column, or class_conditional: false."
+        )
+    return images, labels
+
+
+def build_models(config: TrainingConfig, num_classes: int | None) -> tuple[MnistUNet, CosineDDPMScheduler]:
+    unet = MnistUNet(
+        sample_size=config.resolution,
+        in_channels=1,
+        **config.unet_kwargs(),
+        num_class_embeds=num_classes,
+    )
+    scheduler = CosineDDPMScheduler(
+        num_train_timesteps=config.num_train_timesteps,
+        variance_type="learned_range" if config.learned_variance else "fixed_small",
+        prediction_type=config.prediction_type,
+        timestep_spacing="linspace",  # respaced chains keep T-1 and 0, as in Improved DDPM
+    )
+    return unet, scheduler
+
+
+def build_optimizer(config: TrainingConfig, parameters, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; the fused kernel (one pass over all parameters instead of a loop per tensor) on CPU and CUDA."""
+    return torch.optim.AdamW(
+        parameters,
+        lr=config.learning_rate,
+        betas=(config.adam_beta1, config.adam_beta2),
+        weight_decay=config.adam_weight_decay,
+        eps=config.adam_epsilon,
+        fused=torch.device(device).type in ("cpu", "cuda"),
+    )
+
+
+def build_lr_scheduler(config: TrainingConfig, optimizer, max_train_steps: int):
+    """diffusers' named schedule, stepped once per optimizer step."""
+    return get_scheduler(
+        config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=max_train_steps
+    )
+
+
+def build_ema(config: TrainingConfig, unet: MnistUNet) -> EMAModel | None:
+    """An EMA of the weights with diffusers' warmup (decay 1 - (1 + step / inv_gamma)^-power, capped), or None."""
+    if not config.use_ema:
+        return None
+    return EMAModel(
+        unet.parameters(),
+        decay=config.ema_max_decay,
+        use_ema_warmup=True,
+        inv_gamma=config.ema_inv_gamma,
+        power=config.ema_power,
+        model_cls=MnistUNet,
+        model_config=unet.config,
+        foreach=True,  # one update over all tensors, not a Python loop
+    )
+
+
+def ema_pipeline(unet: MnistUNet, ema: EMAModel | None, scheduler_config, sampling_defaults: dict):
+    """A separate pipeline holding the EMA weights (sampling never touches the training weights), carrying the
+    sampling defaults its default call uses."""
+    copy = MnistUNet.from_config(unet.config)
+    copy.load_state_dict(unet.state_dict())
+    if ema is not None:
+        ema.copy_to(copy.parameters())
+    copy.eval()
+    scheduler = CosineDDPMScheduler.from_config(scheduler_config)
+    pipe = DDPMMnistPipeline(unet=copy, scheduler=scheduler, **sampling_defaults)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

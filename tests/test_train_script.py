@@ -1,0 +1,212 @@
+"""train_ddpm.py end to end on the tiny config: a full run, exact resume, failures, and two processes."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import PIL.Image
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import train_ddpm
+from ddpm_pipeline import DDPMMnistPipeline
+from ddpm_pipeline.checkpointing import list_checkpoints
+from tests.conftest import ROOT, tiny_args
+
+
+def unet_weights(output_dir):
+    return load_file(str(Path(output_dir) / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+def test_one_epoch_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    args = tiny_args(
+        out,
+        "--max_train_steps",
+        "none",
+        "--num_epochs",
+        "1",
+        "--train_batch_size",
+        "64",
+        "--logger",
+        "tensorboard",
+        "--save_images_epochs",
+        "1",
+    )
+    assert train_ddpm.main(args) == 0
+    for name in ["model_index.json", "samples.png", "trajectory.png", "train_config.yaml", "README.md"]:
+        assert (out / name).is_file(), name
+    assert list((out / "logs").rglob("events.out.tfevents.*"))
+    grid = PIL.Image.open(out / "samples.png")
+    assert grid.width > 6 * 28 and grid.height > 6 * 28
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["global_step"] == 900 // 64  # digits 0 and 1 of the train split: 450 each
+    pipe = DDPMMnistPipeline.from_pretrained(out)
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(batch_size=2, class_labels=[0, 1], num_inference_steps=3, output_type="np").images
+    assert images.shape == (2, 28, 28, 1)
+
+
+def test_resume_continues_exactly(tmp_path):
+    k = 3
+    straight = tmp_path / "straight"
+    common = [
+        "--max_train_steps",
+        str(2 * k),
+        "--checkpointing_steps",
+        str(k),
+        "--gradient_accumulation_steps",
+        "2",
+        "--cond_drop_prob",
+        "0.5",
+    ]
+    assert train_ddpm.main(tiny_args(straight, *common)) == 0
+    checkpoints = list_checkpoints(straight)
+    assert [p.name for p in checkpoints] == [f"checkpoint-{k}"]
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(checkpoints[0], resumed / checkpoints[0].name)
+    assert train_ddpm.main(tiny_args(resumed, *common, "--resume_from_checkpoint", "latest")) == 0
+    assert json.loads((resumed / "run_info.json").read_text())["global_step"] == 2 * k
+    a, b = unet_weights(straight), unet_weights(resumed)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0, msg=name)
+    # and not trivially: training moved the weights away from the checkpoint's
+    at_k = load_file(str(next(checkpoints[0].glob("model*.safetensors"))))
+    assert any(not torch.allclose(at_k[n], a[n.removeprefix("module.")]) for n in at_k if n in a)
+
+
+def test_missing_or_corrupt_checkpoint(tmp_path, capsys):
+    assert train_ddpm.main(tiny_args(tmp_path / "a", "--resume_from_checkpoint", str(tmp_path / "nope"))) == 2
+    assert "does not exist" in capsys.readouterr().err
+    out = tmp_path / "b"
+    assert train_ddpm.main(tiny_args(out, "--max_train_steps", "4", "--checkpointing_steps", "2")) == 0
+    checkpoint = list_checkpoints(out)[-1]
+    for weights in checkpoint.glob("model*.safetensors"):
+        weights.write_bytes(b"\x00" * 64)
+    assert train_ddpm.main(tiny_args(out, "--max_train_steps", "4", "--resume_from_checkpoint", "latest")) == 2
+    message = capsys.readouterr().err
+    assert "model.safetensors does not match its SHA-256" in message and "None of the 1 checkpoint" in message
+
+
+def test_nan_loss_stops_with_the_step(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "nan"
+    calls = {"n": 0}
+    real_loss = train_ddpm.diffusion_loss
+
+    def sometimes_nan(*args, **kwargs):
+        calls["n"] += 1
+        losses = real_loss(*args, **kwargs)
+        if calls["n"] == 5:
+            losses.loss = losses.loss * float("nan")
+        return losses
+
+    monkeypatch.setattr(train_ddpm, "diffusion_loss", sometimes_nan)
+    assert train_ddpm.main(tiny_args(out, "--max_train_steps", "8", "--checkpointing_steps", "2")) == 2
+    message = capsys.readouterr().err
+    assert "at step 5" in message and "nan" in message.lower()
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2", "checkpoint-4"]
+
+
+@pytest.mark.parametrize("flag,calls", [([], 1), (["--keep_freed_memory", "false"], 0)])
+def test_cpu_training_keeps_freed_memory_unless_told_not_to(tmp_path, monkeypatch, flag, calls):
+    seen = []
+    monkeypatch.setattr(train_ddpm, "keep_freed_memory", lambda: seen.append(True) or True)
+    assert train_ddpm.main(tiny_args(tmp_path / "run", "--max_train_steps", "1", *flag)) == 0
+    assert len(seen) == calls
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process(tmp_path):
+    """2 ranks x batch 8 with gloo == 1 rank x batch 16: same batches, noise and timesteps, so the same weights."""
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+    common = ["--max_train_steps", "4", "--cond_drop_prob", "0.3"]
+    two = tmp_path / "two"
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        str(_free_port()),
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--num_machines",
+        "1",
+    ]
+    result = subprocess.run(
+        launch + [str(ROOT / "train_ddpm.py"), *tiny_args(two, "--train_batch_size", "8", *common)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 process(es)" in result.stderr + result.stdout
+    one = tmp_path / "one"
+    assert train_ddpm.main(tiny_args(one, "--train_batch_size", "16", *common)) == 0
+    a, b = unet_weights(two), unet_weights(one)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-4, rtol=1e-3, msg=name)
+
+
+def flip_one_byte(path: Path, offset_from_end: int = 100):
+    data = bytearray(path.read_bytes())
+    data[-offset_from_end] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_byte_falls_back_to_the_previous_checkpoint(tmp_path, caplog):
+    """A damaged newest checkpoint is detected by its manifest; `latest` resumes from the one before, saying so, and
+    ends with the weights of an uninterrupted run."""
+    common = ["--max_train_steps", "6", "--checkpointing_steps", "2", "--checkpoints_total_limit", "3"]
+    straight = tmp_path / "straight"
+    assert train_ddpm.main(tiny_args(straight, *common)) == 0
+    damaged = tmp_path / "damaged"
+    shutil.copytree(straight / "checkpoint-2", damaged / "checkpoint-2")
+    shutil.copytree(straight / "checkpoint-4", damaged / "checkpoint-4")
+    flip_one_byte(damaged / "checkpoint-4" / "model.safetensors")
+    with caplog.at_level("WARNING"):
+        assert train_ddpm.main(tiny_args(damaged, *common, "--resume_from_checkpoint", "latest")) == 0
+    assert "checkpoint-4/model.safetensors does not match its SHA-256" in caplog.text
+    assert "Resuming from checkpoint-2" in caplog.text
+    a, b = unet_weights(straight), unet_weights(damaged)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0, msg=name)
+
+
+def test_forced_divergence_stops_before_saving_and_its_advice_trains_on(tmp_path, capsys):
+    """--learning_rate 1e30 --max_grad_norm 0: the first update with a learning rate explodes the weights. The run
+    stops before anything bad is saved, names a checkpoint that verifies with finite weights, and the command it
+    suggests trains to the end."""
+    out = tmp_path / "diverge"
+    flags = ["--max_train_steps", "6", "--checkpointing_steps", "1", "--learning_rate", "1e30", "--max_grad_norm", "0"]
+    assert train_ddpm.main(tiny_args(out, *flags)) == 2  # step 1 has lr 0 (warmup), step 2 explodes
+    message = capsys.readouterr().err
+    assert "Training diverged" in message and "step 2" in message
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-1"]
+    assert str(out / "checkpoint-1") in message
+    for weights in (out / "checkpoint-1").glob("model*.safetensors"):
+        assert all(torch.isfinite(t).all() for t in load_file(str(weights)).values())
+    command = next(line for line in message.splitlines() if line.strip().startswith("accelerate launch")).split()
+    assert command[:3] == ["accelerate", "launch", "train_ddpm.py"]
+    assert "--resume_from_checkpoint" in command and "--learning_rate" in command
+    assert train_ddpm.main(command[3:]) == 0
+    assert json.loads((out / "run_info.json").read_text())["global_step"] == 6
+    assert all(torch.isfinite(t).all() for t in unet_weights(out).values())
