@@ -1,12 +1,14 @@
 """The pretrained pipeline that ships in pretrained/ddpm-mnist: it loads, and its samples are clear digits."""
 
 import json
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from ddpm_pipeline import DDPMMnistPipeline
+from ddpm_pipeline import DDPMMnistPipeline, hardware
 from ddpm_pipeline.metrics import scores
 from ddpm_pipeline.metrics.classifier import load_classifier
 
@@ -34,7 +36,8 @@ def test_shipped_files():
 # 25 steps guided everywhere, and the fast setting of the README (10 steps, guidance only on 0.3 T <= t < 0.8 T)
 @pytest.mark.parametrize("steps, guidance_interval", [(25, (0.0, 1.0)), (10, (0.3, 0.8))])
 def test_36_samples_pass_the_clear_rate_bar(steps, guidance_interval):
-    pipe = DDPMMnistPipeline.from_pretrained(PRETRAINED, dtype=torch.bfloat16)
+    # the dtype and layout ddpm-mnist sample picks here: bf16 only where the CPU runs it natively
+    pipe = hardware.prepare_for_sampling(DDPMMnistPipeline.from_pretrained(PRETRAINED))
     pipe.set_progress_bar_config(disable=True)
     labels = torch.arange(36) % 10
     out = pipe(
@@ -48,3 +51,38 @@ def test_36_samples_pass_the_clear_rate_bar(steps, guidance_interval):
     _, probabilities = load_classifier().embed_and_classify(out.images * 2 - 1)
     assert scores.clear_rate(probabilities) >= 0.95
     assert scores.digit_accuracy(probabilities, labels) >= 0.95
+
+
+# ------------------------------------------------------------------ the same samples, bit for bit
+# Seeded float32 samples of the shipped model, recorded when it was trained (`python -m tests.test_pretrained
+# --record` after a retrain): refactoring the pipeline, the scheduler or the UNet must not change a bit of them.
+RECORDED = Path(__file__).resolve().parent / "data" / "shipped_samples.npz"
+
+
+def shipped_samples() -> np.ndarray:
+    pipe = DDPMMnistPipeline.from_pretrained(PRETRAINED)  # float32, default layout: no hardware-dependent choice
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(
+        batch_size=8,
+        class_labels=list(range(8)),
+        guidance_scale=2.0,
+        guidance_interval=(0.3, 0.8),
+        num_inference_steps=10,
+        generator=torch.Generator().manual_seed(0),
+        output_type="pt",
+    )
+    return out.images.numpy()
+
+
+def test_shipped_model_samples_are_unchanged():
+    recorded = np.load(RECORDED)
+    samples = shipped_samples()
+    if str(recorded["cpu_capability"]) == hardware.cpu_info().capability:
+        np.testing.assert_array_equal(samples, recorded["samples"])  # bit for bit on the CPU class that recorded them
+    else:  # another vector ISA sums in another order: 8e-6 apart with SSE4.1 kernels on an AVX2 machine
+        np.testing.assert_allclose(samples, recorded["samples"], atol=1e-3, rtol=0)
+
+
+if __name__ == "__main__" and "--record" in sys.argv:
+    np.savez(RECORDED, samples=shipped_samples(), cpu_capability=hardware.cpu_info().capability)
+    print(f"wrote {RECORDED}")

@@ -1,0 +1,477 @@
+"""A corpus of bad inputs: config values, config files, flags, checkpoints, pipeline folders, pipeline arguments and
+CLI flags. Each must be refused with the expected exception (or exit code 2) and a message that names the key, file
+or argument at fault: no traceback from our code, and nothing silently accepted."""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import train_ddpm
+from ddpm_pipeline import DDPMMnistPipeline, cli
+from ddpm_pipeline.checkpointing import CheckpointError, list_checkpoints, resolve_checkpoint
+from ddpm_pipeline.training_config import ConfigError, TrainingConfig, parse_training_config, read_yaml_config
+from tests.conftest import TINY_CONFIG, tiny_args, tiny_pipeline
+
+# ---------------------------------------------------------------------- config values: (key, bad value, words)
+BAD_VALUES = [
+    ("seed", -1, "in [0, 4294967295]"),
+    ("seed", 2**40, "in [0, 4294967295]"),
+    ("seed", 1.5, "integer"),
+    ("seed", "zero", "integer"),
+    ("output_dir", "", "non-empty"),
+    ("output_dir", 7, "string"),
+    ("dataset_name", ["a"], "string"),
+    ("dataset_split", "", "non-empty"),
+    ("digits", [1, 1], "twice"),
+    ("digits", [-1], "between 0 and 9"),
+    ("digits", "one", "list"),
+    ("resolution", 2, "in [4, 256]"),
+    ("resolution", 1000, "in [4, 256]"),
+    ("resolution", 30, "halved"),
+    ("class_conditional", "yes", "true or false"),
+    ("learned_variance", 1, "true or false"),
+    ("block_out_channels", [], "one positive width"),
+    ("block_out_channels", [32, 0, 64], "in [1, 1024]"),
+    ("block_out_channels", [32, 64, 5000], "in [1, 1024]"),
+    ("block_out_channels", 32, "list"),
+    ("layers_per_block", [1, 1, 1, 1], "per level"),
+    ("layers_per_block", 99, "<="),
+    ("decoder_layers_per_block", 0, "must lie in"),
+    ("decoder_layers_per_block", "one", "integer"),
+    ("attention_levels", [True, False], "one true/false per level"),
+    ("attention_levels", "none", "list"),
+    ("attention_head_dim", 0, ">="),
+    ("attention_head_dim", 48, "divide"),
+    ("norm_num_groups", 0, ">="),
+    ("norm_num_groups", 7, "divide"),
+    ("dropout", 1.0, "in [0"),
+    ("dropout", -0.1, "in [0"),
+    ("dropout", math.nan, "finite"),
+    ("num_train_timesteps", 1, "between 2"),
+    ("num_train_timesteps", 10**9, "GB"),
+    ("num_train_timesteps", 4000.5, "integer"),
+    ("prediction_type", "x0", "choose"),
+    ("vlb_weight", -1.0, ">="),
+    ("vlb_weight", math.inf, "finite"),
+    ("cond_drop_prob", 1.0, "in [0"),
+    ("snr_gamma", 0.0, "> 0"),
+    ("snr_gamma", -5.0, "> 0"),
+    ("timestep_sampling", "beta", "choose"),
+    ("train_batch_size", 0, "in [1, 65536]"),
+    ("train_batch_size", 10**6, "in [1, 65536]"),
+    ("num_epochs", 0, ">="),
+    ("max_train_steps", 0, ">="),
+    ("max_train_steps", "many", "integer"),
+    ("gradient_accumulation_steps", 0, "in [1, 4096]"),
+    ("learning_rate", 0.0, "> 0"),
+    ("learning_rate", math.inf, "finite"),
+    ("learning_rate", math.nan, "finite"),
+    ("learning_rate", "fast", "number"),
+    ("lr_scheduler", "warp", "get_scheduler"),
+    ("lr_scheduler", "piecewise_constant", "get_scheduler"),
+    ("lr_warmup_steps", -1, ">="),
+    ("adam_beta1", 1.0, "in [0"),
+    ("adam_beta2", -0.5, "in [0"),
+    ("adam_weight_decay", -0.1, ">="),
+    ("adam_epsilon", 0.0, "> 0"),
+    ("max_grad_norm", -1.0, ">="),
+    ("mixed_precision", "fp8", "choose"),
+    ("mixed_precision", True, "string"),
+    ("channels_last", "no", "true or false"),
+    ("keep_freed_memory", 0, "true or false"),
+    ("num_cpu_threads", 0, "in [1, 1024]"),
+    ("use_ema", "on", "true or false"),
+    ("ema_max_decay", 1.0, "in (0"),
+    ("ema_max_decay", 0.0, "in (0"),
+    ("ema_inv_gamma", 0.0, "> 0"),
+    ("ema_power", -1.0, "> 0"),
+    ("weight_snapshot_steps", -5, ">="),
+    ("logger", "wandb", "choose"),
+    ("save_images_epochs", -1, ">="),
+    ("checkpointing_steps", -1, ">="),
+    ("checkpoints_total_limit", 0, ">="),
+    ("resume_from_checkpoint", 3, "string"),
+    ("guidance_scale", -1.0, ">="),
+    ("guidance_scale", math.nan, "finite"),
+    ("guidance_interval", [0.5], "two fractions"),
+    ("guidance_interval", [0.9, 0.1], "low < high"),
+    ("num_inference_steps", 0, "between 1"),
+    ("num_inference_steps", 99999, "between 1"),
+    ("evaluate", "yes", "true or false"),
+    ("eval_num_samples", 1, "in [2, 100000]"),
+    ("push_to_hub", "true", "true or false"),
+    ("hub_model_id", "no-namespace", "namespace/name"),
+    ("hub_model_id", "a/b/c", "namespace/name"),
+    ("hub_private_repo", 1, "true or false"),
+    ("push_every_save", True, "push_to_hub"),
+]
+
+
+@pytest.mark.parametrize("key, value, words", BAD_VALUES, ids=[f"{k}={v!r}" for k, v, _ in BAD_VALUES])
+def test_bad_config_value(key, value, words):
+    with pytest.raises(ConfigError) as caught:
+        TrainingConfig.from_dict({key: value})
+    message = str(caught.value)
+    assert key in message and words in message, message
+
+
+def test_every_key_is_in_the_corpus():
+    assert {key for key, _, _ in BAD_VALUES} >= set(TrainingConfig.field_names()) - {
+        "hub_token",
+        "label_column",
+        "image_column",
+        "train_data_dir",
+    }
+
+
+# ---------------------------------------------------------------------- config files: (text or bytes, words)
+BAD_FILES = [
+    (b"learning_rate: 1.0e-3\nlearning_rate: 2.0e-3\n", "twice"),
+    ("output_dir: caf\xe9\n".encode("latin-1"), "UTF-8"),
+    (b"\xff\xfe\x00garbage", "UTF-8"),
+    (b"- learning_rate\n- seed\n", "mapping"),
+    (b"just a string\n", "mapping"),
+    (b"learning_rate: [1, 2\n", "not valid YAML"),
+    (b"learning_rat: 0.001\n", "learning_rat"),
+    (b"seed: !!python/object:os.system {}\n", "not valid YAML"),
+    (b"digits: {one: 1}\n", "digits"),
+    (b"num_train_timesteps: 1e9\n", "num_train_timesteps"),
+    (b"learning_rate: .inf\n", "learning_rate"),
+    (b"learning_rate: .nan\n", "learning_rate"),
+]
+
+
+@pytest.mark.parametrize("content, words", BAD_FILES)
+def test_bad_config_file(tmp_path, content, words):
+    path = tmp_path / "config.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as caught:
+        TrainingConfig.from_dict(read_yaml_config(path))
+    assert words in str(caught.value) and (words != "twice" or "config.yaml" in str(caught.value))
+
+
+def test_missing_and_unreadable_config_files(tmp_path):
+    with pytest.raises(ConfigError, match="missing.yaml.*does not exist"):
+        read_yaml_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_yaml_config(tmp_path)  # a folder
+
+
+# ---------------------------------------------------------------------- flags: (argv, words)
+BAD_FLAGS = [
+    (["--learning_rat", "1e-3"], "learning_rat"),
+    (["--lr", "1e-3"], "--lr"),
+    (["--out", "x"], "--out"),
+    (["--no_such_flag"], "--no_such_flag"),
+    (["--seed", "-3"], "seed"),
+    (["--seed", "1e3"], "seed"),
+    (["--num_train_timesteps", "1e9"], "num_train_timesteps"),
+    (["--learning_rate", "inf"], "learning_rate"),
+    (["--learning_rate", "nan"], "learning_rate"),
+    (["--digits", "1,,x"], "digits"),
+    (["--push_to_hub", "maybe"], "push_to_hub"),
+    (["--mixed_precision", "bf32"], "mixed_precision"),
+    (["--guidance_interval", "0.8,0.2"], "guidance_interval"),
+    (["--config", "/nonexistent/config.yaml"], "does not exist"),
+    (["--attention_head_dim", "48"], "attention_head_dim"),
+    (["--lr_scheduler", "cosine_with_wobble"], "lr_scheduler"),
+]
+
+
+@pytest.mark.parametrize("argv, words", BAD_FLAGS, ids=[" ".join(a) for a, _ in BAD_FLAGS])
+def test_bad_flag(tmp_path, argv, words):
+    with pytest.raises(ConfigError) as caught:
+        parse_training_config(["--output_dir", str(tmp_path / "out"), *argv])
+    assert words in str(caught.value), str(caught.value)
+
+
+def test_output_dir_that_is_a_file_or_unwritable(tmp_path, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert train_ddpm.main(tiny_args(a_file)) == 2
+    assert "'output_dir'" in capsys.readouterr().err
+    assert train_ddpm.main(tiny_args(a_file / "below")) == 2
+    assert "'output_dir'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- checkpoints
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny run with checkpoints at steps 2 and 4 (of 6)."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    args = tiny_args(out, "--max_train_steps", "6", "--checkpointing_steps", "2", "--checkpoints_total_limit", "3")
+    assert train_ddpm.main(args) == 0
+    return out
+
+
+def _damage_state(key, value):
+    def damage(checkpoint: Path):
+        path = checkpoint / "training_state.json"
+        state = json.loads(path.read_text())
+        if value is _DELETE:
+            del state[key]
+        else:
+            state[key] = value
+        path.write_text(json.dumps(state))
+
+    return damage
+
+
+_DELETE = object()
+
+
+def _truncate(name):
+    def damage(checkpoint: Path):
+        data = (checkpoint / name).read_bytes()
+        (checkpoint / name).write_bytes(data[: len(data) // 2])
+
+    return damage
+
+
+def _zero(name):
+    def damage(checkpoint: Path):
+        (checkpoint / name).write_bytes(b"\x00" * (checkpoint / name).stat().st_size)
+
+    return damage
+
+
+def _flip(name, offset=-50):
+    def damage(checkpoint: Path):
+        data = bytearray((checkpoint / name).read_bytes())
+        data[offset] ^= 0x10
+        (checkpoint / name).write_bytes(bytes(data))
+
+    return damage
+
+
+def _remove(name):
+    def damage(checkpoint: Path):
+        (checkpoint / name).unlink()
+
+    return damage
+
+
+def _write(name, content: bytes):
+    def damage(checkpoint: Path):
+        (checkpoint / name).write_bytes(content)
+
+    return damage
+
+
+BAD_CHECKPOINTS = [
+    ("truncated model", _truncate("model.safetensors"), "model.safetensors"),
+    ("zeroed model", _zero("model.safetensors"), "model.safetensors"),
+    ("flipped model byte", _flip("model.safetensors"), "model.safetensors"),
+    ("flipped model header", _flip("model.safetensors", 20), "model.safetensors"),
+    ("flipped optimizer", _flip("optimizer.bin"), "optimizer.bin"),
+    ("truncated optimizer", _truncate("optimizer.bin"), "optimizer.bin"),
+    ("flipped lr scheduler", _flip("custom_checkpoint_0.pkl", -5), "custom_checkpoint_0.pkl"),
+    ("flipped EMA", _flip("custom_checkpoint_1.pkl"), "custom_checkpoint_1.pkl"),
+    ("flipped random states", _flip("random_states_0.pkl"), "random_states_0.pkl"),
+    ("missing model", _remove("model.safetensors"), "model.safetensors"),
+    ("missing optimizer", _remove("optimizer.bin"), "optimizer.bin"),
+    ("state not JSON", _write("training_state.json", b"{not json"), "training_state.json"),
+    ("state not UTF-8", _write("training_state.json", b"\xff\xfe{}"), "training_state.json"),
+    ("state a list", _write("training_state.json", b"[1, 2]"), "training_state.json"),
+    ("state empty", _write("training_state.json", b""), "training_state.json"),
+    ("no global_step", _damage_state("global_step", _DELETE), "global_step"),
+    ("string global_step", _damage_state("global_step", "4"), "global_step"),
+    ("negative global_step", _damage_state("global_step", -4), "global_step"),
+    ("bool global_step", _damage_state("global_step", True), "global_step"),
+    ("global_step beyond max", _damage_state("global_step", 400), "global_step"),
+    ("wrong step for the folder", _damage_state("global_step", 2), "checkpoint-4"),
+    ("other model config", _damage_state("model_config", {"block_out_channels": [8, 8, 8]}), "model config"),
+    ("files not a dict", _damage_state("files", ["model.safetensors"]), "files"),
+    ("a file's digest changed", _damage_state("files", {"model.safetensors": "0" * 64}), "model.safetensors"),
+]
+
+
+@pytest.mark.parametrize("name, damage, words", BAD_CHECKPOINTS, ids=[c[0] for c in BAD_CHECKPOINTS])
+def test_damaged_checkpoint_is_refused_by_name(trained, tmp_path, name, damage, words):
+    """Named explicitly, a damaged checkpoint is refused; with `latest` the run falls back to the one before."""
+    out = tmp_path / "run"
+    for checkpoint in list_checkpoints(trained):
+        shutil.copytree(checkpoint, out / checkpoint.name)
+    damage(out / "checkpoint-4")
+    signature = TrainingConfig.from_dict({**read_yaml_config(TINY_CONFIG), "digits": [0, 1]}).model_signature()
+    with pytest.raises(CheckpointError) as caught:
+        resolve_checkpoint(out, str(out / "checkpoint-4"), max_train_steps=6, model_config=signature)
+    assert words in str(caught.value), str(caught.value)
+    assert resolve_checkpoint(out, "latest", max_train_steps=6, model_config=signature) == out / "checkpoint-2"
+
+
+def test_damaged_checkpoint_through_the_script(trained, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(trained / "checkpoint-4", out / "checkpoint-4")
+    _flip("optimizer.bin")(out / "checkpoint-4")
+    assert train_ddpm.main(tiny_args(out, "--max_train_steps", "6", "--resume_from_checkpoint", "latest")) == 2
+    assert "optimizer.bin does not match its SHA-256" in capsys.readouterr().err
+    args = tiny_args(out, "--max_train_steps", "6", "--resume_from_checkpoint", str(out / "checkpoint-4"))
+    assert train_ddpm.main(args) == 2
+    assert "optimizer.bin" in capsys.readouterr().err
+    other = tiny_args(trained, "--max_train_steps", "6", "--resume_from_checkpoint", "latest", "--norm_num_groups", "8")
+    assert train_ddpm.main(other) == 2
+    assert "another model config (norm_num_groups differ)" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- pipeline folders
+@pytest.fixture(scope="module")
+def saved_pipeline(tmp_path_factory):
+    path = tmp_path_factory.mktemp("saved") / "pipe"
+    tiny_pipeline().save_pretrained(path)
+    return path
+
+
+def _edit_json(name, edit):
+    def damage(folder: Path):
+        path = folder / name
+        path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+
+    return damage
+
+
+BAD_FOLDERS = [
+    ("no model_index.json", _remove("model_index.json"), "model_index.json"),
+    ("model_index not JSON", _write("model_index.json", b"{oops"), "model_index.json"),
+    ("model_index a list", _write("model_index.json", b"[]"), "model_index.json"),
+    ("model_index not UTF-8", _write("model_index.json", b"\xff\xfe"), "model_index.json"),
+    ("unknown unet class", _edit_json("model_index.json", lambda d: {**d, "unet": ["x", "NoSuchUNet"]}), "unet"),
+    (
+        "unet entry missing",
+        _edit_json("model_index.json", lambda d: {k: v for k, v in d.items() if k != "unet"}),
+        "unet",
+    ),
+    ("no unet folder", lambda f: shutil.rmtree(f / "unet"), "unet"),
+    ("truncated unet weights", _truncate("unet/diffusion_pytorch_model.safetensors"), "unet"),
+    ("zeroed unet weights", _zero("unet/diffusion_pytorch_model.safetensors"), "unet"),
+    ("unet config not JSON", _write("unet/config.json", b"{"), "config.json"),
+    (
+        "scheduler T of 1",
+        _edit_json("scheduler/scheduler_config.json", lambda d: {**d, "num_train_timesteps": 1}),
+        "num_train_timesteps",
+    ),
+    (
+        "scheduler unknown variance",
+        _edit_json("scheduler/scheduler_config.json", lambda d: {**d, "variance_type": "wide"}),
+        "variance_type",
+    ),
+    (
+        "default guidance NaN",
+        _edit_json("model_index.json", lambda d: {**d, "default_guidance_scale": math.nan}),
+        "default_guidance_scale",
+    ),
+    (
+        "unet widths not dividing groups",
+        _edit_json("unet/config.json", lambda d: {**d, "norm_num_groups": 5}),
+        "norm_num_groups",
+    ),
+]
+
+
+@pytest.mark.parametrize("name, damage, words", BAD_FOLDERS, ids=[c[0] for c in BAD_FOLDERS])
+def test_bad_pipeline_folder(saved_pipeline, tmp_path, name, damage, words):
+    folder = tmp_path / "pipe"
+    shutil.copytree(saved_pipeline, folder)
+    damage(folder)
+    with pytest.raises((OSError, ValueError)) as caught:
+        DDPMMnistPipeline.from_pretrained(folder)
+    assert words in str(caught.value), str(caught.value)
+
+
+def test_missing_folder_says_it_is_neither_a_folder_nor_a_hub_id(tmp_path):
+    for missing in (tmp_path / "nope", "./outputs/does-not-exist", "/abs/path/to/nothing"):
+        with pytest.raises(OSError) as caught:
+            DDPMMnistPipeline.from_pretrained(missing)
+        assert "local folder" in str(caught.value) and str(missing).lstrip("./") in str(caught.value)
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    with pytest.raises(OSError, match="local folder"):
+        DDPMMnistPipeline.from_pretrained(a_file)
+
+
+# ---------------------------------------------------------------------- pipeline arguments
+BAD_CALLS = [
+    ({"batch_size": 0}, ValueError, "batch_size"),
+    ({"batch_size": -2}, ValueError, "batch_size"),
+    ({"batch_size": 2.5}, ValueError, "batch_size"),
+    ({"batch_size": "4"}, ValueError, "batch_size"),
+    ({"class_labels": 10}, ValueError, "class_labels"),
+    ({"class_labels": [1, 2, 3]}, ValueError, "class_labels"),
+    ({"class_labels": [-1, 0]}, ValueError, "class_labels"),
+    ({"guidance_scale": math.nan}, ValueError, "guidance_scale"),
+    ({"guidance_scale": math.inf}, ValueError, "guidance_scale"),
+    ({"guidance_scale": -1.0}, ValueError, "guidance_scale"),
+    ({"guidance_scale": "2"}, ValueError, "guidance_scale"),
+    ({"guidance_interval": (0.5,)}, ValueError, "guidance_interval"),
+    ({"guidance_interval": (math.nan, 1.0)}, ValueError, "guidance_interval"),
+    ({"num_inference_steps": 0}, ValueError, "num_inference_steps"),
+    ({"num_inference_steps": 51}, ValueError, "num_inference_steps"),
+    ({"num_inference_steps": "10"}, ValueError, "num_inference_steps"),
+    ({"num_inference_steps": 2.0}, ValueError, "num_inference_steps"),
+    ({"generator": 123}, ValueError, "generator"),
+    ({"generator": [torch.Generator()]}, ValueError, "generator"),
+    ({"output_type": "jpg"}, ValueError, "output_type"),
+]
+
+
+@pytest.mark.parametrize("kwargs, error, words", BAD_CALLS, ids=[str(c[0]) for c in BAD_CALLS])
+def test_bad_pipeline_argument(kwargs, error, words):
+    pipe = tiny_pipeline()
+    with pytest.raises(error) as caught:
+        pipe(**{"batch_size": 2, "num_inference_steps": 2, **kwargs})
+    assert words in str(caught.value), str(caught.value)
+
+
+# ---------------------------------------------------------------------- CLI flags: exit 2 and the flag named
+BAD_CLI = [
+    (["sample", "--num_images", "0"], "--num_images"),
+    (["sample", "--num_images", "many"], "--num_images"),
+    (["sample", "--digits", "12"], "--digits"),
+    (["sample", "--digits", "a,b"], "--digits"),
+    (["sample", "--dtype", "half"], "--dtype"),
+    (["sample", "--guidance_scale", "nan"], "--guidance_scale"),
+    (["sample", "--guidance_scale", "inf"], "--guidance_scale"),
+    (["sample", "--guidance_interval", "high,low"], "--guidance_interval"),
+    (["sample", "--num_inference_steps", "-1"], "--num_inference_steps"),
+    (["sample", "--seed", "-1"], "--seed"),
+    (["sample", "--out", "grid"], "--out"),
+    (["sample", "--out", "/proc/version/grid.png"], "--out"),
+    (["sample", "--num_image", "4"], "--num_image"),
+    (["trajectory", "--frames", "a,b"], "--frames"),
+    (["trajectory", "--gif", "movie.mp4"], "--gif"),
+    (["evaluate", "--num_samples", "0"], "--num_samples"),
+    (["evaluate", "--nll_steps", "0"], "--nll_steps"),
+    (["evaluate", "--scheduler", "euler"], "--scheduler"),
+    (["evaluate", "--out", "result.txt"], "--out"),
+]
+
+
+@pytest.mark.parametrize("argv, flag", BAD_CLI, ids=[" ".join(a) for a, _ in BAD_CLI])
+def test_bad_cli_flag(saved_pipeline, capsys, argv, flag):
+    with pytest.raises(SystemExit) as caught:
+        cli.main([*argv, "--model", str(saved_pipeline)])
+    assert caught.value.code == 2
+    assert flag in capsys.readouterr().err
+
+
+def test_cli_errors_after_parsing_exit_2_with_the_cause(saved_pipeline, tmp_path, capsys):
+    assert cli.main(["sample", "--model", str(tmp_path / "nothing"), "--out", str(tmp_path / "g.png")]) == 2
+    assert "local folder" in capsys.readouterr().err
+    assert cli.main(["sample", "--model", str(saved_pipeline), "--guidance_interval", "0.8,0.2"]) == 2
+    assert "guidance_interval" in capsys.readouterr().err
+    assert cli.main(["sample", "--model", str(saved_pipeline), "--num_inference_steps", "99"]) == 2
+    assert "num_inference_steps" in capsys.readouterr().err
+    assert cli.main(["evaluate", "--model", str(saved_pipeline), "--num_samples", "1"]) == 2
+    assert "num_samples" in capsys.readouterr().err
+    assert cli.main(["push", str(tmp_path), "--hub_model_id", "not a repo"]) == 2
+    assert "namespace/name" in capsys.readouterr().err
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_the_corpus_is_large():
+    sizes = [BAD_VALUES, BAD_FILES, BAD_FLAGS, BAD_CHECKPOINTS, BAD_FOLDERS, BAD_CALLS, BAD_CLI]
+    assert sum(map(len, sizes)) >= 150
