@@ -137,6 +137,8 @@ class CosineDDPMScheduler(SchedulerMixin, ConfigMixin):
         steps_offset: added to the timesteps with ``"leading"`` spacing, as in diffusers.
         beta_schedule: kept as ``"squaredcos_cap_v2"``, the name diffusers' schedulers give this schedule, so that
             ``DDIMScheduler.from_config(ours.config)`` rebuilds the same betas.
+        sampling_order: 1, the DDPM step; 2, the same step with a second-order estimate of x_0 in its mean
+            (DPM-Solver++(2M), SDE form), the variance still the model's.
     """
 
     _compatibles = [
@@ -160,6 +162,7 @@ class CosineDDPMScheduler(SchedulerMixin, ConfigMixin):
         timestep_spacing: str = "leading",
         steps_offset: int = 0,
         beta_schedule: str = "squaredcos_cap_v2",
+        sampling_order: int = 1,
     ):
         self.check_config(
             num_train_timesteps=num_train_timesteps,
@@ -169,6 +172,7 @@ class CosineDDPMScheduler(SchedulerMixin, ConfigMixin):
             timestep_spacing=timestep_spacing,
             steps_offset=steps_offset,
             beta_schedule=beta_schedule,
+            sampling_order=sampling_order,
         )
         # diffusers' from_config drops keys listed in _use_default_values when it builds another class; the keys that
         # define this schedule must travel, or DDIMScheduler.from_config(ours.config) would quietly build a linear
@@ -200,6 +204,7 @@ class CosineDDPMScheduler(SchedulerMixin, ConfigMixin):
         timestep_spacing: str = "leading",
         steps_offset: int = 0,
         beta_schedule: str = "squaredcos_cap_v2",
+        sampling_order: int = 1,
     ):
         """Every rule on the scheduler's arguments, checked before any table is built; raises
         ``SchedulerConfigError`` naming the first bad argument (the training config uses it too)."""
@@ -234,6 +239,10 @@ class CosineDDPMScheduler(SchedulerMixin, ConfigMixin):
             raise SchedulerConfigError(
                 "clip_sample_range", f"clip_sample_range must be positive, got {clip_sample_range}."
             )
+        if sampling_order not in (1, 2) or isinstance(sampling_order, bool):
+            raise SchedulerConfigError(
+                "sampling_order", f"sampling_order must be 1 (DDPM) or 2 (second-order x_0), got {sampling_order!r}."
+            )
         if not _is_int(steps_offset) or not 0 <= steps_offset < T:
             raise SchedulerConfigError(
                 "steps_offset", f"steps_offset must be an integer in [0, {T - 1}], got {steps_offset!r}."
@@ -242,6 +251,7 @@ class CosineDDPMScheduler(SchedulerMixin, ConfigMixin):
     # ------------------------------------------------------------------ timesteps
     def _set_chain(self, timesteps_ascending: torch.Tensor):
         self.chain = ChainCoefficients.from_alphas_cumprod(self.alphas_cumprod, timesteps_ascending)
+        self._previous_x0 = None  # (chain index, x_0 estimate) of the last step, for sampling_order 2
         self._chain_index = {int(t): k for k, t in enumerate(timesteps_ascending.tolist())}
         self.timesteps = timesteps_ascending.flip(0)
 
@@ -410,6 +420,9 @@ class CosineDDPMScheduler(SchedulerMixin, ConfigMixin):
         mean, log_variance, pred_original = self.p_mean_variance(
             model_output, sample, index, self.chain, clip_denoised=self.config.clip_sample
         )
+        # 2b. with sampling_order 2, the mean takes a second-order x_0 from this step's and the last one's estimates
+        if self.config.sampling_order == 2:
+            mean = self._second_order_mean(k, index, pred_original, sample, mean)
         # 3. x_prev = mu_theta + Sigma_theta^(1/2) z, z ~ N(0, I); the last step returns the mean
         prev_sample = mean
         if k > 0:
@@ -418,6 +431,23 @@ class CosineDDPMScheduler(SchedulerMixin, ConfigMixin):
         if not return_dict:
             return prev_sample, pred_original
         return CosineDDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original)
+
+    def _second_order_mean(self, k: int, index, pred_original, sample, first_order_mean):
+        """The posterior mean at a second-order x_0: DPM-Solver++(2M)'s SDE step (Lu et al. 2022, "DPM-Solver++",
+        midpoint form) is exactly the DDPM posterior step with x_0 replaced by D = m0 + (m0 - m1) / (2 r),
+        r = h_prev / h in lambda = log(alpha / sigma). So the learned variance keeps its meaning. First order on the
+        first step (no m1 yet) and the last (which lands on x_0)."""
+        previous, self._previous_x0 = self._previous_x0, (k, pred_original)
+        if previous is None or previous[0] != k + 1 or k == 0:
+            return first_order_mean
+        abar = self.chain.alphas_cumprod
+        lambdas = 0.5 * (torch.log(abar) - torch.log1p(-abar))  # at chain indices; x_prev sits at k - 1
+        h, h_previous = lambdas[k - 1] - lambdas[k], lambdas[k] - lambdas[k + 1]
+        x0 = pred_original + (0.5 * h / h_previous).item() * (pred_original - previous[1])
+        if self.config.clip_sample:
+            x0 = x0.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)
+        mean, _ = self.q_posterior_mean_log_variance(x0, sample, index, self.chain)
+        return mean
 
     # ------------------------------------------------------------------ the variational bound
     def q_posterior_mean_log_variance(

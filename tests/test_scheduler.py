@@ -344,3 +344,43 @@ def test_defaults_mirror_diffusers_ddpm_spacing():
     ours.set_timesteps(50)
     reference.set_timesteps(50)
     torch.testing.assert_close(ours.timesteps, reference.timesteps)
+
+
+def test_second_order_step_matches_diffusers_sde_dpm_solver_pp_2m():
+    """sampling_order=2 with the fixed variance beta_tilde is diffusers' SDE-DPM-Solver++(2M): the same samples from
+    the same model outputs and noise, on a respaced chain (first order on the first and last step, as diffusers with
+    lower_order_final)."""
+    T, chain = 1000, [999, 800, 600, 400, 200, 50, 0]
+    ours = CosineDDPMScheduler(num_train_timesteps=T, variance_type="fixed_small", clip_sample=False, sampling_order=2)
+    reference = DPMSolverMultistepScheduler(
+        num_train_timesteps=T,
+        beta_schedule="squaredcos_cap_v2",
+        algorithm_type="sde-dpmsolver++",
+        solver_order=2,
+        prediction_type="epsilon",
+        final_sigmas_type="zero",
+        lower_order_final=True,
+    )
+    ours.set_timesteps(timesteps=chain)
+    reference.set_timesteps(timesteps=chain)
+    abar = ours.alphas_cumprod.float()
+
+    def network(x, t):  # a smooth stand-in whose x_0 estimate changes from step to step: eps for x_0 = f(x, t)
+        x0 = 0.8 * torch.tanh(x) + 0.3 * math.cos(3 * t / T)
+        return (x - abar[t].sqrt() * x0) / (1 - abar[t]).sqrt()
+
+    def sample(scheduler):
+        scheduler.set_timesteps(timesteps=chain)
+        x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+        for t in chain:
+            x = scheduler.step(network(x, t), t, x, generator=torch.Generator().manual_seed(t)).prev_sample
+        return x
+
+    torch.testing.assert_close(sample(ours), sample(reference), atol=1e-3, rtol=1e-3)  # float64 vs float32 tables
+    first = CosineDDPMScheduler(num_train_timesteps=T, variance_type="fixed_small", clip_sample=False)
+    assert (sample(first) - sample(reference)).abs().max() > 1e-2  # the first order is not the second
+
+
+def test_sampling_order_is_checked():
+    with pytest.raises(ValueError, match="sampling_order"):
+        CosineDDPMScheduler(sampling_order=3)
