@@ -83,7 +83,10 @@ def _data_description(config: dict) -> str:
 
 def describe_default_call(config: dict, conditional: bool) -> str:
     steps = config.get("num_inference_steps")
-    text = "the full training chain" if steps is None else f"{steps} respaced steps of the learned-variance sampler"
+    sampler = (
+        "second-order learned-variance sampler" if config.get("sampling_order") == 2 else "learned-variance sampler"
+    )
+    text = "the full training chain" if steps is None else f"{steps} respaced steps of the {sampler}"
     if not conditional:
         return text
     low, high = config.get("guidance_interval", [0.0, 1.0])

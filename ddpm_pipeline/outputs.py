@@ -21,13 +21,12 @@ def sample_labels(config, count: int = GRID_SIZE) -> list[int] | None:
     return [digits[i % len(digits)] for i in range(count)]
 
 
-def _sample_for_pictures(pipe, config, labels, count, return_trajectory=False):
-    """The fixed-seed samples every picture of a run is made from."""
+def _sample_for_pictures(pipe, labels, count, return_trajectory=False):
+    """The fixed-seed samples every picture of a run is made from: the pipeline's default call (the sampling settings
+    it is saved with), so the pictures show what `pipe()` gives."""
     return pipe(
         batch_size=count,
         class_labels=labels,
-        guidance_scale=config.guidance_scale,
-        num_inference_steps=config.num_inference_steps or None,
         generator=torch.Generator().manual_seed(PICTURE_SEED),
         output_type="np",
         return_trajectory=return_trajectory,
@@ -37,7 +36,7 @@ def _sample_for_pictures(pipe, config, labels, count, return_trajectory=False):
 def save_sample_grid(pipe, path: Path, config):
     """A 6x6 grid of samples (EMA weights), each cell captioned with its requested digit."""
     labels = sample_labels(config)
-    out = _sample_for_pictures(pipe, config, labels, GRID_SIZE)
+    out = _sample_for_pictures(pipe, labels, GRID_SIZE)
     grid = make_grid(out.images, labels=labels)
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
@@ -46,7 +45,7 @@ def save_sample_grid(pipe, path: Path, config):
 
 def save_trajectory_picture(pipe, path: Path, config, num_samples: int = 4):
     labels = sample_labels(config, num_samples)
-    out = _sample_for_pictures(pipe, config, labels, num_samples, return_trajectory=True)
+    out = _sample_for_pictures(pipe, labels, num_samples, return_trajectory=True)
     figure = make_trajectory_figure(out.trajectory, out.trajectory_timesteps)
     figure.save(path)
     return figure

@@ -177,6 +177,9 @@ class TrainingConfig:
     guidance_scale: float = setting(2.0, "classifier-free guidance weight (1 = none)", NON_NEGATIVE)
     guidance_interval: list[float] = setting([0.0, 1.0], "guide only where low T <= t < high T")
     num_inference_steps: int | None = setting(50, "respaced sampling steps (None = the full chain)")
+    sampling_order: int = setting(
+        1, "1: the DDPM step; 2: with a second-order x_0 in its mean (DPM-Solver++(2M), SDE form)", choices=(1, 2)
+    )
     # ---- evaluation and Hub
     evaluate: bool = setting(False, "run `ddpm-mnist evaluate` at the end and put the figures in the model card")
     eval_num_samples: int = setting(1000, "samples for --evaluate", Bounds(minimum=2, maximum=100_000))
@@ -513,3 +516,22 @@ def parse_training_config(argv: list[str] | None = None) -> TrainingConfig:
     config = TrainingConfig.from_dict({**file_values, **args})
     config.check_output_dir()
     return config
+
+
+DEFAULTS_HEADER = """\
+# The default run, written out: every key at the value a bare `accelerate launch train_ddpm.py` uses.
+# The values live in ddpm_pipeline/training_config.py (TrainingConfig), the one source of truth; `train_ddpm.py
+# --help` prints the same, and `python -m ddpm_pipeline.training_config > configs/mnist.yaml` rewrites this file
+# (tests/test_training_config.py checks that it matches). Copy it to start a config of your own, and keep only the
+# keys you change (see mnist-ones.yaml).
+"""
+
+
+def defaults_yaml() -> str:
+    return DEFAULTS_HEADER + yaml.safe_dump(
+        TrainingConfig().to_dict(), sort_keys=False, default_flow_style=None, width=120
+    )
+
+
+if __name__ == "__main__":
+    print(defaults_yaml(), end="")

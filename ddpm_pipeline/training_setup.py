@@ -39,6 +39,7 @@ def build_models(config: TrainingConfig, num_classes: int | None) -> tuple[Mnist
         variance_type="learned_range" if config.learned_variance else "fixed_small",
         prediction_type=config.prediction_type,
         timestep_spacing="linspace",  # respaced chains keep T-1 and 0, as in Improved DDPM
+        sampling_order=config.sampling_order,
     )
     return unet, scheduler
 

@@ -11,6 +11,7 @@ from ddpm_pipeline.training_config import (
     ConfigError,
     TrainingConfig,
     build_argument_parser,
+    defaults_yaml,
     parse_training_config,
     read_yaml_config,
 )
@@ -69,6 +70,7 @@ def test_mnist_yaml_is_the_defaults_written_out():
     written = read_yaml_config(ROOT / "configs" / "mnist.yaml")
     assert list(written) == TrainingConfig.field_names()
     assert TrainingConfig.from_dict(written) == TrainingConfig()
+    assert (ROOT / "configs" / "mnist.yaml").read_text() == defaults_yaml()  # python -m ddpm_pipeline.training_config
 
 
 def help_defaults() -> dict:
