@@ -101,6 +101,8 @@ BAD_VALUES = [
     ("guidance_interval", [0.9, 0.1], "low < high"),
     ("num_inference_steps", 0, "between 1"),
     ("num_inference_steps", 99999, "between 1"),
+    ("sampling_order", 3, "choose one of 1, 2"),
+    ("sampling_order", "2", "expects an integer"),
     ("evaluate", "yes", "true or false"),
     ("eval_num_samples", 1, "in [2, 100000]"),
     ("push_to_hub", "true", "true or false"),
