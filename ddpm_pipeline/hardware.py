@@ -243,7 +243,9 @@ def prepare_for_sampling(pipe, device=None, dtype: str | torch.dtype = "auto"):
     device = torch.device(device) if device is not None else torch.device(_device_type(None))
     dtype = resolve_dtype(dtype, device)
     pipe.to(device)
-    pipe.unet.to(dtype=dtype, memory_format=preferred_memory_format(device, dtype))
+    if pipe.unet.dtype != dtype:  # diffusers warns on any to(dtype), even a no-op
+        pipe.unet.to(dtype=dtype)
+    pipe.unet.to(memory_format=preferred_memory_format(device, dtype))
     return pipe
 
 

@@ -203,34 +203,26 @@ class DDPMMnistPipeline(DiffusionPipeline):
 
         Args:
             batch_size: number of images (36 makes a 6x6 grid).
-            class_labels: for a class-conditional UNet, one digit for all images or one per image; None gives
-                0, 1, ..., 9, 0, ... in turn.
-            guidance_scale: classifier-free guidance weight w (eps = eps_null + w (eps_digit - eps_null)); 1 turns
-                guidance off. Ignored by an unconditional UNet. None: the pipeline's ``default_guidance_scale``.
-            guidance_interval: ``(low, high)``, fractions of the training chain: guidance acts only at steps whose
-                timestep t has ``low * T <= t < high * T`` (Kynkaenniemi et al. 2024, "Applying guidance in a
-                limited interval"); elsewhere the UNet runs once, conditioned, without the null-label pass.
-                ``(0, 1)`` guides every step. None: the pipeline's ``default_guidance_interval``.
-            num_inference_steps: steps of a respaced chain; None runs the full training chain. Left out: the
-                pipeline's ``default_num_inference_steps``.
+            class_labels: one digit for all images or one per image; None: 0, 1, ..., 9, 0, ... in turn.
+            guidance_scale: classifier-free guidance weight w, eps = eps_null + w (eps_digit - eps_null); 1 = none.
+            guidance_interval: ``(low, high)``: guide only at timesteps t with low T <= t < high T (Kynkaenniemi et
+                al. 2024); elsewhere the UNet runs once, conditioned. ``(0, 1)`` guides every step.
+            num_inference_steps: steps of a respaced chain; None runs the full training chain.
             generator: a torch generator (or one per image) for reproducible samples.
             output_type: ``"pil"``, ``"np"`` or ``"pt"``.
             return_trajectory: also return every frame from x_T to x_0 with its step.
+
+        Sampling arguments left out take the pipeline's saved defaults (``default_guidance_scale``, ...).
         """
-        # 0. the call's settings: what was passed, else what the pipeline was saved with
-        num_inference_steps, guidance_scale, guidance_interval = self.resolve_sampling(
+        # 0. the call's settings: those passed, else those the pipeline was saved with; all checked
+        T = self.scheduler.config.num_train_timesteps
+        num_inference_steps, guidance_scale, (guidance_low, guidance_high) = self._checked_sampling(
             num_inference_steps, guidance_scale, guidance_interval
         )
-        T = self.scheduler.config.num_train_timesteps
-        num_inference_steps = T if num_inference_steps is None else num_inference_steps
-        guidance_low, guidance_high = check_sampling_arguments(
-            num_inference_steps, guidance_scale, guidance_interval, num_train_timesteps=T
-        )
         _check_call_arguments(batch_size, generator, output_type)
-        labels = self._prepare_class_labels(class_labels, batch_size)
         device = self._execution_device
-        if labels is not None:
-            labels = labels.to(device)
+        labels = self._prepare_class_labels(class_labels, batch_size)
+        labels = labels.to(device) if labels is not None else None
 
         # 1. x_T ~ N(0, I), and the (respaced) chain of timesteps T-1 > ... > 0
         config = self.unet.config
@@ -258,17 +250,24 @@ class DDPMMnistPipeline(DiffusionPipeline):
                 frame_steps.append(int(timesteps[i + 1]) + 1 if i + 1 < len(timesteps) else 0)
 
         # 5. [-1, 1] -> [0, 1] images (and frames) in the output type asked for
-        images = self._to_output(sample, output_type)
-        trajectory = self._trajectory_output(frames, output_type) if return_trajectory else None
-        label_list = labels.tolist() if labels is not None else None
         self.maybe_free_model_hooks()
+        return self._output(sample, labels, frames, frame_steps, output_type, return_dict)
+
+    def _checked_sampling(self, num_inference_steps, guidance_scale, guidance_interval):
+        """(steps, scale, (low, high)) of a call, resolved against the saved defaults and checked."""
+        steps, scale, interval = self.resolve_sampling(num_inference_steps, guidance_scale, guidance_interval)
+        T = self.scheduler.config.num_train_timesteps
+        steps = T if steps is None else steps
+        return steps, scale, check_sampling_arguments(steps, scale, interval, num_train_timesteps=T)
+
+    def _output(self, sample, labels, frames, frame_steps, output_type, return_dict):
+        images = self._to_output(sample, output_type)
+        trajectory = self._trajectory_output(frames, output_type) if frames else None
+        label_list = labels.tolist() if labels is not None else None
         if not return_dict:
             return (images, label_list, trajectory, frame_steps or None)
         return DDPMMnistPipelineOutput(
-            images=images,
-            class_labels=label_list,
-            trajectory=trajectory,
-            trajectory_timesteps=frame_steps or None,
+            images=images, class_labels=label_list, trajectory=trajectory, trajectory_timesteps=frame_steps or None
         )
 
     def resolve_sampling(self, num_inference_steps=PIPELINE_DEFAULT, guidance_scale=None, guidance_interval=None):

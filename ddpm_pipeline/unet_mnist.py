@@ -110,6 +110,38 @@ def _blocks_per_level(layers_per_block, levels: int) -> tuple[int, ...]:
     return blocks
 
 
+def _check_attention(widths: tuple[int, ...], attention_levels, attention_head_dim):
+    if len(attention_levels) != len(widths) or any(not isinstance(a, bool) for a in attention_levels):
+        raise UNetConfigError(
+            "attention_levels",
+            f"attention_levels has {len(attention_levels)} entries but block_out_channels has {len(widths)}: give "
+            "one true/false per level.",
+        )
+    attended = {widths[-1]} | {w for w, a in zip(widths, attention_levels) if a}  # the middle block always has it
+    if not _is_int(attention_head_dim) or attention_head_dim < 1 or any(w % attention_head_dim for w in attended):
+        raise UNetConfigError(
+            "attention_head_dim",
+            f"attention_head_dim={attention_head_dim!r} must divide the width of every level with attention "
+            f"{sorted(attended)} (and the middle block's).",
+        )
+
+
+def _decoder_blocks_per_level(decoder_layers_per_block, encoder: tuple[int, ...], layers_per_block) -> tuple[int, ...]:
+    """Decoder blocks per level: layers_per_block + 1 by default (every skip eaten), or one number for every level
+    that no level's skips run short of."""
+    if decoder_layers_per_block is None:
+        return tuple(n + 1 for n in encoder)
+    most = min(encoder) + 1
+    if not _is_int(decoder_layers_per_block) or not 1 <= decoder_layers_per_block <= most:
+        raise UNetConfigError(
+            "decoder_layers_per_block",
+            f"decoder_layers_per_block must lie in [1, {most}]: each decoder block eats one skip connection, and "
+            f"the level with the fewest encoder blocks has {most} (layers_per_block={layers_per_block}); or leave "
+            "it unset.",
+        )
+    return (decoder_layers_per_block,) * len(encoder)
+
+
 class MnistUNet(ModelMixin, ConfigMixin):
     """Time- and optionally class-conditioned UNet for MNIST-sized images.
 
@@ -176,56 +208,62 @@ class MnistUNet(ModelMixin, ConfigMixin):
         )
 
         self.conv_in = nn.Conv2d(in_channels, base, 3, padding=1)
-        groups = norm_num_groups
 
         def block(cin, cout):
-            return ResidualBlock(cin, cout, embedding_dim, groups, dropout)
+            return ResidualBlock(cin, cout, embedding_dim, norm_num_groups, dropout)
 
-        # Down path: each level's input and each residual block's output can be a skip connection.
-        self.down_blocks = nn.ModuleList()
-        self.down_attentions = nn.ModuleList()
-        self.downsamplers = nn.ModuleList()
-        skip_channels = []  # per level, in the order the down path produces them
-        width = base
-        for level in range(len(block_out_channels)):
-            skip_channels.append([width])
-            for _ in range(self.layers_per_level[level]):
-                self.down_blocks.append(block(width, width))
-                self.down_attentions.append(
-                    AttentionBlock(width, attention_head_dim, groups) if attention_levels[level] else nn.Identity()
-                )
-                skip_channels[level].append(width)
-            if level < len(block_out_channels) - 1:
-                # The stride-2 convolution also widens to the next level, so every down block keeps its width.
-                self.downsamplers.append(nn.Conv2d(width, block_out_channels[level + 1], 3, stride=2, padding=1))
-                width = block_out_channels[level + 1]
+        def attention(width, level):
+            if attention_levels[level]:
+                return AttentionBlock(width, attention_head_dim, norm_num_groups)
+            return nn.Identity()
 
+        skip_channels, width = self._build_down_path(block_out_channels, block, attention)
         self.mid_block1 = block(width, width)
-        self.mid_attention = AttentionBlock(width, attention_head_dim, groups)
+        self.mid_attention = AttentionBlock(width, attention_head_dim, norm_num_groups)
         self.mid_block2 = block(width, width)
-
-        # Up path: decoder_layers_per_block blocks per level, each eating its level's latest unused skip.
-        self.up_blocks = nn.ModuleList()
-        self.up_attentions = nn.ModuleList()
-        self.upsamplers = nn.ModuleList()
-        for level in reversed(range(len(block_out_channels))):
-            out_width = block_out_channels[level]
-            for _ in range(self.decoder_layers_per_level[level]):
-                self.up_blocks.append(block(width + skip_channels[level].pop(), out_width))
-                self.up_attentions.append(
-                    AttentionBlock(out_width, attention_head_dim, groups) if attention_levels[level] else nn.Identity()
-                )
-                width = out_width
-            if level > 0:
-                # A 2x2 transposed convolution: learned upsampling at a ninth of the cost of nearest + 3x3; it also
-                # narrows to the finer level's width, so that the up blocks there can add to its output.
-                self.upsamplers.append(nn.ConvTranspose2d(width, block_out_channels[level - 1], 2, stride=2))
-                width = block_out_channels[level - 1]
-
+        width = self._build_up_path(block_out_channels, block, attention, skip_channels, width)
+        groups = norm_num_groups
         self.norm_out = nn.GroupNorm(groups, width)
         self.conv_out = nn.Conv2d(width, self.out_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
+
+    def _build_down_path(self, widths, block, attention) -> tuple[list[list[int]], int]:
+        """Down blocks and stride-2 convolutions; returns each level's skip widths (its input and each block's
+        output can be a skip connection) and the width that reaches the middle block."""
+        self.down_blocks = nn.ModuleList()
+        self.down_attentions = nn.ModuleList()
+        self.downsamplers = nn.ModuleList()
+        skip_channels, width = [], widths[0]
+        for level in range(len(widths)):
+            skip_channels.append([width])
+            for _ in range(self.layers_per_level[level]):
+                self.down_blocks.append(block(width, width))
+                self.down_attentions.append(attention(width, level))
+                skip_channels[level].append(width)
+            if level < len(widths) - 1:
+                # The stride-2 convolution also widens to the next level, so every down block keeps its width.
+                self.downsamplers.append(nn.Conv2d(width, widths[level + 1], 3, stride=2, padding=1))
+                width = widths[level + 1]
+        return skip_channels, width
+
+    def _build_up_path(self, widths, block, attention, skip_channels, width) -> int:
+        """decoder_layers_per_block blocks per level, each eating its level's latest unused skip, and 2x2
+        transposed convolutions between levels; returns the output width."""
+        self.up_blocks = nn.ModuleList()
+        self.up_attentions = nn.ModuleList()
+        self.upsamplers = nn.ModuleList()
+        for level in reversed(range(len(widths))):
+            for _ in range(self.decoder_layers_per_level[level]):
+                self.up_blocks.append(block(width + skip_channels[level].pop(), widths[level]))
+                self.up_attentions.append(attention(widths[level], level))
+                width = widths[level]
+            if level > 0:
+                # A 2x2 transposed convolution: learned upsampling at a ninth of the cost of nearest + 3x3; it also
+                # narrows to the finer level's width, so that the up blocks there can add to its output.
+                self.upsamplers.append(nn.ConvTranspose2d(width, widths[level - 1], 2, stride=2))
+                width = widths[level - 1]
+        return width
 
     @staticmethod
     def check_config(
@@ -247,52 +285,25 @@ class MnistUNet(ModelMixin, ConfigMixin):
         widths, levels = tuple(block_out_channels), len(block_out_channels)
         if levels == 0 or any(not _is_int(w) or w < 1 for w in widths):
             raise UNetConfigError(
-                "block_out_channels", f"block_out_channels needs one positive width per level, got {widths}."
+                "block_out_channels", f"block_out_channels needs one positive width per level: {widths}."
             )
-        if not _is_int(in_channels) or in_channels < 1:
+        for name, value in (("in_channels", in_channels), ("norm_num_groups", norm_num_groups)):
+            if not _is_int(value) or value < 1:
+                raise UNetConfigError(name, f"{name} must be a positive integer, got {value!r}.")
+        if any(w % norm_num_groups for w in widths):
             raise UNetConfigError(
-                "in_channels", f"in_channels must be a positive number of channels, got {in_channels!r}."
-            )
-        if not _is_int(norm_num_groups) or norm_num_groups < 1 or any(w % norm_num_groups for w in widths):
-            raise UNetConfigError(
-                "norm_num_groups", f"norm_num_groups={norm_num_groups!r} must divide every width in {widths}."
+                "norm_num_groups", f"norm_num_groups={norm_num_groups} must divide every width {widths}."
             )
         factor = 2 ** (levels - 1)
         if not _is_int(sample_size) or sample_size < factor or sample_size % factor:
             raise UNetConfigError(
                 "sample_size",
                 f"sample_size={sample_size!r} cannot be halved {levels - 1} times; use a size divisible by {factor} "
-                "or fewer "
-                "levels.",
+                "or fewer levels.",
             )
-        if len(attention_levels) != levels or any(not isinstance(a, bool) for a in attention_levels):
-            raise UNetConfigError(
-                "attention_levels",
-                f"attention_levels has {len(attention_levels)} entries but block_out_channels has {levels}: give one "
-                "true/false per "
-                "level.",
-            )
-        attended = {widths[-1]} | {w for w, a in zip(widths, attention_levels) if a}  # the middle block always has it
-        if not _is_int(attention_head_dim) or attention_head_dim < 1 or any(w % attention_head_dim for w in attended):
-            raise UNetConfigError(
-                "attention_head_dim",
-                f"attention_head_dim={attention_head_dim!r} must divide the width of every level with attention "
-                f"{sorted(attended)} "
-                "(and the middle block's).",
-            )
+        _check_attention(widths, attention_levels, attention_head_dim)
         encoder = _blocks_per_level(layers_per_block, levels)
-        if decoder_layers_per_block is None:
-            decoder = tuple(n + 1 for n in encoder)
-        else:
-            most = min(encoder) + 1
-            if not _is_int(decoder_layers_per_block) or not 1 <= decoder_layers_per_block <= most:
-                raise UNetConfigError(
-                    "decoder_layers_per_block",
-                    f"decoder_layers_per_block must lie in [1, {most}]: each decoder block eats one skip connection, "
-                    "and the level with the "
-                    f"fewest encoder blocks has {most} (layers_per_block={layers_per_block}); or leave it unset.",
-                )
-            decoder = (decoder_layers_per_block,) * levels
+        decoder = _decoder_blocks_per_level(decoder_layers_per_block, encoder, layers_per_block)
         if num_class_embeds is not None and (not _is_int(num_class_embeds) or num_class_embeds < 1):
             raise UNetConfigError(
                 "num_class_embeds",
