@@ -1,16 +1,20 @@
-"""Sampling speed and quality against the number of steps, for our scheduler, DDIM and DPM-Solver++.
+"""Sampling speed and quality per sampler, step count and guidance: the sampler study, and the default call.
 
-    python benchmarks/bench_sample.py [--model pretrained/ddpm-mnist] [--quality_samples 200] [--steps 1000,50,10]
-        [--schedulers ddpm,ddim,dpm]
+    python benchmarks/bench_sample.py [--model pretrained/ddpm-mnist] [--quality_samples 1000]
+        [--schedulers ddpm,ddpm2,ddim,dpm] [--steps 10,6] [--guidance 2:0.3,0.8;1.5:0,1] [--default_call]
 
-For each scheduler and step count: seconds for 36 images (after a warm-up), images/s, and quality on
+For each scheduler, step count and guidance (SCALE:LOW,HIGH: weight 2 on 0.3 T <= t < 0.8 T, say): seconds for 36
+images (median of 3 timed calls after a warm-up), the UNet evaluations one call of 36 costs, and quality on
 ``--quality_samples`` samples (classifier FID against held-out digits at equal counts, clear rate, digit accuracy).
-The UNet runs in the dtype ``ddpm-mnist sample`` picks on this machine (``--dtype``, default auto: bfloat16 where the
-CPU runs it natively, else float32 in channels-last), the scheduler in float32.
-Writes benchmarks/results/bench_sample.json.
+``ddpm`` is our learned-variance sampler, ``ddpm2`` the same with a second-order x_0 (sampling_order=2), ``ddim`` and
+``dpm`` diffusers' DDIM and DPM-Solver++. ``--default_call`` adds the row of the model's saved default call, as
+``pipe()`` and ``ddpm-mnist sample`` run it. The UNet runs in the dtype ``ddpm-mnist sample`` picks on this machine
+(``--dtype``, default auto: bfloat16 where the CPU runs it natively, else float32 in channels-last), the scheduler in
+float32. Writes benchmarks/results/bench_sample{tag}.json.
 """
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -21,104 +25,106 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import device, machine, print_table, synchronize, write_json  # noqa: E402
 
 STEPS = (1000, 250, 50, 25, 10)
-SCHEDULERS = ("ddpm", "ddim", "dpm")
+SCHEDULERS = ("ddpm", "ddpm2", "ddim", "dpm")
+
+
+def parse_guidance(text: str) -> list[tuple[float, tuple[float, float]]]:
+    """SCALE:LOW,HIGH;SCALE:LOW,HIGH;... e.g. 2:0.3,0.8;1.5:0,1"""
+    settings = []
+    for item in text.split(";"):
+        scale, interval = item.split(":")
+        low, high = (float(v) for v in interval.split(","))
+        settings.append((float(scale), (low, high)))
+    return settings
+
+
+def unet_calls(pipe, steps, scale, interval) -> int:
+    """UNet evaluations of batch 36 in one call: two on the steps guidance covers, one elsewhere."""
+    pipe.scheduler.set_timesteps(steps)
+    T = pipe.scheduler.config.num_train_timesteps
+    guided = sum(interval[0] * T <= int(t) < interval[1] * T for t in pipe.scheduler.timesteps)
+    return len(pipe.scheduler.timesteps) + (guided if scale != 1.0 and pipe.unet.config.num_class_embeds else 0)
+
+
+def seconds_for_36(pipe, **settings) -> float:
+    labels = [i % 10 for i in range(36)]
+    pipe(batch_size=36, class_labels=labels, output_type="pt", **settings)  # warm-up
+    times = []
+    for repeat in range(3):
+        synchronize()
+        started = time.perf_counter()
+        pipe(batch_size=36, class_labels=labels, generator=torch.Generator().manual_seed(repeat), **settings)
+        synchronize()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def measure(pipe, name, steps, scale, interval, args, reference) -> dict:
+    from ddpm_pipeline.evaluation import generate, score_samples, with_scheduler
+
+    sampler = with_scheduler(pipe, name)
+    steps, scale, interval = sampler.resolve_sampling(steps, scale, interval)
+    steps = steps or sampler.scheduler.config.num_train_timesteps
+    settings = {"num_inference_steps": steps, "guidance_scale": scale, "guidance_interval": interval}
+    seconds = seconds_for_36(sampler, **settings)
+    row = {
+        "scheduler": name,
+        "steps": steps,
+        "guidance": f"{scale:g} on [{interval[0]:g}, {interval[1]:g})",
+        "unet_calls": unet_calls(with_scheduler(pipe, "ddpm"), steps, scale, interval),
+        "seconds_for_36": seconds,
+    }
+    if args.quality_samples and (steps < args.skip_long_quality or name in (None, "ddpm")):
+        samples, requested = generate(
+            sampler, args.quality_samples, steps, scale, args.seed, guidance_interval=interval
+        )
+        quality = score_samples(samples, reference, requested)
+        row.update({k: quality[k] for k in ("fid", "fid_real_floor", "clear_rate", "digit_accuracy")})
+        row["fid_over_floor"] = row["fid"] / row["fid_real_floor"]
+    print(row, file=sys.stderr)
+    return row
 
 
 def main():
     from ddpm_pipeline import DDPMMnistPipeline
-    from ddpm_pipeline.cli import parse_guidance_interval
-    from ddpm_pipeline.evaluation import embedded_reference, generate, score_samples, with_scheduler
+    from ddpm_pipeline.evaluation import embedded_reference
     from ddpm_pipeline.hardware import DTYPE_CHOICES, prepare_for_sampling
+    from ddpm_pipeline.pipeline_ddpm_mnist import PIPELINE_DEFAULT
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="pretrained/ddpm-mnist")
-    parser.add_argument("--quality_samples", type=int, default=200)
-    parser.add_argument(
-        "--dtype", choices=DTYPE_CHOICES, default="auto", help="the UNet's; auto = what ddpm-mnist sample uses here"
-    )
+    parser.add_argument("--quality_samples", type=int, default=1000, help="0 = time only")
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help="auto = what ddpm-mnist sample uses")
     parser.add_argument("--steps", default=",".join(map(str, STEPS)))
-    parser.add_argument("--schedulers", default=",".join(SCHEDULERS), help=f"comma-separated, from {SCHEDULERS}")
-    parser.add_argument("--guidance_scale", type=float, default=2.0)
+    parser.add_argument("--schedulers", default="ddpm", help=f"comma-separated, from {SCHEDULERS}")
     parser.add_argument(
-        "--guidance_interval",
-        type=parse_guidance_interval,
-        default=(0.0, 1.0),
-        help="LOW,HIGH: guide only where LOW*T <= t < HIGH*T (default: every step)",
+        "--guidance", type=parse_guidance, default=None, help="SCALE:LOW,HIGH;... (default: the model's)"
     )
+    parser.add_argument("--default_call", action="store_true", help="also the model's saved default call")
     parser.add_argument("--seed", type=int, default=0, help="seed of the quality samples (FID moves by 1-2 with it)")
     parser.add_argument("--tag", default="", help="suffix for the JSON file name")
-    parser.add_argument(
-        "--skip_long_quality",
-        type=int,
-        default=1000,
-        help="measure quality at this many steps or more only for our scheduler (it is slow)",
-    )
+    parser.add_argument("--skip_long_quality", type=int, default=1000, help="quality at this many steps: ddpm only")
     args = parser.parse_args()
-    interval = args.guidance_interval
     schedulers = [name.strip() for name in args.schedulers.split(",")]
     if any(name not in SCHEDULERS for name in schedulers):
         parser.error(f"--schedulers takes names from {SCHEDULERS}, got {args.schedulers!r}")
 
     pipe = prepare_for_sampling(DDPMMnistPipeline.from_pretrained(args.model), device(), args.dtype)
     dtype = str(pipe.unet.dtype).removeprefix("torch.")
-    reference = embedded_reference()
+    reference = embedded_reference() if args.quality_samples else None
     rows = []
-    for steps in [int(s) for s in args.steps.split(",")]:
+    if args.default_call:
+        rows.append(measure(pipe, None, PIPELINE_DEFAULT, None, None, args, reference))
+        order = pipe.scheduler.config.get("sampling_order", 1)
+        rows[-1]["scheduler"] = f"default call ({'ddpm2' if order == 2 else 'ddpm'})"
+    guidance = args.guidance or [(None, None)]
+    for steps in [int(s) for s in args.steps.split(",") if s]:
         for name in schedulers:
-            sampler = with_scheduler(pipe, name)
-            labels = [i % 10 for i in range(36)]
-            sampler(
-                batch_size=36,
-                class_labels=labels,
-                num_inference_steps=min(steps, 5),
-                guidance_scale=args.guidance_scale,
-                guidance_interval=interval,
-            )
-            synchronize()
-            started = time.perf_counter()
-            sampler(
-                batch_size=36,
-                class_labels=labels,
-                num_inference_steps=steps,
-                guidance_scale=args.guidance_scale,
-                guidance_interval=interval,
-                generator=torch.Generator().manual_seed(0),
-                output_type="pt",
-            )
-            synchronize()
-            seconds = time.perf_counter() - started
-            row = {"scheduler": name, "steps": steps, "seconds_for_36": seconds, "images_per_second": 36 / seconds}
-            if args.quality_samples and (steps < args.skip_long_quality or name == "ddpm"):
-                samples, requested = generate(
-                    sampler,
-                    args.quality_samples,
-                    steps,
-                    args.guidance_scale,
-                    seed=args.seed,
-                    guidance_interval=interval,
-                )
-                quality = score_samples(samples, reference, requested)
-                row.update({k: quality[k] for k in ("fid", "fid_real_floor", "clear_rate", "digit_accuracy")})
-            rows.append(row)
-            print(f"{name} {steps} steps: {seconds:.2f} s for 36", file=sys.stderr)
-    print(
-        f"\nMachine: {machine()}; UNet dtype {dtype}; guidance {args.guidance_scale} on t/T in "
-        f"[{interval[0]}, {interval[1]}); "
-        f"quality on {args.quality_samples} samples vs as many held-out digits.\n"
-    )
-    print_table(
-        rows,
-        [
-            "scheduler",
-            "steps",
-            "seconds_for_36",
-            "images_per_second",
-            "fid",
-            "fid_real_floor",
-            "clear_rate",
-            "digit_accuracy",
-        ],
-    )
+            for scale, interval in guidance:
+                rows.append(measure(pipe, name, steps, scale, interval, args, reference))
+    print(f"\nMachine: {machine()}; UNet dtype {dtype}; quality on {args.quality_samples} samples.\n")
+    columns = ["scheduler", "steps", "guidance", "unet_calls", "seconds_for_36", "fid", "fid_real_floor"]
+    print_table(rows, columns + ["clear_rate", "digit_accuracy"])
     write_json(
         f"bench_sample{args.tag}",
         {
@@ -127,8 +133,7 @@ def main():
             "dtype": dtype,
             "quality_samples": args.quality_samples,
             "seed": args.seed,
-            "guidance_scale": args.guidance_scale,
-            "guidance_interval": list(interval),
+            "command": "python benchmarks/bench_sample.py " + " ".join(sys.argv[1:]),
             "rows": rows,
         },
     )

@@ -245,7 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = command("evaluate", "score samples: FID, clear rate, accuracy, coverage, NLL, memorization")
     _sampling_flags(evaluate)
     evaluate.add_argument("--num_samples", type=positive_int, default=1000, help="(at least 2)")
-    evaluate.add_argument("--scheduler", choices=SCHEDULERS, default="ddpm")
+    evaluate.add_argument(
+        "--scheduler",
+        choices=SCHEDULERS,
+        default=None,
+        help="ddpm (ours), ddpm2 (ours, second-order x_0), ddim or dpm (diffusers'); default: the model's own",
+    )
     evaluate.add_argument("--nll_images", type=non_negative_int, default=200, help="held-out images for the NLL bound")
     evaluate.add_argument("--nll_steps", type=positive_int, default=50, help="chain length for the NLL bound")
     evaluate.add_argument("--out", type=writable_file(".json"), default=Path("evaluation.json"))

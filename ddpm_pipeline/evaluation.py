@@ -13,7 +13,7 @@ from .metrics.classifier import MnistClassifier, load_classifier
 from .pipeline_ddpm_mnist import PIPELINE_DEFAULT, SAMPLING_DEFAULT_KEYS
 from .scheduling_ddpm_cosine import CosineDDPMScheduler
 
-SCHEDULERS = ("ddpm", "ddim", "dpm")
+SCHEDULERS = ("ddpm", "ddpm2", "ddim", "dpm")
 
 
 @dataclass
@@ -32,9 +32,9 @@ def embedded_reference() -> ReferenceData:
     return ReferenceData(scale_to_model_range(train), scale_to_model_range(held_out), labels)
 
 
-def with_scheduler(pipe, name: str):
-    """A new pipeline sharing ``pipe``'s UNet, with our scheduler ("ddpm"), DDIM or DPM-Solver++ built from its
-    scheduler's config; ``pipe`` itself is left as it was.
+def with_scheduler(pipe, name: str | None):
+    """A new pipeline sharing ``pipe``'s UNet, with our scheduler ("ddpm"; "ddpm2" with the second-order x_0), DDIM or
+    DPM-Solver++ built from its scheduler's config; ``pipe`` itself is left as it was.
 
     DPM-Solver++ does not clip its x_0 estimates the way our scheduler and DDIM do (clip_sample); near t = T the
     cosine schedule's alpha_bar is ~1e-9, so an unclipped x_0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar) explodes.
@@ -42,10 +42,12 @@ def with_scheduler(pipe, name: str):
     """
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
-    if name not in SCHEDULERS:
+    if name is not None and name not in SCHEDULERS:
         raise ValueError(f"Unknown scheduler {name!r}: choose one of {', '.join(SCHEDULERS)}.")
     config = pipe.scheduler.config
-    if name == "ddim":
+    if name is None:  # the pipeline's own, as saved (its sampling_order included)
+        scheduler = type(pipe.scheduler).from_config(config)
+    elif name == "ddim":
         scheduler = DDIMScheduler.from_config(config)
     elif name == "dpm":
         scheduler = DPMSolverMultistepScheduler.from_config(
@@ -55,8 +57,10 @@ def with_scheduler(pipe, name: str):
             sample_max_value=config.get("clip_sample_range", 1.0),
             lambda_min_clipped=-5.1,
         )
+    elif name == "ddpm2":
+        scheduler = CosineDDPMScheduler.from_config(config, sampling_order=2)
     else:
-        scheduler = CosineDDPMScheduler.from_config(config)
+        scheduler = CosineDDPMScheduler.from_config(config, sampling_order=1)
     defaults = {key: pipe.config[key] for key in SAMPLING_DEFAULT_KEYS if key in pipe.config}
     copy = type(pipe)(unet=pipe.unet, scheduler=scheduler, **defaults)
     copy.set_progress_bar_config(disable=True)
@@ -154,7 +158,7 @@ def evaluate_pipeline(
     pipe,
     num_samples: int = 1000,
     num_inference_steps: int | None = PIPELINE_DEFAULT,
-    scheduler: str = "ddpm",
+    scheduler: str | None = None,
     guidance_scale: float | None = None,
     guidance_interval: tuple[float, float] | None = None,
     seed: int = 0,
@@ -179,7 +183,8 @@ def evaluate_pipeline(
     )
     sampling_seconds = time.perf_counter() - started
     result = {
-        "scheduler": scheduler,
+        "scheduler": scheduler or type(pipe.scheduler).__name__,
+        "sampling_order": sampler.scheduler.config.get("sampling_order", 1),
         "num_inference_steps": num_inference_steps or pipe.scheduler.config.num_train_timesteps,
         "guidance_scale": guidance_scale,
         "guidance_interval": [float(bound) for bound in guidance_interval],
