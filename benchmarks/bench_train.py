@@ -50,46 +50,38 @@ COMPILED = {
 }
 
 
-def run_one(name: str, batch_size: int, steps: int, tune_allocator: bool) -> dict:
+def build(kind: str, batch_size: int, dev):
+    """(model, scheduler, optimizer, batch, labels) of one contender: ours as the default run builds it (fused
+    AdamW), the reference as the diffusers course does (plain AdamW)."""
     from diffusers import DDPMScheduler
 
-    from ddpm_pipeline import CosineDDPMScheduler
-    from ddpm_pipeline.cpu_allocator import keep_freed_memory
-    from ddpm_pipeline.losses import diffusion_loss
     from ddpm_pipeline.training_config import TrainingConfig
     from ddpm_pipeline.training_setup import build_models, build_optimizer
 
-    kind, precision, compiled = {**CONFIGS, **COMPILED}[name]
-    dev = device()
-    allocator_tuned = dev.type == "cpu" and tune_allocator and keep_freed_memory()
     torch.manual_seed(0)
     x0 = torch.rand(batch_size, 1, 28, 28, device=dev) * 2 - 1
     labels = torch.randint(0, 10, (batch_size,), device=dev)
     if kind == "ours":
         config = TrainingConfig()  # the default run
         model, scheduler = build_models(config, num_classes=10)
+        optimizer = build_optimizer(config, model.to(dev).parameters(), dev)
     else:
-        model = reference_unet()
-        scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
-    model = model.to(dev)
-    flops = forward_flops(model, x0[:1], torch.tensor([5], device=dev), *([labels[:1]] if kind == "ours" else []))
-    # our training loop's optimizer (fused AdamW) for ours; the course's plain AdamW for the reference
-    optimizer = (
-        build_optimizer(config, model.parameters(), dev)
-        if kind == "ours"
-        else torch.optim.AdamW(model.parameters(), lr=1e-4)
-    )
-    network = torch.compile(model) if compiled else model
+        model, scheduler = reference_unet(), DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+        optimizer = torch.optim.AdamW(model.to(dev).parameters(), lr=1e-4)
+    return model, scheduler, optimizer, x0, labels
+
+
+def training_step(kind, network, scheduler, optimizer, x0, labels, precision):
+    """One full step: noising, forward (autocast in bf16 rows), loss, backward, optimizer."""
+    from ddpm_pipeline import CosineDDPMScheduler
+    from ddpm_pipeline.losses import diffusion_loss
 
     def step():
         noise = torch.randn_like(x0)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), device=dev)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), device=x0.device)
         noisy = scheduler.add_noise(x0, noise, t)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            if kind == "ours":
-                output = network(noisy, t, labels).sample
-            else:
-                output = network(noisy, t).sample
+        with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            output = network(noisy, t, labels).sample if kind == "ours" else network(noisy, t).sample
         if isinstance(scheduler, CosineDDPMScheduler):
             loss = diffusion_loss(output, scheduler, x0, noise, noisy, t).loss
         else:
@@ -98,13 +90,14 @@ def run_one(name: str, batch_size: int, steps: int, tune_allocator: bool) -> dic
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    # warm-up covers compilation, autotuning and the allocator; then rounds of steps, each after a ceiling probe
-    probe, probe_flops = ceiling_probe(ceiling_for(precision))
-    for _ in range(3 if compiled else 2):
-        step()
-    step_seconds, ceiling_rates = 0.0, []
+    return step
+
+
+def time_in_rounds(step, probe, probe_flops, steps: int) -> tuple[float, float, float]:
+    """(seconds of the steps, the median ceiling in GFLOP/s, page faults per step): rounds of steps, each after a
+    probe of the ceiling, so that the machine's drift hits both alike."""
+    step_seconds, ceiling_rates, done = 0.0, [], 0
     faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    done = 0
     while done < steps:
         ceiling_rates.append(probe_flops / seconds_per_call(probe, 5) / 1e9)
         round_steps = min(STEPS_PER_ROUND, steps - done)
@@ -112,8 +105,24 @@ def run_one(name: str, batch_size: int, steps: int, tune_allocator: bool) -> dic
         done += round_steps
     # the probes' faults (if any) are counted with the steps': an upper bound on the steps' own
     faults_per_step = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before) / steps
+    return step_seconds, sorted(ceiling_rates)[len(ceiling_rates) // 2], faults_per_step
+
+
+def run_one(name: str, batch_size: int, steps: int, tune_allocator: bool) -> dict:
+    from ddpm_pipeline.cpu_allocator import keep_freed_memory
+
+    kind, precision, compiled = {**CONFIGS, **COMPILED}[name]
+    dev = device()
+    allocator_tuned = dev.type == "cpu" and tune_allocator and keep_freed_memory()
+    model, scheduler, optimizer, x0, labels = build(kind, batch_size, dev)
+    flops = forward_flops(model, x0[:1], torch.tensor([5], device=dev), *([labels[:1]] if kind == "ours" else []))
+    network = torch.compile(model) if compiled else model
+    step = training_step(kind, network, scheduler, optimizer, x0, labels, precision)
+    probe, probe_flops = ceiling_probe(ceiling_for(precision))
+    for _ in range(3 if compiled else 2):  # warm-up: compilation, autotuning and the allocator
+        step()
+    step_seconds, ceiling, faults_per_step = time_in_rounds(step, probe, probe_flops, steps)
     images_per_second = batch_size * steps / step_seconds
-    ceiling = sorted(ceiling_rates)[len(ceiling_rates) // 2]
     peak_mb = (
         torch.cuda.max_memory_allocated() / 2**20
         if dev.type == "cuda"
@@ -134,60 +143,47 @@ def run_one(name: str, batch_size: int, steps: int, tune_allocator: bool) -> dic
     }
 
 
-def main():
+def run_in_subprocess(name: str, args) -> dict:
+    """One configuration in its own process, so that its peak memory and page faults are its own."""
+    command = [sys.executable, __file__, "--single", name, "--batch_size", str(args.batch_size)]
+    command += ["--steps", str(args.steps), *(["--no_tune_allocator"] if args.no_tune_allocator else [])]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    row = json.loads(result.stdout.strip().splitlines()[-1])
+    print(f"{name}: {row['images_per_second']:.0f} images/s", file=sys.stderr)
+    return row
+
+
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument(
-        "--compile", action="store_true", help="also time both models under torch.compile (bf16); pays on GPUs"
-    )
+    parser.add_argument("--compile", action="store_true", help="also time both models under torch.compile (bf16)")
     parser.add_argument(
         "--configs",
         default=None,
         help=f"comma-separated, from: {', '.join([*CONFIGS, *COMPILED])} (default: all four where bf16 is native, "
         "else the float32 ones: bf16 on slow reference kernels takes minutes per step)",
     )
-    parser.add_argument(
-        "--no_tune_allocator",
-        action="store_true",
-        help="leave glibc's allocator as it is (the A/B for ddpm_pipeline/cpu_allocator.py)",
-    )
+    parser.add_argument("--no_tune_allocator", action="store_true", help="leave glibc's allocator as it is")
     parser.add_argument("--tag", default="", help="suffix for the JSON file name")
     parser.add_argument("--single", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    chosen = args.configs or ",".join(CONFIGS if native_bf16() else [n for n in CONFIGS if n.endswith("fp32")])
+    args.names = [name.strip() for name in chosen.split(",")] + (list(COMPILED) if args.compile else [])
+    unknown = [name for name in args.names if name not in {**CONFIGS, **COMPILED}]
+    if unknown and not args.single:
+        parser.error(f"unknown config(s) {unknown}; choose from {[*CONFIGS, *COMPILED]}")
+    return args
+
+
+def main():
+    args = parse_args()
     if args.single:
         print(json.dumps(run_one(args.single, args.batch_size, args.steps, not args.no_tune_allocator)))
         return
-
     limits = ceilings()
-    rows = []
-    chosen = args.configs or ",".join(CONFIGS if native_bf16() else [n for n in CONFIGS if n.endswith("fp32")])
-    names = [name.strip() for name in chosen.split(",")] + (list(COMPILED) if args.compile else [])
-    unknown = [name for name in names if name not in {**CONFIGS, **COMPILED}]
-    if unknown:
-        parser.error(f"unknown config(s) {unknown}; choose from {[*CONFIGS, *COMPILED]}")
-    for name in names:
-        result = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--single",
-                name,
-                "--batch_size",
-                str(args.batch_size),
-                "--steps",
-                str(args.steps),
-                *(["--no_tune_allocator"] if args.no_tune_allocator else []),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        row = json.loads(result.stdout.strip().splitlines()[-1])
-        rows.append(row)
-        print(f"{name}: {row['images_per_second']:.0f} images/s", file=sys.stderr)
-    by_name = {r["config"]: r for r in rows}
-    reference = by_name.get("reference fp32", {}).get("images_per_second")
+    rows = [run_in_subprocess(name, args) for name in args.names]
+    reference = {r["config"]: r for r in rows}.get("reference fp32", {}).get("images_per_second")
     for row in rows:
         row["vs_reference_fp32"] = row["images_per_second"] / reference if reference else None
     print(f"\nMachine: {machine()}\nCeilings (GFLOP/s): " + ", ".join(f"{k} {v:.0f}" for k, v in limits.items()))
@@ -196,21 +192,8 @@ def main():
         f"{STEPS_PER_ROUND} between probes of the ceiling (its median is the ceiling column); allocator "
         f"{'left as it is' if args.no_tune_allocator else 'keeping freed memory'}.\n"
     )
-    print_table(
-        rows,
-        [
-            "config",
-            "params_m",
-            "gflop_per_image_fwd",
-            "images_per_second",
-            "vs_reference_fp32",
-            "train_gflops",
-            "ceiling_gflops",
-            "share_of_ceiling",
-            "page_faults_per_step",
-            "peak_memory_mb",
-        ],
-    )
+    columns = ["config", "params_m", "gflop_per_image_fwd", "images_per_second", "vs_reference_fp32", "train_gflops"]
+    print_table(rows, columns + ["ceiling_gflops", "share_of_ceiling", "page_faults_per_step", "peak_memory_mb"])
     write_json(
         f"bench_train{args.tag}",
         {
