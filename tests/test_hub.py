@@ -91,12 +91,8 @@ def push(out, env, repo="alice/tiny-ddpm", *extra):
     return run([sys.executable, "-m", "ddpm_pipeline.cli", "push", str(out), "--hub_model_id", repo, *extra], env)
 
 
-def test_push_stores_exact_bytes_and_loads_both_ways(hub, tmp_path, saved_pipeline):
-    out, expected = saved_pipeline
-    env = client_env(hub, tmp_path)
-    result = push(out, env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    stored = hub.files("alice/tiny-ddpm")
+def assert_pushed_layout(stored: dict[str, bytes], out):
+    """The pipeline, card, pictures and remote code arrived byte for byte; checkpoints and logs stayed home."""
     # the pipeline, card and pictures, plus the remote-code layout; never checkpoints or logs
     for name in [
         "model_index.json",
@@ -127,6 +123,15 @@ def test_push_stores_exact_bytes_and_loads_both_ways(hub, tmp_path, saved_pipeli
         ("scheduler/scheduling_ddpm_cosine.py", "scheduling_ddpm_cosine.py"),
     ]:
         assert stored[path] == (package / source).read_bytes()
+
+
+def test_push_stores_exact_bytes_and_loads_both_ways(hub, tmp_path, saved_pipeline):
+    out, expected = saved_pipeline
+    env = client_env(hub, tmp_path)
+    result = push(out, env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    stored = hub.files("alice/tiny-ddpm")
+    assert_pushed_layout(stored, out)
     card = stored["README.md"].decode()
     assert "library_name: diffusers" in card and "alice/tiny-ddpm" in card and "trust_remote_code=True" in card
 
