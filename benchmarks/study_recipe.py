@@ -39,6 +39,8 @@ VARIANTS = {
     "ema_long": ["--ema_max_decay", "0.9999", "--ema_power", "0.6667"],
     # decay 1 - 1/(1 + step/18): a window growing as step/18, like Karras et al.'s power EMA with sigma_rel ~0.05
     "ema_power_function": ["--ema_power", "1", "--ema_inv_gamma", "18"],
+    # the same online EMA, plus raw-weight snapshots: one run scores the online EMA and post-hoc widths
+    "ema_power_function_snapshots": ["--ema_power", "1", "--ema_inv_gamma", "18", "--weight_snapshot_steps", "10"],
     "lr_3e-3": ["--learning_rate", "3e-3"],
     "dropout_0.1": ["--dropout", "0.1"],
     "width_96_at_14": ["--block_out_channels", "32,96,64"],
