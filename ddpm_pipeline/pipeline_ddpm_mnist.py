@@ -77,12 +77,13 @@ class DDPMMnistPipeline(DiffusionPipeline):
         self,
         unet,
         scheduler,
-        default_num_inference_steps: int | None = None,
+        default_num_inference_steps: int | None = 10,
         default_guidance_scale: float = 2.0,
-        default_guidance_interval: tuple[float, float] | list[float] = (0.0, 1.0),
+        default_guidance_interval: tuple[float, float] | list[float] = (0.4, 0.8),
     ):
         """``default_*``: what a call without those arguments uses, saved in ``model_index.json`` with the pipeline
-        (None steps = the full training chain). A model trained with other settings carries its own."""
+        (None steps = the full training chain). A model trained with other settings carries its own. These defaults
+        are the best FID per UNet call of the sampler study (benchmarks/RESULTS.md)."""
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
         check_sampling_arguments(

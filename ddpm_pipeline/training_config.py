@@ -127,8 +127,8 @@ class TrainingConfig:
         choices=("uniform", "lognormal"),
     )
     # ---- optimisation
-    train_batch_size: int = setting(128, "images per process per micro-batch", Bounds(minimum=1, maximum=65536))
-    num_epochs: int = setting(26, "passes over the data (ignored if max_train_steps is set)", POSITIVE)
+    train_batch_size: int = setting(32, "images per process per micro-batch", Bounds(minimum=1, maximum=65536))
+    num_epochs: int = setting(11, "passes over the data (ignored if max_train_steps is set)", POSITIVE)
     max_train_steps: int | None = setting(None, "optimizer steps; overrides num_epochs", POSITIVE)
     gradient_accumulation_steps: int = setting(1, "micro-batches per optimizer step", Bounds(minimum=1, maximum=4096))
     learning_rate: float = setting(2e-3, "peak learning rate (AdamW)", Bounds(above=0))
@@ -160,8 +160,12 @@ class TrainingConfig:
     # ---- EMA
     use_ema: bool = setting(True, "keep an exponential moving average of the weights")
     ema_max_decay: float = setting(0.9995, "EMA decay ceiling", Bounds(above=0, below=1))
-    ema_inv_gamma: float = setting(1.0, "EMA warmup inverse gamma", Bounds(above=0))
-    ema_power: float = setting(0.75, "EMA warmup power", Bounds(above=0))
+    ema_inv_gamma: float = setting(
+        18.0, "EMA warmup inverse gamma: decay 1 - (1 + step / inv_gamma)^-power, capped", Bounds(above=0)
+    )
+    ema_power: float = setting(
+        1.0, "EMA warmup power (1 with inv_gamma 18: an average over the last ~1/18 of the steps)", Bounds(above=0)
+    )
     weight_snapshot_steps: int = setting(
         0,
         "save the raw training weights every N steps (0 = off), for post-hoc EMA (python -m ddpm_pipeline.posthoc_ema)",
@@ -175,8 +179,8 @@ class TrainingConfig:
     resume_from_checkpoint: str | None = setting(None, "'latest' or a checkpoint path")
     # ---- sampling: the saved pipeline's default call, which also makes the pictures
     guidance_scale: float = setting(2.0, "classifier-free guidance weight (1 = none)", NON_NEGATIVE)
-    guidance_interval: list[float] = setting([0.0, 1.0], "guide only where low T <= t < high T")
-    num_inference_steps: int | None = setting(50, "respaced sampling steps (None = the full chain)")
+    guidance_interval: list[float] = setting([0.4, 0.8], "guide only where low T <= t < high T")
+    num_inference_steps: int | None = setting(10, "respaced sampling steps (None = the full chain)")
     sampling_order: int = setting(
         1, "1: the DDPM step; 2: with a second-order x_0 in its mean (DPM-Solver++(2M), SDE form)", choices=(1, 2)
     )

@@ -36,11 +36,18 @@ def test_output_types_and_reproducibility(pipe):
     np.testing.assert_allclose(pt.permute(0, 2, 3, 1).numpy(), a, atol=1e-6)
 
 
-def test_full_chain_by_default(pipe):
-    calls = []
+def test_default_call_is_the_fast_setting_and_the_full_chain_one_argument_away(pipe):
+    calls = []  # images per UNet call: a guided step runs the digit and the null class in one doubled batch
     original = pipe.unet.forward
-    pipe.unet.forward = lambda *a, **k: calls.append(1) or original(*a, **k)
-    run(pipe, batch_size=2, guidance_scale=1.0, output_type="np")
+    pipe.unet.forward = lambda sample, *a, **k: calls.append(len(sample)) or original(sample, *a, **k)
+    # a bare pipeline's default call: 10 steps, guidance 2 where 0.4 T <= t < 0.8 T (the sampler study's pick)
+    assert pipe.config.default_num_inference_steps == 10
+    assert list(pipe.config.default_guidance_interval) == [0.4, 0.8]
+    run(pipe, batch_size=2, output_type="np")
+    guided = [t for t in pipe.scheduler.timesteps.tolist() if 0.4 * 50 <= t < 0.8 * 50]
+    assert calls == [4 if t in guided else 2 for t in pipe.scheduler.timesteps.tolist()] and 0 < len(guided) < 10
+    calls.clear()
+    run(pipe, batch_size=2, guidance_scale=1.0, num_inference_steps=None, output_type="np")
     assert len(calls) == pipe.scheduler.config.num_train_timesteps
     calls.clear()
     run(pipe, batch_size=2, guidance_scale=1.0, num_inference_steps=7, output_type="np")
@@ -71,8 +78,8 @@ def test_guidance_interval_guides_only_the_timesteps_inside_it(pipe):
     assert {rows for _, rows in calls} == {3, 6}
     pipe.unet.forward = original
 
-    everywhere = run(pipe, **kwargs).images
-    np.testing.assert_array_equal(run(pipe, guidance_interval=(0.0, 1.0), **kwargs).images, everywhere)
+    everywhere = run(pipe, guidance_interval=(0.0, 1.0), **kwargs).images  # the whole chain, guided
+    assert not np.array_equal(run(pipe, **kwargs).images, everywhere)  # the default interval guides part of it
     unguided = run(pipe, **{**kwargs, "guidance_scale": 1.0}).images
     # an interval that holds none of the 5 timesteps (49, 37, 25, 12, 0 of 50) is the unguided sampler
     np.testing.assert_array_equal(run(pipe, guidance_interval=(0.02, 0.2), **kwargs).images, unguided)
@@ -130,8 +137,14 @@ def test_trajectory(pipe, output_type):
 
 def test_full_trajectory_has_every_step():
     pipe = tiny_pipeline(num_train_timesteps=20)
-    out = run(pipe, batch_size=1, output_type="np", return_trajectory=True)
+    out = run(pipe, batch_size=1, output_type="np", return_trajectory=True, num_inference_steps=None)  # whole chain
     assert out.trajectory_timesteps == list(range(20, -1, -1))
+    default = run(pipe, batch_size=1, output_type="np", return_trajectory=True)  # the default call: 10 steps
+    assert (
+        len(default.trajectory) == 11
+        and default.trajectory_timesteps[0] == 20
+        and default.trajectory_timesteps[-1] == 0
+    )
     noise = run(pipe, batch_size=1, output_type="np", return_trajectory=True, num_inference_steps=3)
     # the first frame is the pure-noise draw x_T (shown in [0, 1], so clipped noise has a wide spread)
     assert noise.trajectory[0].std() > 0.2
