@@ -52,6 +52,19 @@ def test_one_epoch_end_to_end(tmp_path):
     assert images.shape == (2, 28, 28, 1)
 
 
+def test_evaluate_scores_the_saved_default_call_and_fills_the_card(tmp_path):
+    out = tmp_path / "run"
+    flags = ["--max_train_steps", "2", "--evaluate", "--eval_num_samples", "20", "--guidance_interval", "0.2,0.9"]
+    assert train_ddpm.main(tiny_args(out, *flags)) == 0
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    saved = json.loads((out / "model_index.json").read_text())
+    assert evaluation["num_inference_steps"] == saved["default_num_inference_steps"] == 5  # configs/tiny.yaml
+    assert evaluation["guidance_interval"] == saved["default_guidance_interval"] == [0.2, 0.9]
+    assert evaluation["guidance_scale"] == saved["default_guidance_scale"] == 2.0
+    assert 0.0 <= evaluation["clear_rate"] <= 1.0 and evaluation["fid"] > 0
+    assert f"| clear_rate | {evaluation['clear_rate']:.4g} |" in (out / "README.md").read_text()
+
+
 def test_resume_continues_exactly(tmp_path):
     k = 3
     straight = tmp_path / "straight"
