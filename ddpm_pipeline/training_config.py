@@ -25,7 +25,12 @@ from diffusers.optimization import SchedulerType, get_scheduler
 
 from .hardware import MIXED_PRECISION_CHOICES
 from .hub import HubError, validate_repo_id
-from .pipeline_ddpm_mnist import check_sampling_arguments
+from .pipeline_ddpm_mnist import (
+    DEFAULT_GUIDANCE_INTERVAL,
+    DEFAULT_GUIDANCE_SCALE,
+    DEFAULT_NUM_INFERENCE_STEPS,
+    check_sampling_arguments,
+)
 from .scheduling_ddpm_cosine import PREDICTION_TYPES, CosineDDPMScheduler, SchedulerConfigError
 from .unet_mnist import MnistUNet, UNetConfigError
 
@@ -178,9 +183,11 @@ class TrainingConfig:
     checkpoints_total_limit: int | None = setting(2, "keep at most this many checkpoints", POSITIVE)
     resume_from_checkpoint: str | None = setting(None, "'latest' or a checkpoint path")
     # ---- sampling: the saved pipeline's default call, which also makes the pictures
-    guidance_scale: float = setting(2.0, "classifier-free guidance weight (1 = none)", NON_NEGATIVE)
-    guidance_interval: list[float] = setting([0.4, 0.8], "guide only where low T <= t < high T")
-    num_inference_steps: int | None = setting(10, "respaced sampling steps (None = the full chain)")
+    guidance_scale: float = setting(DEFAULT_GUIDANCE_SCALE, "classifier-free guidance weight (1 = none)", NON_NEGATIVE)
+    guidance_interval: list[float] = setting(list(DEFAULT_GUIDANCE_INTERVAL), "guide only where low T <= t < high T")
+    num_inference_steps: int | None = setting(
+        DEFAULT_NUM_INFERENCE_STEPS, "respaced sampling steps (None = the full chain)"
+    )
     sampling_order: int = setting(
         1, "1: the DDPM step; 2: with a second-order x_0 in its mean (DPM-Solver++(2M), SDE form)", choices=(1, 2)
     )
