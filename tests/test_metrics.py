@@ -78,6 +78,16 @@ def test_digit_accuracy_counts_the_requested_digit(real, classifier):
     assert scores.digit_accuracy(probabilities, (predicted + 1) % 10) == 0.0
 
 
+def test_shares_are_exact_counts():
+    # 950 clear of 1,000: exactly the 0.95 bar (a float32 mean says 0.94999999)
+    probabilities = torch.zeros(1000, 11)
+    probabilities[:950, 3] = 1.0
+    probabilities[950:, 3], probabilities[950:, 4] = 0.5, 0.5
+    assert scores.clear_rate(probabilities) == 0.95
+    assert scores.digit_accuracy(probabilities, torch.full((1000,), 3)) == 1.0
+    assert scores.digit_accuracy(probabilities, torch.tensor([3] * 950 + [4] * 50)) == 0.95
+
+
 def test_memorization_flags_copies(reference):
     copies = reference.train_images[:200]
     flagged = scores.memorization(copies, reference.train_images, reference.held_out_images)

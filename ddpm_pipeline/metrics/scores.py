@@ -35,13 +35,19 @@ def clear_mask(probabilities: torch.Tensor, threshold: float = CLEAR_CONFIDENCE)
     return (predicted != NOT_A_DIGIT) & (confidence >= threshold)
 
 
+def share(mask: torch.Tensor) -> float:
+    """The share of True in ``mask`` as count / total in double precision: 950 of 1,000 is exactly 0.95 (a float32
+    mean gives 0.94999999, below a 0.95 bar that the count meets)."""
+    return int(mask.sum()) / mask.numel()
+
+
 def clear_rate(probabilities: torch.Tensor, threshold: float = CLEAR_CONFIDENCE) -> float:
-    return clear_mask(probabilities, threshold).float().mean().item()
+    return share(clear_mask(probabilities, threshold))
 
 
 def digit_accuracy(probabilities: torch.Tensor, requested: torch.Tensor) -> float:
     """Share of samples whose predicted class (reject class included) is the digit that was asked for."""
-    return (probabilities.argmax(dim=1).cpu() == requested.cpu()).float().mean().item()
+    return share(probabilities.argmax(dim=1).cpu() == requested.cpu())
 
 
 def coverage(probabilities: torch.Tensor) -> tuple[float, list[int]]:
@@ -72,7 +78,7 @@ def memorization(samples: torch.Tensor, train_images: torch.Tensor, held_out_ima
     ratio = nearest_distances(samples, train_images) / nearest_distances(samples, held_out_images).clamp(min=1e-8)
     return {
         "median_ratio": ratio.median().item(),
-        "share_below_0.5": (ratio < 0.5).float().mean().item(),
+        "share_below_0.5": share(ratio < 0.5),
         "train_images": len(train_images),
         "held_out_images": len(held_out_images),
     }
