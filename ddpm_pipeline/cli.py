@@ -22,24 +22,23 @@ from .visualization import make_grid, make_trajectory_figure, save_trajectory_gi
 
 
 # ---------------------------------------------------------------------- flag types (errors name the flag)
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"takes a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def whole_number_at_least(minimum: int, requirement: str):
+    """A flag type: a whole number of at least ``minimum``; ``requirement`` says so in the error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"takes a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{requirement}, got {value}")
+        return value
+
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"takes a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+positive_int = whole_number_at_least(1, "must be at least 1")
+non_negative_int = whole_number_at_least(0, "must be 0 or more")
 
 
 def inference_steps(text: str):
