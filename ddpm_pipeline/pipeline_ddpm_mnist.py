@@ -230,10 +230,7 @@ class DDPMMnistPipeline(DiffusionPipeline):
         labels = labels.to(device) if labels is not None else None
 
         # 1. x_T ~ N(0, I), and the (respaced) chain of timesteps T-1 > ... > 0
-        config = self.unet.config
-        shape = (batch_size, config.in_channels, config.sample_size, config.sample_size)
-        sample = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
-        sample = sample * self.scheduler.init_noise_sigma
+        sample = self._initial_noise(batch_size, generator, device)
         self.scheduler.set_timesteps(int(num_inference_steps), device=device)
         timesteps = self.scheduler.timesteps
 
@@ -257,6 +254,13 @@ class DDPMMnistPipeline(DiffusionPipeline):
         # 5. [-1, 1] -> [0, 1] images (and frames) in the output type asked for
         self.maybe_free_model_hooks()
         return self._output(sample, labels, frames, frame_steps, output_type, return_dict)
+
+    def _initial_noise(self, batch_size: int, generator, device) -> torch.Tensor:
+        """x_T ~ N(0, I) in float32 (the scheduler's arithmetic stays float32 whatever the UNet's dtype)."""
+        config = self.unet.config
+        shape = (batch_size, config.in_channels, config.sample_size, config.sample_size)
+        sample = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+        return sample * self.scheduler.init_noise_sigma
 
     def _checked_sampling(self, num_inference_steps, guidance_scale, guidance_interval):
         """(steps, scale, (low, high)) of a call, resolved against the saved defaults and checked."""
