@@ -12,6 +12,7 @@ benchmarks/results/study_recipe{tag}.json and prints a table.
 """
 
 import argparse
+import hashlib
 import json
 import re
 import subprocess
@@ -49,13 +50,24 @@ VARIANTS = {
 }
 
 
+def defaults_tag() -> str:
+    """A short hash of the default config: the same flags on other defaults are another run."""
+    from ddpm_pipeline.training_config import defaults_yaml
+
+    return hashlib.sha256(defaults_yaml().encode()).hexdigest()[:8]
+
+
 def train_variant(name: str, flags: list[str], steps: int, work_dir: Path) -> Path:
-    """Train (or reuse) the run of these flags; its folder is named by the flags, so a reused run is the same run."""
-    out = work_dir / (re.sub(r"[^A-Za-z0-9.]+", "_", " ".join(flags)).strip("_") or "baseline") / str(steps)
+    """Train (or reuse) the run of these flags on today's defaults; its folder is named by both (the defaults by a
+    hash), so a reused run is the same run."""
+    slug = re.sub(r"[^A-Za-z0-9.]+", "_", " ".join(flags)).strip("_") or "baseline"
+    out = work_dir / f"defaults_{defaults_tag()}" / slug / str(steps)
     if (out / "run_info.json").is_file():
         print(f"{name}: reusing {out}", file=sys.stderr)
         return out
-    batch = BASE_BATCH
+    from ddpm_pipeline.training_config import TrainingConfig
+
+    batch = TrainingConfig().train_batch_size  # the default run's, unless a flag sets it
     for i, flag in enumerate(flags):  # the last --train_batch_size wins, as on the command line
         if flag == "--train_batch_size":
             batch = int(flags[i + 1])
@@ -152,6 +164,7 @@ def save(rows: list[dict], args):
         {
             "machine": machine(),
             "base_flags": args.base,
+            "defaults_sha256_8": defaults_tag(),
             "images_seen": args.max_train_steps * BASE_BATCH,
             "sampling": {"steps": args.sampling[0], "guidance": args.sampling[1], "interval": args.sampling[2]},
             "num_samples": args.num_samples,
