@@ -61,10 +61,11 @@ def seconds_for_36(pipe, **settings) -> float:
 
 def measure(pipe, name, steps, scale, interval, args, reference) -> dict:
     from ddpm_pipeline.evaluation import generate, score_samples, with_scheduler
+    from ddpm_pipeline.pipeline_ddpm_mnist import FULL_CHAIN
 
     sampler = with_scheduler(pipe, name)
     steps, scale, interval = sampler.resolve_sampling(steps, scale, interval)
-    steps = steps or sampler.scheduler.config.num_train_timesteps
+    steps = sampler.scheduler.config.num_train_timesteps if steps == FULL_CHAIN else steps
     settings = {"num_inference_steps": steps, "guidance_scale": scale, "guidance_interval": interval}
     seconds = seconds_for_36(sampler, **settings)
     row = {
@@ -89,7 +90,6 @@ def main():
     from ddpm_pipeline import DDPMMnistPipeline
     from ddpm_pipeline.evaluation import embedded_reference
     from ddpm_pipeline.hardware import DTYPE_CHOICES, prepare_for_sampling
-    from ddpm_pipeline.pipeline_ddpm_mnist import PIPELINE_DEFAULT
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="pretrained/ddpm-mnist")
@@ -114,7 +114,7 @@ def main():
     reference = embedded_reference() if args.quality_samples else None
     rows = []
     if args.default_call:
-        rows.append(measure(pipe, None, PIPELINE_DEFAULT, None, None, args, reference))
+        rows.append(measure(pipe, None, None, None, None, args, reference))
         order = pipe.scheduler.config.get("sampling_order", 1)
         rows[-1]["scheduler"] = f"default call ({'ddpm2' if order == 2 else 'ddpm'})"
     guidance = args.guidance or [(None, None)]

@@ -17,7 +17,7 @@ import torch
 from .evaluation import SCHEDULERS, evaluate_pipeline
 from .hardware import DTYPE_CHOICES, prepare_for_sampling
 from .hub import HubError, push_output_dir
-from .pipeline_ddpm_mnist import PIPELINE_DEFAULT, DDPMMnistPipeline
+from .pipeline_ddpm_mnist import FULL_CHAIN, DDPMMnistPipeline
 from .visualization import make_grid, make_trajectory_figure, save_trajectory_gif
 
 
@@ -44,7 +44,7 @@ non_negative_int = whole_number_at_least(0, "must be 0 or more")
 def inference_steps(text: str):
     """A step count, or `full` for the whole training chain."""
     if text.strip().lower() in ("full", "none"):
-        return None
+        return FULL_CHAIN
     return positive_int(text)
 
 
@@ -205,7 +205,7 @@ def _sampling_flags(parser):
     parser.add_argument(
         "--num_inference_steps",
         type=inference_steps,
-        default=PIPELINE_DEFAULT,
+        default=None,
         help="respaced steps, or `full` for the training chain (default: the model's saved default call)",
     )
     parser.add_argument(

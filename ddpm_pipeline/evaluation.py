@@ -10,7 +10,7 @@ from .data import load_embedded_mnist, scale_to_model_range, to_training_tensors
 from .hardware import machine_summary
 from .metrics import scores
 from .metrics.classifier import MnistClassifier, load_classifier
-from .pipeline_ddpm_mnist import PIPELINE_DEFAULT, SAMPLING_DEFAULT_KEYS
+from .pipeline_ddpm_mnist import FULL_CHAIN, SAMPLING_DEFAULT_KEYS
 from .scheduling_ddpm_cosine import CosineDDPMScheduler
 
 SCHEDULERS = ("ddpm", "ddpm2", "ddim", "dpm")
@@ -157,7 +157,7 @@ def nll_bits_per_dim(pipe, images: torch.Tensor, labels: torch.Tensor | None, nu
 def evaluate_pipeline(
     pipe,
     num_samples: int = 1000,
-    num_inference_steps: int | None = PIPELINE_DEFAULT,
+    num_inference_steps: int | str | None = None,
     scheduler: str | None = None,
     guidance_scale: float | None = None,
     guidance_interval: tuple[float, float] | None = None,
@@ -185,7 +185,9 @@ def evaluate_pipeline(
     result = {
         "scheduler": scheduler or type(pipe.scheduler).__name__,
         "sampling_order": sampler.scheduler.config.get("sampling_order", 1),
-        "num_inference_steps": num_inference_steps or pipe.scheduler.config.num_train_timesteps,
+        "num_inference_steps": (
+            pipe.scheduler.config.num_train_timesteps if num_inference_steps == FULL_CHAIN else num_inference_steps
+        ),
         "guidance_scale": guidance_scale,
         "guidance_interval": [float(bound) for bound in guidance_interval],
         "seed": seed,

@@ -5,13 +5,20 @@ from pathlib import Path
 
 import yaml
 
+from .pipeline_ddpm_mnist import (
+    DEFAULT_GUIDANCE_INTERVAL,
+    DEFAULT_GUIDANCE_SCALE,
+    DEFAULT_NUM_INFERENCE_STEPS,
+    FULL_CHAIN,
+)
+
 CARD_TEMPLATE = """---
 {metadata}---
 
 # {title}
 
 A denoising diffusion probabilistic model (DDPM) for 28x28 MNIST digits, trained with the `ddpm-mnist` package:
-cosine noise schedule, a UNet that predicts the noise and a learned-range variance (Improved DDPM),
+cosine noise schedule, a UNet that predicts {predicts} and {variance},
 {conditioning}. Data: {data}.
 
 ## Samples
@@ -38,7 +45,7 @@ images = pipe(generator=torch.Generator().manual_seed(0)).images  # 36 digits: {
 ```
 
 Called without arguments, the pipeline uses the sampling settings it was saved with ({default_call}).
-{label_usage}`num_inference_steps=None` runs the full {T}-step training chain.
+{label_usage}`num_inference_steps="full"` runs the full {T}-step training chain.
 
 Without the package, through diffusers' remote code (the component code lives in this repository; pin a revision you
 have read):
@@ -81,18 +88,53 @@ def _data_description(config: dict) -> str:
     return source + (f", digits {digits}" if digits else ", all ten digits")
 
 
-def describe_default_call(config: dict, conditional: bool) -> str:
-    steps = config.get("num_inference_steps")
-    sampler = (
-        "second-order learned-variance sampler" if config.get("sampling_order") == 2 else "learned-variance sampler"
+PREDICTS = {"epsilon": "the noise", "v_prediction": "v (Salimans & Ho)", "sample": "the clean digit"}
+VARIANCES = {
+    "learned_range": "a learned-range variance (Improved DDPM)",
+    "fixed_small": "no variance (fixed: the posterior's beta_tilde)",
+    "fixed_large": "no variance (fixed: beta)",
+}
+
+
+def saved_pipeline_settings(folder: Path | None, config: dict) -> dict:
+    """What the saved pipeline in ``folder`` actually does: its default call (``model_index.json``) and its
+    scheduler's variance and prediction type (``scheduler/scheduler_config.json``). Keys a folder lacks come from the
+    training config, then from the package's defaults."""
+    index, scheduler = {}, {}
+    if folder is not None and (Path(folder) / "model_index.json").is_file():
+        index = json.loads((Path(folder) / "model_index.json").read_text())
+    if folder is not None and (Path(folder) / "scheduler" / "scheduler_config.json").is_file():
+        scheduler = json.loads((Path(folder) / "scheduler" / "scheduler_config.json").read_text())
+    learned = config.get("learned_variance", True)
+    steps = index.get("default_num_inference_steps", config.get("num_inference_steps", DEFAULT_NUM_INFERENCE_STEPS))
+    return {
+        "num_inference_steps": FULL_CHAIN if steps is None else steps,
+        "guidance_scale": index.get("default_guidance_scale", config.get("guidance_scale", DEFAULT_GUIDANCE_SCALE)),
+        "guidance_interval": list(
+            index.get("default_guidance_interval", config.get("guidance_interval", DEFAULT_GUIDANCE_INTERVAL))
+        ),
+        "variance_type": scheduler.get("variance_type", "learned_range" if learned else "fixed_small"),
+        "prediction_type": scheduler.get("prediction_type", config.get("prediction_type", "epsilon")),
+        "sampling_order": scheduler.get("sampling_order", config.get("sampling_order", 1)),
+    }
+
+
+def describe_default_call(settings: dict, conditional: bool) -> str:
+    """The default call in words, from ``saved_pipeline_settings``."""
+    variance = "learned-variance" if settings["variance_type"] == "learned_range" else "fixed-variance"
+    order = "second-order " if settings["sampling_order"] == 2 else ""
+    steps = settings["num_inference_steps"]
+    sampler = f"{order}{variance} DDPM sampler"
+    text = (
+        f"the full training chain of the {sampler}"
+        if steps == FULL_CHAIN
+        else f"{steps} respaced steps of the {sampler}"
     )
-    text = "the full training chain" if steps is None else f"{steps} respaced steps of the {sampler}"
     if not conditional:
         return text
-    low, high = config.get("guidance_interval", [0.0, 1.0])
-    scale = config.get("guidance_scale", 2.0)
+    low, high = settings["guidance_interval"]
     where = "at every step" if (low, high) == (0.0, 1.0) else f"where {low} T <= t < {high} T"
-    return f"{text}, classifier-free guidance {scale} {where}"
+    return f"{text}, classifier-free guidance {settings['guidance_scale']} {where}"
 
 
 def _training_line(run_info: dict) -> str:
@@ -113,8 +155,12 @@ def _training_line(run_info: dict) -> str:
     )
 
 
-def render_model_card(config: dict, run_info: dict | None = None, evaluation: dict | None = None, repo_id=None) -> str:
-    """The card's text; ``config`` must already have its token redacted (``TrainingConfig.to_dict``)."""
+def render_model_card(
+    config: dict, run_info: dict | None = None, evaluation: dict | None = None, repo_id=None, folder=None
+) -> str:
+    """The card's text; ``config`` must already have its token redacted (``TrainingConfig.to_dict``). ``folder``,
+    the saved pipeline, tells the default call, variance and prediction type it really has."""
+    settings = saved_pipeline_settings(folder, config)
     conditional = bool(config.get("class_conditional"))
     tags = ["pytorch", "diffusers", "ddpm", "mnist", "image-generation"]
     tags.append("class-conditional" if conditional else "unconditional-image-generation")
@@ -135,7 +181,9 @@ def render_model_card(config: dict, run_info: dict | None = None, evaluation: di
         data=_data_description(config),
         T=config.get("num_train_timesteps", "T"),
         repo_id=repo_id,
-        default_call=describe_default_call(config, conditional),
+        default_call=describe_default_call(settings, conditional),
+        predicts=PREDICTS.get(settings["prediction_type"], settings["prediction_type"]),
+        variance=VARIANCES.get(settings["variance_type"], settings["variance_type"]),
         label_usage=(
             "`class_labels=7` (or one digit per image) chooses the digits; by default they run 0, 1, ..., 9 in turn. "
             if conditional
@@ -151,5 +199,7 @@ def write_model_card(output_dir: Path, config: dict, run_info=None, evaluation=N
     if evaluation is None and (output_dir / "evaluation.json").is_file():
         evaluation = json.loads((output_dir / "evaluation.json").read_text())
     path = Path(output_dir) / "README.md"
-    path.write_text(render_model_card(config, run_info, evaluation, repo_id or config.get("hub_model_id")))
+    path.write_text(
+        render_model_card(config, run_info, evaluation, repo_id or config.get("hub_model_id"), folder=output_dir)
+    )
     return path

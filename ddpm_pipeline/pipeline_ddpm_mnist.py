@@ -5,6 +5,7 @@ This file imports nothing from its own package, so that the Hub copy of it loads
 """
 
 import importlib
+import importlib.util
 import json
 import math
 import os
@@ -27,14 +28,15 @@ DEFAULT_GUIDANCE_SCALE = 2.5
 DEFAULT_GUIDANCE_INTERVAL = (0.4, 0.8)
 
 
-class _PipelineDefault:
-    """Marks an argument left out of a call: the pipeline's saved default applies (None has a meaning of its own)."""
-
-    def __repr__(self):
-        return "<the pipeline's default>"
+FULL_CHAIN = "full"  # num_inference_steps="full": every step of the training chain
 
 
-PIPELINE_DEFAULT = _PipelineDefault()
+class SamplingArgumentError(ValueError):
+    """A sampling setting that cannot be used; ``argument`` names it (e.g. ``"guidance_scale"``)."""
+
+    def __init__(self, argument: str, message: str):
+        super().__init__(message)
+        self.argument = argument
 
 
 @dataclass
@@ -82,14 +84,16 @@ class DDPMMnistPipeline(DiffusionPipeline):
         self,
         unet,
         scheduler,
-        default_num_inference_steps: int | None = DEFAULT_NUM_INFERENCE_STEPS,
+        default_num_inference_steps: int | str = DEFAULT_NUM_INFERENCE_STEPS,
         default_guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
         default_guidance_interval: tuple[float, float] | list[float] = DEFAULT_GUIDANCE_INTERVAL,
     ):
         """``default_*``: what a call without those arguments uses, saved in ``model_index.json`` with the pipeline
-        (None steps = the full training chain). A model trained with other settings carries its own."""
+        (steps ``"full"`` = the full training chain). A model trained with other settings carries its own."""
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
+        if default_num_inference_steps is None:  # saved by versions where None meant the full chain
+            default_num_inference_steps = FULL_CHAIN
         check_sampling_arguments(
             default_num_inference_steps, default_guidance_scale, default_guidance_interval, prefix="default_"
         )
@@ -101,35 +105,52 @@ class DDPMMnistPipeline(DiffusionPipeline):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """Load from a local folder or a Hub id.
+        """Load from a local folder or a Hub id through diffusers' own loader.
 
-        The components are loaded one by one, so that an error names the one at fault. A repository pushed by
-        ``ddpm-mnist push`` names its remote-code copies of the components in ``model_index.json`` (for
-        ``DiffusionPipeline.from_pretrained(..., trust_remote_code=True)``); with this package installed, those names
-        are resolved to the package's own classes, so no remote code runs. Keyword arguments beyond the Hub ones,
-        ``dtype``/``torch_dtype`` and the components go through diffusers' own loader.
+        Everything ``DiffusionPipeline.from_pretrained`` takes works as it does there: ``torch_dtype`` (also
+        per component, ``{"unet": torch.bfloat16, "default": torch.float32}``), ``variant``, ``device_map``,
+        ``low_cpu_mem_usage``, ``use_safetensors``, ``revision``, ``cache_dir``, ``local_files_only`` and components
+        or ``default_*`` sampling settings passed in. Two things are added around it: a missing or broken part is
+        named (``model_index.json``, the unet, the scheduler, a saved default), and a repository pushed with
+        remote code (``ddpm-mnist push``) loads the installed package's classes instead of running its code.
         """
-        hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
         path = str(pretrained_model_name_or_path)
+        hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
         index, index_path = _read_model_index(path, hub_kwargs)
-        if set(kwargs) - set(HUB_KWARGS) - {"dtype", "torch_dtype", "unet", "scheduler", *SAMPLING_DEFAULT_KEYS}:
-            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        package = importlib.import_module(cls.__module__.rsplit(".", 1)[0])
-        components = {}
+        folder = path if os.path.isdir(path) else os.path.dirname(index_path)
         for name in ("unet", "scheduler"):
-            if name in kwargs:
-                components[name] = kwargs[name]
-                continue
-            component_class = _component_class(index, name, index_path, package)
-            extra = {key: kwargs[key] for key in ("dtype", "torch_dtype") if name == "unet" and key in kwargs}
-            components[name] = _load_component(component_class, path, name, hub_kwargs, extra)
-        stored = {key: index[key] for key in SAMPLING_DEFAULT_KEYS if key in index}
+            if name not in kwargs:
+                _check_component_entry(index, name, index_path, folder if os.path.isdir(path) else None)
         try:
-            pipe = cls(**components, **{**stored, **{k: kwargs[k] for k in SAMPLING_DEFAULT_KEYS if k in kwargs}})
-        except ValueError as error:
-            raise ValueError(f"{index_path}: {error}") from None
-        pipe.register_to_config(_name_or_path=path)
-        return pipe
+            return super().from_pretrained(path, **kwargs)
+        except Exception as error:  # diffusers' loader fails in many types: find the part at fault and name it
+            raise _explain_load_error(cls, error, index, index_path, folder, kwargs) from error
+
+    @classmethod
+    def download(cls, pretrained_model_name, **kwargs) -> str:
+        """The repository's files for this pipeline, safetensors weights only (no pickle comes from the network).
+
+        diffusers' own ``download`` would import a pushed repository's pipeline code to find its class; this class
+        is known, so the files are fetched with ``huggingface_hub.snapshot_download`` and loaded from the cache.
+        """
+        from huggingface_hub import snapshot_download
+
+        hub = {key: kwargs[key] for key in (*HUB_KWARGS, "proxies") if kwargs.get(key) is not None}
+        return snapshot_download(
+            pretrained_model_name,
+            allow_patterns=["model_index.json", "*/config.json", "*/scheduler_config.json", "*/*.safetensors"],
+            **hub,
+        )
+
+    @classmethod
+    def load_config(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """diffusers' ``load_config``, with the remote-code class names of a pushed ``model_index.json``
+        (``["unet_mnist", "MnistUNet"]``) mapped to the installed package's modules, so that no remote code runs."""
+        loaded = super().load_config(pretrained_model_name_or_path, *args, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded
+        if os.path.basename(str(pretrained_model_name_or_path)) != "model_index.json":  # not download's class probe
+            _use_installed_classes(config, cls.__module__.rsplit(".", 1)[0])
+        return loaded
 
     def _prepare_class_labels(self, class_labels, batch_size: int) -> torch.Tensor | None:
         num_classes = self.unet.config.num_class_embeds
@@ -198,7 +219,7 @@ class DDPMMnistPipeline(DiffusionPipeline):
         class_labels: int | list[int] | torch.Tensor | None = None,
         guidance_scale: float | None = None,
         guidance_interval: tuple[float, float] | None = None,
-        num_inference_steps: int | None = PIPELINE_DEFAULT,
+        num_inference_steps: int | str | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         return_trajectory: bool = False,
@@ -212,12 +233,12 @@ class DDPMMnistPipeline(DiffusionPipeline):
             guidance_scale: classifier-free guidance weight w, eps = eps_null + w (eps_digit - eps_null); 1 = none.
             guidance_interval: ``(low, high)``: guide only at timesteps t with low T <= t < high T (Kynkaenniemi et
                 al. 2024); elsewhere the UNet runs once, conditioned. ``(0, 1)`` guides every step.
-            num_inference_steps: steps of a respaced chain; None runs the full training chain.
+            num_inference_steps: steps of a respaced chain; ``"full"`` runs the whole training chain.
             generator: a torch generator (or one per image) for reproducible samples.
             output_type: ``"pil"``, ``"np"`` or ``"pt"``.
             return_trajectory: also return every frame from x_T to x_0 with its step.
 
-        Sampling arguments left out take the pipeline's saved defaults (``default_guidance_scale``, ...).
+        Sampling arguments left out or None take the pipeline's saved defaults (``default_guidance_scale``, ...).
         """
         # 0. the call's settings: those passed, else those the pipeline was saved with; all checked
         T = self.scheduler.config.num_train_timesteps
@@ -266,8 +287,8 @@ class DDPMMnistPipeline(DiffusionPipeline):
         """(steps, scale, (low, high)) of a call, resolved against the saved defaults and checked."""
         steps, scale, interval = self.resolve_sampling(num_inference_steps, guidance_scale, guidance_interval)
         T = self.scheduler.config.num_train_timesteps
-        steps = T if steps is None else steps
-        return steps, scale, check_sampling_arguments(steps, scale, interval, num_train_timesteps=T)
+        interval = check_sampling_arguments(steps, scale, interval, num_train_timesteps=T)
+        return T if steps == FULL_CHAIN else steps, scale, interval
 
     def _output(self, sample, labels, frames, frame_steps, output_type, return_dict):
         images = self._to_output(sample, output_type)
@@ -279,11 +300,12 @@ class DDPMMnistPipeline(DiffusionPipeline):
             images=images, class_labels=label_list, trajectory=trajectory, trajectory_timesteps=frame_steps or None
         )
 
-    def resolve_sampling(self, num_inference_steps=PIPELINE_DEFAULT, guidance_scale=None, guidance_interval=None):
-        """(steps, guidance scale, guidance interval) of a call: the arguments given, else the pipeline's saved
-        defaults. Steps None means the full training chain."""
-        if num_inference_steps is PIPELINE_DEFAULT:
+    def resolve_sampling(self, num_inference_steps=None, guidance_scale=None, guidance_interval=None):
+        """(steps, guidance scale, guidance interval) of a call: the arguments given, and for each None the
+        pipeline's saved default. Steps may be ``"full"``, the whole training chain."""
+        if num_inference_steps is None:
             num_inference_steps = self.config.get("default_num_inference_steps", DEFAULT_NUM_INFERENCE_STEPS)
+            num_inference_steps = FULL_CHAIN if num_inference_steps is None else num_inference_steps
         if guidance_scale is None:
             guidance_scale = self.config.get("default_guidance_scale", DEFAULT_GUIDANCE_SCALE)
         if guidance_interval is None:
@@ -303,8 +325,9 @@ def check_sampling_arguments(
     num_inference_steps, guidance_scale, guidance_interval, num_train_timesteps: int | None = None, prefix: str = ""
 ) -> tuple[float, float]:
     """The rules on a call's sampling settings (also on the defaults saved with a pipeline, and on the training
-    config that sets them); returns the guidance interval as floats. Errors name the argument."""
-    steps_ok = num_inference_steps is None or (
+    config that sets them); returns the guidance interval as floats. Errors are ``SamplingArgumentError`` naming
+    the argument, in the message and as ``.argument``."""
+    steps_ok = num_inference_steps == FULL_CHAIN or (
         isinstance(num_inference_steps, (int, np.integer))
         and not isinstance(num_inference_steps, bool)
         and num_inference_steps >= 1
@@ -312,17 +335,19 @@ def check_sampling_arguments(
     )
     if not steps_ok:
         limit = f" and the training chain's {num_train_timesteps} steps" if num_train_timesteps else ""
-        raise ValueError(
-            f"{prefix}num_inference_steps must be an integer between 1{limit} (or None for the full chain), "
-            f"got {num_inference_steps!r}."
+        raise SamplingArgumentError(
+            f"{prefix}num_inference_steps",
+            f"{prefix}num_inference_steps must be an integer between 1{limit}, or {FULL_CHAIN!r} for the full "
+            f"chain, got {num_inference_steps!r}.",
         )
+    name = f"{prefix}guidance_scale"
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float, np.floating, np.integer)):
-        raise ValueError(
-            f"{prefix}guidance_scale must be a number, e.g. 2.0 (1 = no guidance), got {guidance_scale!r}."
+        raise SamplingArgumentError(
+            name, f"{name} must be a number, e.g. 2.0 (1 = no guidance), got {guidance_scale!r}."
         )
     if not math.isfinite(guidance_scale) or guidance_scale < 0:
-        raise ValueError(
-            f"{prefix}guidance_scale must be a finite number >= 0 (1 = no guidance), got {guidance_scale!r}."
+        raise SamplingArgumentError(
+            name, f"{name} must be a finite number >= 0 (1 = no guidance), got {guidance_scale!r}."
         )
     return _check_guidance_interval(guidance_interval, f"{prefix}guidance_interval")
 
@@ -349,9 +374,10 @@ def _check_guidance_interval(interval, name: str = "guidance_interval") -> tuple
     except (TypeError, ValueError):
         low = high = float("nan")
     if not 0.0 <= low < high <= 1.0:  # also false for NaN
-        raise ValueError(
+        raise SamplingArgumentError(
+            name,
             f"{name} must be two fractions of the training chain (low, high) with 0 <= low < high <= 1, "
-            f"e.g. (0.6, 1.0) to guide only the noisiest 40% of timesteps; got {interval!r}."
+            f"e.g. (0.6, 1.0) to guide only the noisiest 40% of timesteps; got {interval!r}.",
         )
     return low, high
 
@@ -408,24 +434,71 @@ def _download_model_index(path_or_repo_id: str, hub_kwargs: dict) -> str:
         ) from None
 
 
-def _load_component(component_class, path: str, name: str, hub_kwargs: dict, extra: dict):
-    """One component from its subfolder; any failure becomes an OSError that names the subfolder."""
-    if os.path.isdir(path) and not os.path.isdir(os.path.join(path, name)):
-        raise OSError(f"{os.path.join(path, name)} is missing: a saved pipeline has a {name}/ folder.")
-    try:
-        return component_class.from_pretrained(path, subfolder=name, **hub_kwargs, **extra)
-    except Exception as error:  # weights, configs and the component's own checks fail in many types
-        raise OSError(
-            f"The {name} in {os.path.join(path, name)} could not be loaded ({type(error).__name__}: {error})."
-        ) from None
+def _use_installed_classes(index: dict, package: str) -> dict:
+    """Map a pushed repository's remote-code names to the installed package, in place: ``_class_name``
+    ``["pipeline_ddpm_mnist", "DDPMMnistPipeline"]`` becomes ``"DDPMMnistPipeline"`` and a component's
+    ``["unet_mnist", "MnistUNet"]`` becomes ``["<package>.unet_mnist", "MnistUNet"]`` (diffusers would otherwise
+    import the copies in the repository)."""
+    if isinstance(index.get("_class_name"), list) and len(index["_class_name"]) == 2:
+        index["_class_name"] = index["_class_name"][1]
+    for name, entry in index.items():
+        if name.startswith("_") or not _is_library_class_pair(entry) or "." in entry[0]:
+            continue
+        module = f"{package}.{entry[0]}"
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if found:
+            index[name] = [module, entry[1]]
+    return index
 
 
-def _component_class(index: dict, name: str, index_path: str, package):
-    """The class model_index.json names for a component, from this package or from diffusers."""
-    entry = index.get(name)
-    if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(part, str) for part in entry)):
+def _is_library_class_pair(entry) -> bool:
+    return isinstance(entry, list) and len(entry) == 2 and all(isinstance(part, str) for part in entry)
+
+
+def _component_class(index: dict, name: str, index_path: str, package: str):
+    """The class model_index.json names for a component (after the remote-code mapping), or an OSError naming it."""
+    entry = _use_installed_classes(dict(index), package).get(name)
+    if not _is_library_class_pair(entry):
         raise OSError(f"{index_path} does not name the {name!r} component as [library, class]; got {entry!r}.")
-    component_class = getattr(package, entry[1], None) or getattr(importlib.import_module("diffusers"), entry[1], None)
-    if component_class is None:
-        raise OSError(f"{index_path} names {name} class {entry[1]!r}, which neither ddpm_pipeline nor diffusers has.")
-    return component_class
+    for library in (entry[0], package, "diffusers"):
+        try:
+            component_class = getattr(importlib.import_module(library), entry[1], None)
+        except ImportError:
+            component_class = None
+        if component_class is not None:
+            return component_class
+    raise OSError(
+        f"{index_path} names {name} class {entry[1]!r} in {entry[0]!r}, which neither that library, "
+        f"{package} nor diffusers has."
+    )
+
+
+def _check_component_entry(index: dict, name: str, index_path: str, folder: str | None):
+    """Before diffusers loads anything: the component is named as a class that exists, and its folder is there."""
+    package = DDPMMnistPipeline.__module__.rsplit(".", 1)[0]
+    _component_class(index, name, index_path, package)
+    if folder is not None and not os.path.isdir(os.path.join(folder, name)):
+        raise OSError(f"{os.path.join(folder, name)} is missing: a saved pipeline has a {name}/ folder.")
+
+
+def _explain_load_error(cls, error: Exception, index: dict, index_path: str, folder: str, kwargs: dict) -> Exception:
+    """The error of a failed load, naming the part at fault: each component is loaded alone until one fails; if
+    none does, the fault is in model_index.json (e.g. a saved default)."""
+    package = cls.__module__.rsplit(".", 1)[0]
+    for name in ("unet", "scheduler"):
+        if name in kwargs or not os.path.isdir(os.path.join(folder, name)):
+            continue
+        component_class = _component_class(index, name, index_path, package)
+        try:
+            component_class.from_pretrained(folder, subfolder=name)
+        except Exception as part_error:  # noqa: BLE001 - any failure of this part is reported with its type
+            return OSError(
+                f"The {name} in {os.path.join(folder, name)} could not be loaded "
+                f"({type(part_error).__name__}: {part_error})."
+            )
+    if isinstance(error, ValueError):
+        return ValueError(f"{index_path}: {error}")
+    return error

@@ -21,6 +21,18 @@ VARIANCE_TYPES = ("fixed_small", "fixed_large", "learned_range")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
 MAX_TRAIN_TIMESTEPS = 100_000
+# The arguments diffusers' DDPM/DDIM/DPM-Solver schedulers share with this one: they define the chain, so they travel
+# in from_config to any of them and are never listed in _use_default_values.
+SCHEDULE_KEYS = (
+    "num_train_timesteps",
+    "beta_schedule",
+    "variance_type",
+    "prediction_type",
+    "clip_sample",
+    "clip_sample_range",
+    "timestep_spacing",
+    "steps_offset",
+)
 SCHEDULE_BYTES_PER_TIMESTEP = 27 * 8  # the float64 tables of the schedule and its two chains
 
 
@@ -174,14 +186,7 @@ class CosineDDPMScheduler(SchedulerMixin, ConfigMixin):
             beta_schedule=beta_schedule,
             sampling_order=sampling_order,
         )
-        # diffusers' from_config drops keys listed in _use_default_values when it builds another class; the keys that
-        # define this schedule must travel, or DDIMScheduler.from_config(ours.config) would quietly build a linear
-        # schedule. Every argument here defines the schedule, so the list goes, as diffusers leaves it when nothing
-        # was defaulted: then from_config(config).config == config, as for diffusers' own schedulers.
-        if "_use_default_values" in self._internal_dict:
-            self._internal_dict = FrozenDict(
-                {k: v for k, v in self._internal_dict.items() if k != "_use_default_values"}
-            )
+        self._pin_schedule_keys()
 
         self.betas = torch.from_numpy(cosine_betas(num_train_timesteps))
         self.alphas = 1.0 - self.betas
@@ -194,6 +199,24 @@ class CosineDDPMScheduler(SchedulerMixin, ConfigMixin):
         )
         self.num_inference_steps = None
         self._set_chain(torch.arange(num_train_timesteps, dtype=torch.int64))
+
+    def _pin_schedule_keys(self):
+        """Keep ``_use_default_values`` as diffusers does (the keys left at their defaults), except for the keys
+        that define the schedule.
+
+        diffusers' ``from_config`` drops the listed keys when it builds another class, so that class uses its own
+        defaults: ``DDIMScheduler.from_config(ours.config)`` would quietly build a linear schedule if
+        ``beta_schedule`` were listed. The keys diffusers' schedulers share with this one always travel; only our
+        own keys (``sampling_order``) may be listed. Saved configs never hold the list, so a loaded scheduler has none.
+        """
+        defaulted = self._internal_dict.get("_use_default_values")
+        if defaulted is None:
+            return
+        kept = sorted(key for key in defaulted if key not in SCHEDULE_KEYS)
+        config = {k: v for k, v in self._internal_dict.items() if k != "_use_default_values"}
+        if kept:  # as in diffusers, the key is there only when some value was defaulted
+            config["_use_default_values"] = kept
+        self._internal_dict = FrozenDict(config)
 
     @staticmethod
     def check_config(

@@ -29,6 +29,8 @@ from .pipeline_ddpm_mnist import (
     DEFAULT_GUIDANCE_INTERVAL,
     DEFAULT_GUIDANCE_SCALE,
     DEFAULT_NUM_INFERENCE_STEPS,
+    FULL_CHAIN,
+    SamplingArgumentError,
     check_sampling_arguments,
 )
 from .scheduling_ddpm_cosine import PREDICTION_TYPES, CosineDDPMScheduler, SchedulerConfigError
@@ -185,8 +187,8 @@ class TrainingConfig:
     # ---- sampling: the saved pipeline's default call, which also makes the pictures
     guidance_scale: float = setting(DEFAULT_GUIDANCE_SCALE, "classifier-free guidance weight (1 = none)", NON_NEGATIVE)
     guidance_interval: list[float] = setting(list(DEFAULT_GUIDANCE_INTERVAL), "guide only where low T <= t < high T")
-    num_inference_steps: int | None = setting(
-        DEFAULT_NUM_INFERENCE_STEPS, "respaced sampling steps (None = the full chain)"
+    num_inference_steps: int | str = setting(
+        DEFAULT_NUM_INFERENCE_STEPS, f"respaced sampling steps, or {FULL_CHAIN!r} for the whole chain"
     )
     sampling_order: int = setting(
         1, "1: the DDPM step; 2: with a second-order x_0 in its mean (DPM-Solver++(2M), SDE form)", choices=(1, 2)
@@ -292,9 +294,8 @@ class TrainingConfig:
             check_sampling_arguments(
                 self.num_inference_steps, self.guidance_scale, self.guidance_interval, self.num_train_timesteps
             )
-        except ValueError as error:
-            key = next(k for k in ("num_inference_steps", "guidance_scale", "guidance_interval") if k in str(error))
-            self._fail(key, str(error))
+        except SamplingArgumentError as error:
+            self._fail(error.argument, str(error))
         self._check_lr_scheduler()
         if self.hub_model_id is not None:
             try:

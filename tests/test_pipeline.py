@@ -48,7 +48,7 @@ def test_default_call_is_the_fast_setting_and_the_full_chain_one_argument_away(p
     guided = [t for t in pipe.scheduler.timesteps.tolist() if 0.4 * 50 <= t < 0.8 * 50]
     assert calls == [4 if t in guided else 2 for t in pipe.scheduler.timesteps.tolist()] and 0 < len(guided) < 10
     calls.clear()
-    run(pipe, batch_size=2, guidance_scale=1.0, num_inference_steps=None, output_type="np")
+    run(pipe, batch_size=2, guidance_scale=1.0, num_inference_steps="full", output_type="np")
     assert len(calls) == pipe.scheduler.config.num_train_timesteps
     calls.clear()
     run(pipe, batch_size=2, guidance_scale=1.0, num_inference_steps=7, output_type="np")
@@ -138,7 +138,7 @@ def test_trajectory(pipe, output_type):
 
 def test_full_trajectory_has_every_step():
     pipe = tiny_pipeline(num_train_timesteps=20)
-    out = run(pipe, batch_size=1, output_type="np", return_trajectory=True, num_inference_steps=None)  # whole chain
+    out = run(pipe, batch_size=1, output_type="np", return_trajectory=True, num_inference_steps="full")  # whole chain
     assert out.trajectory_timesteps == list(range(20, -1, -1))
     default = run(pipe, batch_size=1, output_type="np", return_trajectory=True)  # the default call: 10 steps
     assert (
@@ -232,7 +232,7 @@ def test_saved_sampling_defaults_drive_the_default_call(tmp_path):
     loaded(batch_size=2, output_type="np")  # 4 steps (49, 33, 16, 0): only t >= 25 guided, in a doubled batch
     assert calls == [4, 4, 2, 2]
     calls.clear()
-    loaded(batch_size=2, num_inference_steps=None, guidance_scale=1.0, output_type="np")  # the full chain
+    loaded(batch_size=2, num_inference_steps="full", guidance_scale=1.0, output_type="np")  # the full chain
     assert len(calls) == 50
     calls.clear()
     loaded(batch_size=2, num_inference_steps=3, guidance_interval=(0.0, 1.0), output_type="np")
@@ -240,6 +240,17 @@ def test_saved_sampling_defaults_drive_the_default_call(tmp_path):
     explicit = run(loaded, batch_size=2, num_inference_steps=4, guidance_scale=3.0, guidance_interval=(0.5, 1.0))
     default = run(loaded, batch_size=2)
     assert np.array_equal(np.asarray(explicit.images[0]), np.asarray(default.images[0]))
+    # None is "the saved default" for every sampling argument: a caller passing its own None through gets it
+    passed_none = run(loaded, batch_size=2, num_inference_steps=None, guidance_scale=None, guidance_interval=None)
+    assert np.array_equal(np.asarray(passed_none.images[0]), np.asarray(default.images[0]))
+    calls.clear()
+    loaded(batch_size=2, num_inference_steps=None, output_type="np")
+    assert calls == [4, 4, 2, 2]
+    # a pipeline saved by an older version with steps None (then: the full chain) still loads and means that
+    index = json.loads((tmp_path / "p" / "model_index.json").read_text())
+    (tmp_path / "p" / "model_index.json").write_text(json.dumps({**index, "default_num_inference_steps": None}))
+    legacy = DDPMMnistPipeline.from_pretrained(tmp_path / "p")
+    assert legacy.resolve_sampling()[0] == "full"
     with pytest.raises(ValueError, match="default_guidance_scale"):
         DDPMMnistPipeline(unet=pipe.unet, scheduler=pipe.scheduler, default_guidance_scale=float("nan"))
 
@@ -259,3 +270,20 @@ def test_saved_sampling_defaults_drive_the_default_call(tmp_path):
 def test_bad_arguments_are_named(pipe, kwargs, match):
     with pytest.raises(ValueError, match=match):
         pipe(**{"batch_size": 2, "num_inference_steps": 2, **kwargs})
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        ({"num_inference_steps": 0}, "num_inference_steps"),
+        ({"num_inference_steps": "all"}, "num_inference_steps"),
+        ({"guidance_scale": -1.0}, "guidance_scale"),
+        ({"guidance_interval": (0.8, 0.4)}, "guidance_interval"),
+    ],
+)
+def test_sampling_errors_carry_the_argument_name(pipe, kwargs, argument):
+    from ddpm_pipeline.pipeline_ddpm_mnist import SamplingArgumentError
+
+    with pytest.raises(SamplingArgumentError) as caught:
+        pipe(**{"batch_size": 2, "num_inference_steps": 2, **kwargs})
+    assert caught.value.argument == argument and argument in str(caught.value)

@@ -1,5 +1,6 @@
 """CosineDDPMScheduler against diffusers' DDPMScheduler (the independent oracle) and closed-form facts."""
 
+import inspect
 import math
 
 import pytest
@@ -260,19 +261,40 @@ def test_swappable_with_diffusers_schedulers():
     ],
 )
 def test_config_round_trips_like_diffusers(tmp_path, kwargs):
-    """from_config(config).config == config, and through save_config / from_pretrained, as for DDPMScheduler; and
-    DDIM and DPM-Solver++ built from our config still get the cosine schedule (the keys travel)."""
+    """``_use_default_values`` as in diffusers' own schedulers (DDPMScheduler, the control, in the same test): present
+    for a freshly built scheduler, listing the defaulted keys; gone after save + load; ``from_config`` and save/load
+    round trips give equal configs the way diffusers' test_from_pretrained compares them. Only the keys that define
+    the schedule are never listed, so DDIM and DPM-Solver++ built from our config keep the cosine betas."""
+    from ddpm_pipeline.scheduling_ddpm_cosine import SCHEDULE_KEYS
+
     ours = CosineDDPMScheduler(**kwargs)
-    assert "_use_default_values" not in ours.config
-    assert dict(CosineDDPMScheduler.from_config(ours.config).config) == dict(ours.config)
-    ours.save_config(tmp_path)
-    assert dict(CosineDDPMScheduler.from_pretrained(tmp_path).config) == dict(ours.config)
-    reference = DDPMScheduler(beta_schedule="squaredcos_cap_v2", num_train_timesteps=ours.config.num_train_timesteps)
-    assert dict(DDPMScheduler.from_config(reference.config).config) == dict(reference.config)  # the oracle
+    control = DDPMScheduler(beta_schedule="squaredcos_cap_v2", num_train_timesteps=ours.config.num_train_timesteps)
+    defaulted = set(inspect.signature(CosineDDPMScheduler.__init__).parameters) - {"self"} - set(kwargs)
+    assert set(dict(control.config)["_use_default_values"]) == set(
+        inspect.signature(DDPMScheduler.__init__).parameters
+    ) - {"self", "beta_schedule", "num_train_timesteps"}
+    assert set(dict(ours.config)["_use_default_values"]) == defaulted - set(SCHEDULE_KEYS) == {"sampling_order"}
+    for scheduler in (ours, control):
+        assert dict(type(scheduler).from_config(scheduler.config).config) == dict(scheduler.config)
+        scheduler.save_config(tmp_path / type(scheduler).__name__)
+        loaded = type(scheduler).from_pretrained(tmp_path / type(scheduler).__name__)
+        assert "_use_default_values" not in loaded.config
+        config = dict(scheduler.config)
+        del config["_use_default_values"]  # what diffusers' test_from_pretrained does
+        assert config == dict(loaded.config)
     for other in (DDIMScheduler.from_config(ours.config), DPMSolverMultistepScheduler.from_config(ours.config)):
         assert other.config.beta_schedule == "squaredcos_cap_v2"
         assert other.config.num_train_timesteps == ours.config.num_train_timesteps
+        assert other.config.prediction_type == ours.config.prediction_type
         torch.testing.assert_close(other.alphas_cumprod.double(), ours.alphas_cumprod, atol=1e-6, rtol=0)
+    # diffusers' control: a defaulted beta_schedule does not travel, so DDIM falls back to its own (linear)
+    assert DDIMScheduler.from_config(DDPMScheduler().config).config.beta_schedule == "linear"
+
+
+def test_use_default_values_is_absent_when_nothing_was_defaulted():
+    ours = CosineDDPMScheduler(sampling_order=2)
+    assert "_use_default_values" not in ours.config
+    assert dict(CosineDDPMScheduler.from_config(ours.config).config) == dict(ours.config)
 
 
 def test_save_and_load_config(tmp_path):

@@ -129,8 +129,10 @@ def test_token_never_saved():
     assert config.to_dict()["hub_token"] is None
 
 
-def test_full_chain_is_spelled_none():
-    assert parse_training_config(["--num_inference_steps", "none"]).num_inference_steps is None
+def test_full_chain_is_spelled_full():
+    assert parse_training_config(["--num_inference_steps", "full"]).num_inference_steps == "full"
+    with pytest.raises(ConfigError, match="num_inference_steps"):
+        parse_training_config(["--num_inference_steps", "all"])
     assert TrainingConfig().sampling_defaults()["default_num_inference_steps"] == TrainingConfig().num_inference_steps
     with pytest.raises(ConfigError, match="num_inference_steps"):
         TrainingConfig.from_dict({"num_inference_steps": 0})

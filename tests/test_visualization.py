@@ -31,7 +31,7 @@ def test_frame_choice_favours_late_steps():
 
 def test_trajectory_figure_and_gif(tmp_path):
     pipe = tiny_pipeline(num_train_timesteps=30)
-    out = pipe(batch_size=2, class_labels=[3, 4], output_type="np", return_trajectory=True, num_inference_steps=None)
+    out = pipe(batch_size=2, class_labels=[3, 4], output_type="np", return_trajectory=True, num_inference_steps="full")
     figure = make_trajectory_figure(out.trajectory, out.trajectory_timesteps, scale=2)
     columns = len(default_frame_indices(31))
     assert figure.width == columns * (56 + 4) + 4 and figure.height == 16 + 2 * (56 + 4) + 4
