@@ -42,7 +42,7 @@ from ddpm_pipeline.divergence import DivergenceError, DivergenceGuard, all_finit
 from ddpm_pipeline.evaluation import evaluate_pipeline
 from ddpm_pipeline.hardware import PrecisionChoice, choose_precision, machine_summary
 from ddpm_pipeline.hub import HubError, push_output_dir
-from ddpm_pipeline.losses import diffusion_loss
+from ddpm_pipeline.losses import training_losses
 from ddpm_pipeline.outputs import save_final_outputs, save_sample_grid
 from ddpm_pipeline.posthoc_ema import SNAPSHOT_DIR, save_snapshot
 from ddpm_pipeline.training_config import ConfigError, TrainingConfig, parse_training_config
@@ -230,36 +230,25 @@ def start_logging(run: TrainingRun):
 
 # ---------------------------------------------------------------------------------------------------- one step
 def micro_batch_loss(run: TrainingRun, micro_batch: int):
-    """The losses of one micro-batch: noise its images at their timesteps (q(x_t | x_0)) and run the UNet."""
+    """The losses of one micro-batch: its images and randomness from the plan, and the one training objective."""
     config, device = run.config, run.accelerator.device
     index = run.plan.indices(micro_batch)
     x0 = scale_to_model_range(run.images[index]).to(device)
-    noise, timesteps, drop = run.plan.randomness(
+    randomness = run.plan.randomness(
         micro_batch, tuple(run.images.shape[1:]), config.num_train_timesteps, config.cond_drop_prob
     )
-    noise, timesteps = noise.to(device), timesteps.to(device)
-    class_labels = None
-    if run.num_classes is not None:  # dropped labels become the null class, for classifier-free guidance
-        labels = run.labels[index]
-        class_labels = torch.where(drop, torch.full_like(labels, run.num_classes), labels).to(device)
-    noisy = run.noise_scheduler.add_noise(x0, noise, timesteps)
-    if config.channels_last:
-        noisy = noisy.contiguous(memory_format=torch.channels_last)
-    with run.accelerator.autocast():
-        model_output = run.unet(noisy, timesteps, class_labels).sample
-    importance = None
-    if run.plan.timestep_probabilities is not None:  # keeps T * L_t an unbiased estimate of the bound
-        importance = 1.0 / (config.num_train_timesteps * run.plan.timestep_probabilities[timesteps.cpu()])
-    return diffusion_loss(
-        model_output,
+    labels = run.labels[index].to(device) if run.num_classes is not None else None
+    return training_losses(
+        run.unet,
         run.noise_scheduler,
         x0,
-        noise,
-        noisy,
-        timesteps,
-        config.vlb_weight,
+        labels,
+        randomness.to(device),
+        null_class=run.num_classes,
+        vlb_weight=config.vlb_weight,
         snr_gamma=config.snr_gamma,
-        vlb_importance=importance,
+        autocast=run.accelerator.autocast,
+        channels_last=config.channels_last,
     )
 
 

@@ -23,9 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import device, machine, print_table, synchronize, write_json  # noqa: E402
+from ddpm_pipeline.constants import SCHEDULERS  # noqa: E402
 
 STEPS = (1000, 250, 50, 25, 10)
-SCHEDULERS = ("ddpm", "ddpm2", "ddim", "dpm")
 
 
 def parse_guidance(text: str) -> list[tuple[float, tuple[float, float]]]:

@@ -4,9 +4,11 @@ and evaluate both at fixed training times.
     python benchmarks/bench_time_to_quality.py [--budget_minutes 8] [--eval_every_minutes 2] [--eval_samples 100]
         [--models ours,reference] [--no_tune_allocator]
 
-Both are class-conditional (null class dropped 10% of the time) and keep an EMA. Ours is the default run of
-train_ddpm.py: its batch size, learning rate, EMA, loss and the precision its auto picks (bf16 where the CPU runs it
-natively, else float32), sampled with the default call its pipeline is saved with. The reference is the course's:
+Both are class-conditional (null class dropped 10% of the time) and keep an EMA. Ours is train_ddpm.py's own run
+(its `setup_run` and `optimizer_step`, with the flags of --train_args, default: the default run): its data order,
+batch, objective, AdamW, learning-rate schedule over its max_train_steps, EMA and the precision its auto picks (bf16
+where the CPU runs it natively, else float32), sampled with the default call its pipeline is saved with. It stops at
+the budget or at the end of its schedule, whichever comes first. The reference is the course's:
 UNet2DModel (32, 64, 64), DDPMScheduler cosine, MSE, fp32, batch 128, lr 1e-3, EMA warmup power 0.75, sampled by
 DDIM on 25 steps with guidance 2. The clock counts training only; evaluation pauses it. On a CPU the process keeps
 freed memory, as train_ddpm.py does, for both (ddpm_pipeline/cpu_allocator.py; --no_tune_allocator leaves glibc as
@@ -14,7 +16,10 @@ it is). Writes benchmarks/results/bench_time_to_quality{tag}.json.
 """
 
 import argparse
+import copy
+import shlex
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,91 +38,49 @@ def load_digits():
     return scale_to_model_range(images), labels
 
 
-class Contender:
-    """A model, its scheduler, its training step and its sampler."""
+class Reference:
+    """The diffusers course's recipe, trained by its own loop: that loop is the reference being measured."""
 
-    def __init__(self, kind: str):
+    def __init__(self):
         from diffusers import DDIMScheduler, DDPMScheduler
         from diffusers.training_utils import EMAModel
 
-        from ddpm_pipeline.hardware import choose_precision
-        from ddpm_pipeline.training_config import TrainingConfig
-        from ddpm_pipeline.training_setup import build_ema, build_models, build_optimizer
-
-        self.kind = kind
         torch.manual_seed(0)
-        config = TrainingConfig()  # the default run
-        if kind == "ours":
-            self.model, self.scheduler = build_models(config, num_classes=10)
-            self.null_class = 10
-        else:
-            self.model = reference_unet(num_class_embeds=11)  # 10 digits + the null class
-            self.scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
-            self.sampler = DDIMScheduler.from_config(self.scheduler.config)
-            self.null_class = 10
         self.device = device()
-        self.model = self.model.to(self.device)
-        if kind == "ours":  # the default run's fused AdamW, EMA and batch; the course's plain ones
-            self.optimizer = build_optimizer(config, self.model.parameters(), self.device)
-            self.ema = build_ema(config, self.model)
-            self.batch, self.lr, self.config = config.train_batch_size, config.learning_rate, config
-        else:
-            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-3)
-            self.ema = EMAModel(self.model.parameters(), decay=0.9995, use_ema_warmup=True, power=0.75)
-            self.batch, self.lr = 128, 1e-3
-        self.warmup, self.steps = 100, 0
-        # ours trains at the precision train_ddpm.py's default (auto) picks here; the reference in fp32, as the course
-        self.precision = choose_precision("auto", self.device) if kind == "ours" else choose_precision("no")
+        self.model = reference_unet(num_class_embeds=11).to(self.device)  # 10 digits + the null class
+        self.scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+        self.sampler = DDIMScheduler.from_config(self.scheduler.config)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-3)
+        self.ema = EMAModel(self.model.parameters(), decay=0.9995, use_ema_warmup=True, power=0.75)
+        self.batch, self.lr, self.warmup, self.steps, self.null_class = 128, 1e-3, 100, 0, 10
+        self.images, self.labels = load_digits()
+        self.generator = torch.Generator().manual_seed(0)
 
-    def train_step(self, x0, labels, generator):
-        from ddpm_pipeline.losses import diffusion_loss
-
+    def train_step(self) -> bool:
+        index = torch.randint(0, len(self.images), (self.batch,), generator=self.generator)
+        x0, labels = self.images[index], self.labels[index]
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr * min(1.0, (self.steps + 1) / self.warmup)
-        # random draws on the CPU generator, so that both devices see the same numbers
-        noise = torch.randn(x0.shape, generator=generator).to(self.device)
-        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(x0),), generator=generator)
-        drop = torch.rand(len(x0), generator=generator) < 0.1
+        noise = torch.randn(x0.shape, generator=self.generator).to(self.device)
+        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(x0),), generator=self.generator)
+        drop = torch.rand(len(x0), generator=self.generator) < 0.1
         labels = torch.where(drop, torch.full_like(labels, self.null_class), labels).to(self.device)
         x0, t = x0.to(self.device), t.to(self.device)
         noisy = self.scheduler.add_noise(x0, noise, t)
-        if self.kind == "ours":
-            with torch.autocast(
-                self.device.type, dtype=self.precision.dtype, enabled=self.precision.dtype != torch.float32
-            ):
-                output = self.model(noisy, t, labels).sample
-            loss = diffusion_loss(output, self.scheduler, x0, noise, noisy, t).loss
-        else:
-            loss = torch.nn.functional.mse_loss(self.model(noisy, t, class_labels=labels).sample, noise)
+        loss = torch.nn.functional.mse_loss(self.model(noisy, t, class_labels=labels).sample, noise)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.ema.step(self.model.parameters())
         self.steps += 1
+        return True  # the course's recipe has no end of its own: the budget stops it
 
     @torch.no_grad()
     def sample(self, labels: torch.Tensor, steps: int = 25, guidance: float = 2.0) -> torch.Tensor:
-        import copy
-
-        from ddpm_pipeline import DDPMMnistPipeline
-        from ddpm_pipeline.hardware import prepare_for_sampling
-
         model = copy.deepcopy(self.model)
         self.ema.copy_to(model.parameters())
         model.eval()
-        if self.kind == "ours":
-            defaults = self.config.sampling_defaults()  # the default call a saved run would carry
-            pipe = DDPMMnistPipeline(unet=model, scheduler=self.scheduler, **defaults)
-            pipe = prepare_for_sampling(pipe, self.device)
-            pipe.set_progress_bar_config(disable=True)
-            out = pipe(
-                batch_size=len(labels),
-                class_labels=labels,
-                generator=torch.Generator().manual_seed(0),
-                output_type="pt",
-            )
-            return out.images.cpu() * 2 - 1
         self.sampler.set_timesteps(steps, device=self.device)
         x = torch.randn((len(labels), 1, 28, 28), generator=torch.Generator().manual_seed(0)).to(self.device)
         labels = labels.to(self.device)
@@ -129,30 +92,61 @@ class Contender:
         return x.clamp(-1, 1).cpu()
 
 
-def run(kind, images, labels, budget_s, eval_every_s, eval_samples, reference_data):
+class Ours:
+    """train_ddpm.py's own run: ``setup_run`` builds the data, UNet, AdamW, learning-rate schedule, EMA and batch plan
+    from the config, and each step is ``optimizer_step``, the default run's step. Samples are its default call."""
+
+    def __init__(self, train_args: list[str], work_dir: str):
+        import train_ddpm
+        from ddpm_pipeline.training_config import parse_training_config
+
+        config = parse_training_config([*train_args, "--output_dir", work_dir, "--logger", "none"])
+        self.run = train_ddpm.setup_run(config)
+        self.device = self.run.accelerator.device
+        self.batch = self.run.plan.global_batch * config.gradient_accumulation_steps
+        self._step = train_ddpm.optimizer_step
+
+    @property
+    def steps(self) -> int:
+        return self.run.global_step
+
+    def train_step(self) -> bool:
+        """One optimizer step; False once the run's own schedule has ended (max_train_steps)."""
+        if self.run.global_step >= self.run.max_train_steps:
+            return False
+        self._step(self.run)
+        return True
+
+    @torch.no_grad()
+    def sample(self, labels: torch.Tensor) -> torch.Tensor:
+        from ddpm_pipeline.hardware import prepare_for_sampling
+
+        pipe = prepare_for_sampling(self.run.pipeline(), self.device)
+        out = pipe(
+            batch_size=len(labels), class_labels=labels, generator=torch.Generator().manual_seed(0), output_type="pt"
+        )
+        return out.images.cpu() * 2 - 1
+
+
+def train_for(contender, budget_s, eval_every_s, eval_samples, reference_data, kind) -> list[dict]:
+    """Train until the budget (or the run's schedule) ends, scoring the EMA weights every ``eval_every_s``."""
     from ddpm_pipeline.evaluation import score_samples
 
-    contender = Contender(kind)
-    generator = torch.Generator().manual_seed(0)
-    batch, clock, next_eval, curve = contender.batch, 0.0, eval_every_s, []
+    clock, next_eval, curve, going = 0.0, eval_every_s, [], True
     requested = torch.arange(eval_samples) % 10
-    while clock < budget_s:
-        index = torch.randint(0, len(images), (batch,), generator=generator)
+    while going and clock < budget_s:
         started = time.perf_counter()
-        contender.train_step(images[index], labels[index], generator)
+        going = contender.train_step()
         synchronize()
         clock += time.perf_counter() - started
-        if clock >= next_eval or clock >= budget_s:
-            samples = contender.sample(requested)
-            scores = score_samples(samples, reference_data, requested)
+        if clock >= next_eval or clock >= budget_s or not going:
+            scores = score_samples(contender.sample(requested), reference_data, requested)
             point = {
                 "model": kind,
                 "train_seconds": clock,
                 "steps": contender.steps,
-                "images_seen": contender.steps * batch,
-                "clear_rate": scores["clear_rate"],
-                "digit_accuracy": scores["digit_accuracy"],
-                "fid": scores["fid"],
+                "images_seen": contender.steps * contender.batch,
+                **{key: scores[key] for key in ("clear_rate", "digit_accuracy", "fid")},
             }
             curve.append(point)
             print(point, file=sys.stderr)
@@ -168,6 +162,7 @@ def main():
     parser.add_argument("--eval_every_minutes", type=float, default=2)
     parser.add_argument("--eval_samples", type=int, default=100)
     parser.add_argument("--models", default="ours,reference", help="which to train, comma-separated")
+    parser.add_argument("--train_args", default="", help="train_ddpm.py flags for ours (default: the default run)")
     parser.add_argument(
         "--no_tune_allocator", action="store_true", help="leave glibc's allocator as it is (both contenders)"
     )
@@ -175,22 +170,18 @@ def main():
     args = parser.parse_args()
     from ddpm_pipeline.cpu_allocator import keep_freed_memory
 
+    kinds = args.models.split(",")
+    if any(kind not in ("ours", "reference") for kind in kinds):
+        parser.error(f"--models takes ours and/or reference, got {args.models!r}")
     allocator_tuned = device().type == "cpu" and not args.no_tune_allocator and keep_freed_memory()
-    images, labels = load_digits()
     reference_data = embedded_reference()
+    train_args = shlex.split(args.train_args) + ["--keep_freed_memory", str(allocator_tuned).lower()]
     curves = {}
-    for kind in args.models.split(","):
-        if kind not in ("ours", "reference"):
-            parser.error(f"--models takes ours and/or reference, got {kind!r}")
-        curves[kind] = run(
-            kind,
-            images,
-            labels,
-            args.budget_minutes * 60,
-            args.eval_every_minutes * 60,
-            args.eval_samples,
-            reference_data,
-        )
+    with tempfile.TemporaryDirectory(prefix="ttq-") as work_dir:
+        for kind in kinds:
+            contender = Ours(train_args, work_dir) if kind == "ours" else Reference()
+            budget_s, every_s = args.budget_minutes * 60, args.eval_every_minutes * 60
+            curves[kind] = train_for(contender, budget_s, every_s, args.eval_samples, reference_data, kind)
     report(curves, args, allocator_tuned)
 
 

@@ -2,8 +2,10 @@
 
     python benchmarks/bench_train.py [--batch_size 128] [--steps 6] [--no_tune_allocator]
 
-Each configuration runs in its own process (so peak memory is its own), doing full training steps: noising, forward,
-loss, backward, AdamW. Prints a table and writes benchmarks/results/bench_train.json with the machine (CPU model,
+Each configuration runs in its own process (so peak memory is its own), doing full training steps. Ours is
+train_ddpm.py's own step (`setup_run` + `optimizer_step`: the one objective, clipping, the divergence guard, AdamW,
+the learning-rate schedule and EMA) on the embedded data; the reference is the course's step (noising, forward, MSE,
+backward, AdamW). Prints a table and writes benchmarks/results/bench_train.json with the machine (CPU model,
 PyTorch's CPU capability, native bf16 or not), images/s, achieved GFLOP/s, peak memory, page faults per step and the
 ratio ours / reference. The share of the ceiling divides by the 3x3 convolution's rate in the row's own precision
 (64 -> 64 channels at 14x14, batch 128, NCHW forward; bf16 or fp32) measured inside the same process,
@@ -16,6 +18,7 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -50,47 +53,44 @@ COMPILED = {
 }
 
 
-def build(kind: str, batch_size: int, dev):
-    """(model, scheduler, optimizer, batch, labels) of one contender: ours as the default run builds it (fused
-    AdamW), the reference as the diffusers course does (plain AdamW)."""
-    from diffusers import DDPMScheduler
+def build_ours(batch_size: int, precision: str, tune_allocator: bool, compiled: bool, work_dir: str):
+    """train_ddpm.py's own run for this batch and precision (``setup_run``: data, UNet, AdamW, learning-rate
+    schedule, EMA, batch plan), and one of its optimizer steps (``optimizer_step``: the one objective, clipping, the
+    divergence guard, EMA) as the step to time."""
+    import train_ddpm
+    from ddpm_pipeline.training_config import parse_training_config
 
-    from ddpm_pipeline.training_config import TrainingConfig
-    from ddpm_pipeline.training_setup import build_models, build_optimizer
+    flags = ["--train_batch_size", str(batch_size), "--mixed_precision", "bf16" if precision == "bf16" else "no"]
+    flags += ["--keep_freed_memory", str(tune_allocator).lower(), "--output_dir", work_dir, "--logger", "none"]
+    run = train_ddpm.setup_run(parse_training_config(flags))
+    model = run.accelerator.unwrap_model(run.unet)
+    if compiled:
+        run.unet = torch.compile(run.unet)
+    return model, lambda: train_ddpm.optimizer_step(run)
+
+
+def build_reference(batch_size: int, precision: str, compiled: bool, dev):
+    """The diffusers course's step: noising, forward (autocast in bf16 rows), MSE, backward, plain AdamW."""
+    from diffusers import DDPMScheduler
 
     torch.manual_seed(0)
     x0 = torch.rand(batch_size, 1, 28, 28, device=dev) * 2 - 1
-    labels = torch.randint(0, 10, (batch_size,), device=dev)
-    if kind == "ours":
-        config = TrainingConfig()  # the default run
-        model, scheduler = build_models(config, num_classes=10)
-        optimizer = build_optimizer(config, model.to(dev).parameters(), dev)
-    else:
-        model, scheduler = reference_unet(), DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
-        optimizer = torch.optim.AdamW(model.to(dev).parameters(), lr=1e-4)
-    return model, scheduler, optimizer, x0, labels
-
-
-def training_step(kind, network, scheduler, optimizer, x0, labels, precision):
-    """One full step: noising, forward (autocast in bf16 rows), loss, backward, optimizer."""
-    from ddpm_pipeline import CosineDDPMScheduler
-    from ddpm_pipeline.losses import diffusion_loss
+    model, scheduler = reference_unet(), DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    optimizer = torch.optim.AdamW(model.to(dev).parameters(), lr=1e-4)
+    network = torch.compile(model) if compiled else model
 
     def step():
         noise = torch.randn_like(x0)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), device=x0.device)
         noisy = scheduler.add_noise(x0, noise, t)
         with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            output = network(noisy, t, labels).sample if kind == "ours" else network(noisy, t).sample
-        if isinstance(scheduler, CosineDDPMScheduler):
-            loss = diffusion_loss(output, scheduler, x0, noise, noisy, t).loss
-        else:
-            loss = torch.nn.functional.mse_loss(output.float(), noise)
+            output = network(noisy, t).sample
+        loss = torch.nn.functional.mse_loss(output.float(), noise)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    return step
+    return model, step
 
 
 def time_in_rounds(step, probe, probe_flops, steps: int) -> tuple[float, float, float]:
@@ -113,11 +113,23 @@ def run_one(name: str, batch_size: int, steps: int, tune_allocator: bool) -> dic
 
     kind, precision, compiled = {**CONFIGS, **COMPILED}[name]
     dev = device()
-    allocator_tuned = dev.type == "cpu" and tune_allocator and keep_freed_memory()
-    model, scheduler, optimizer, x0, labels = build(kind, batch_size, dev)
-    flops = forward_flops(model, x0[:1], torch.tensor([5], device=dev), *([labels[:1]] if kind == "ours" else []))
-    network = torch.compile(model) if compiled else model
-    step = training_step(kind, network, scheduler, optimizer, x0, labels, precision)
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as work_dir:
+        if kind == "ours":
+            allocator_tuned = dev.type == "cpu" and tune_allocator  # setup_run keeps freed memory, as a run does
+            model, step = build_ours(batch_size, precision, allocator_tuned, compiled, work_dir)
+        else:
+            allocator_tuned = dev.type == "cpu" and tune_allocator and keep_freed_memory()
+            model, step = build_reference(batch_size, precision, compiled, dev)
+        return measure(name, model, step, batch_size, steps, allocator_tuned)
+
+
+def measure(name: str, model, step, batch_size: int, steps: int, allocator_tuned: bool) -> dict:
+    """Warm up, then time ``step`` in rounds between probes of the ceiling; one row of the table."""
+    kind, precision, compiled = {**CONFIGS, **COMPILED}[name]
+    dev = next(model.parameters()).device
+    sample, timestep = torch.zeros(1, 1, 28, 28, device=dev), torch.tensor([5], device=dev)
+    labels = [torch.tensor([3], device=dev)] if kind == "ours" else []
+    flops = forward_flops(model, sample, timestep, *labels)
     probe, probe_flops = ceiling_probe(ceiling_for(precision))
     for _ in range(3 if compiled else 2):  # warm-up: compilation, autotuning and the allocator
         step()

@@ -5,6 +5,8 @@ batches an uninterrupted run would have seen, and N processes see exactly the ba
 batch size.
 """
 
+from dataclasses import dataclass
+
 import torch
 
 
@@ -53,9 +55,11 @@ class BatchPlan:
         start = position * self.global_batch + self.process_index * self.local_batch
         return self._order[start : start + self.local_batch]
 
-    def randomness(self, micro_batch: int, image_shape, num_train_timesteps: int, cond_drop_prob: float):
-        """(noise, timesteps, label-drop mask) of this process's share of ``micro_batch``; timesteps are uniform, or
-        drawn from ``timestep_probabilities``."""
+    def randomness(
+        self, micro_batch: int, image_shape, num_train_timesteps: int, cond_drop_prob: float
+    ) -> "BatchRandomness":
+        """The noise, timesteps (with their importance weights) and label drops of this process's share of
+        ``micro_batch``; timesteps are uniform, or drawn from ``timestep_probabilities``."""
         generator = self._generator(1, micro_batch)
         noise = torch.randn((self.global_batch, *image_shape), generator=generator)
         if self.timestep_probabilities is None:
@@ -64,7 +68,25 @@ class BatchPlan:
             timesteps = torch.multinomial(self.timestep_probabilities, self.global_batch, True, generator=generator)
         drop = torch.rand(self.global_batch, generator=generator) < cond_drop_prob
         mine = slice(self.process_index * self.local_batch, (self.process_index + 1) * self.local_batch)
-        return noise[mine], timesteps[mine], drop[mine]
+        weights = None
+        if self.timestep_probabilities is not None:  # 1 / (T p(t)) keeps T * L_t an unbiased estimate of the bound
+            weights = 1.0 / (num_train_timesteps * self.timestep_probabilities[timesteps[mine]])
+        return BatchRandomness(noise[mine], timesteps[mine], drop[mine], weights)
+
+
+@dataclass
+class BatchRandomness:
+    """What one micro-batch draws: noise, timesteps and their importance weights (None when t is uniform), and which
+    labels are dropped to the null class. On the CPU; ``to(device)`` moves it."""
+
+    noise: torch.Tensor
+    timesteps: torch.Tensor
+    drop_labels: torch.Tensor
+    vlb_importance: torch.Tensor | None = None
+
+    def to(self, device) -> "BatchRandomness":
+        weights = self.vlb_importance.to(device) if self.vlb_importance is not None else None
+        return BatchRandomness(self.noise.to(device), self.timesteps.to(device), self.drop_labels.to(device), weights)
 
 
 def lognormal_timestep_probabilities(

@@ -1,5 +1,8 @@
 """The `ddpm-mnist` command: evaluate, sample, trajectory, push.
 
+torch, diffusers and the pipeline are imported by the commands that sample, so that `push` and `--help` start in
+well under a second.
+
 Sampling flags left out take the model's own saved defaults (its default call), and the UNet runs in the fastest
 dtype this machine has natively (``--dtype``). Every flag is checked, and every output path, before any work starts.
 """
@@ -12,13 +15,9 @@ import time
 from pathlib import Path
 
 import PIL.Image
-import torch
 
-from .evaluation import SCHEDULERS, evaluate_pipeline
-from .hardware import DTYPE_CHOICES, prepare_for_sampling
+from .constants import DTYPE_CHOICES, FULL_CHAIN, SCHEDULERS
 from .hub import HubError, push_output_dir
-from .pipeline_ddpm_mnist import FULL_CHAIN, DDPMMnistPipeline
-from .visualization import make_grid, make_trajectory_figure, save_trajectory_gif
 
 
 # ---------------------------------------------------------------------- flag types (errors name the flag)
@@ -108,17 +107,19 @@ IMAGE_SUFFIXES = tuple(sorted({s for s, f in PIL.Image.registered_extensions().i
 # ---------------------------------------------------------------------- commands
 def _load_pipeline(model: str, dtype: str = "auto"):
     """The pipeline at ``model``, its UNet in ``dtype`` (auto: the fastest one this machine runs natively)."""
+    from .hardware import prepare_for_sampling
+    from .pipeline_ddpm_mnist import DDPMMnistPipeline
+
     return prepare_for_sampling(DDPMMnistPipeline.from_pretrained(model), dtype=dtype)
 
 
 def _sampling_arguments(args) -> dict:
-    """The sampling flags given; those left out take the model's saved defaults."""
-    chosen = {"num_inference_steps": args.num_inference_steps}
-    if args.guidance_scale is not None:
-        chosen["guidance_scale"] = args.guidance_scale
-    if args.guidance_interval is not None:
-        chosen["guidance_interval"] = args.guidance_interval
-    return chosen
+    """The sampling flags; those left out are None, which the pipeline reads as its saved defaults."""
+    return {
+        "num_inference_steps": args.num_inference_steps,
+        "guidance_scale": args.guidance_scale,
+        "guidance_interval": args.guidance_interval,
+    }
 
 
 def _write(path: Path, save):
@@ -128,6 +129,8 @@ def _write(path: Path, save):
 
 
 def cmd_evaluate(args):
+    from .evaluation import evaluate_pipeline
+
     pipe = _load_pipeline(args.model, args.dtype)
     started = time.perf_counter()
     result = evaluate_pipeline(
@@ -163,6 +166,8 @@ def format_table(result: dict) -> str:
 
 def _sample(args, return_trajectory=False):
     """Load --model and draw --num_images samples of the --digits asked for, as numpy arrays."""
+    import torch
+
     pipe = _load_pipeline(args.model, args.dtype)
     digits = args.digits
     labels = [digits[i % len(digits)] for i in range(args.num_images)] if digits else None
@@ -177,12 +182,16 @@ def _sample(args, return_trajectory=False):
 
 
 def cmd_sample(args):
+    from .visualization import make_grid
+
     out = _sample(args)
     grid = make_grid(out.images, labels=out.class_labels if args.label or args.digits else None)
     _write(args.out, grid.save)
 
 
 def cmd_trajectory(args):
+    from .visualization import make_trajectory_figure, save_trajectory_gif
+
     out = _sample(args, return_trajectory=True)
     frames = None
     if args.frames:

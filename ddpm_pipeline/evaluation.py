@@ -6,14 +6,13 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from .constants import SCHEDULERS
 from .data import load_embedded_mnist, scale_to_model_range, to_training_tensors
 from .hardware import machine_summary
 from .metrics import scores
 from .metrics.classifier import MnistClassifier, load_classifier
 from .pipeline_ddpm_mnist import FULL_CHAIN, SAMPLING_DEFAULT_KEYS
 from .scheduling_ddpm_cosine import CosineDDPMScheduler
-
-SCHEDULERS = ("ddpm", "ddpm2", "ddim", "dpm")
 
 
 @dataclass

@@ -1,10 +1,16 @@
-"""The training objective: L_simple, and Improved DDPM's hybrid loss when the variance is learned."""
+"""The training objective, in one place: ``training_losses`` noises a batch, drops labels for guidance, runs the UNet
+and returns L_simple and Improved DDPM's hybrid loss (in the spirit of improved-diffusion's ``training_losses``).
 
+``train_ddpm.py`` and the benchmarks call it, so that a benchmark trains what the default run trains.
+"""
+
+import contextlib
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from .batch_plan import BatchRandomness
 from .scheduling_ddpm_cosine import CosineDDPMScheduler
 
 
@@ -76,3 +82,43 @@ def diffusion_loss(
         terms = terms * vlb_importance.to(terms.device)
     vlb = terms.mean() * scheduler.config.num_train_timesteps
     return DiffusionLoss(loss=simple + vlb_weight * vlb, simple=simple, vlb=vlb)
+
+
+def training_losses(
+    model,
+    scheduler: CosineDDPMScheduler,
+    original_samples: torch.Tensor,
+    class_labels: torch.Tensor | None,
+    randomness: BatchRandomness,
+    null_class: int | None = None,
+    vlb_weight: float = 0.001,
+    snr_gamma: float | None = None,
+    autocast=contextlib.nullcontext,
+    channels_last: bool = False,
+) -> DiffusionLoss:
+    """The losses of one batch of clean images ``original_samples`` in [-1, 1].
+
+    x_t ~ q(x_t | x_0) by the reparameterization trick at ``randomness.timesteps``; labels flagged in
+    ``randomness.drop_labels`` become ``null_class`` (classifier-free guidance); the model runs under ``autocast``
+    (e.g. ``accelerator.autocast``); then L_hybrid, with ``randomness.vlb_importance`` weighting the bound when the
+    timesteps were not drawn uniformly.
+    """
+    noise, timesteps = randomness.noise, randomness.timesteps
+    noisy = scheduler.add_noise(original_samples, noise, timesteps)
+    if channels_last:
+        noisy = noisy.contiguous(memory_format=torch.channels_last)
+    if class_labels is not None and null_class is not None:
+        class_labels = torch.where(randomness.drop_labels, torch.full_like(class_labels, null_class), class_labels)
+    with autocast():
+        model_output = model(noisy, timesteps, class_labels).sample
+    return diffusion_loss(
+        model_output,
+        scheduler,
+        original_samples,
+        noise,
+        noisy,
+        timesteps,
+        vlb_weight,
+        snr_gamma=snr_gamma,
+        vlb_importance=randomness.vlb_importance,
+    )

@@ -5,12 +5,7 @@ from pathlib import Path
 
 import yaml
 
-from .pipeline_ddpm_mnist import (
-    DEFAULT_GUIDANCE_INTERVAL,
-    DEFAULT_GUIDANCE_SCALE,
-    DEFAULT_NUM_INFERENCE_STEPS,
-    FULL_CHAIN,
-)
+from .constants import FULL_CHAIN
 
 CARD_TEMPLATE = """---
 {metadata}---
@@ -18,7 +13,7 @@ CARD_TEMPLATE = """---
 # {title}
 
 A denoising diffusion probabilistic model (DDPM) for 28x28 MNIST digits, trained with the `ddpm-mnist` package:
-cosine noise schedule, a UNet that predicts {predicts} and {variance},
+cosine noise schedule, a UNet that predicts {predicts}, with {variance},
 {conditioning}. Data: {data}.
 
 ## Samples
@@ -91,8 +86,8 @@ def _data_description(config: dict) -> str:
 PREDICTS = {"epsilon": "the noise", "v_prediction": "v (Salimans & Ho)", "sample": "the clean digit"}
 VARIANCES = {
     "learned_range": "a learned-range variance (Improved DDPM)",
-    "fixed_small": "no variance (fixed: the posterior's beta_tilde)",
-    "fixed_large": "no variance (fixed: beta)",
+    "fixed_small": "a fixed variance (the posterior's beta_tilde)",
+    "fixed_large": "a fixed variance (beta)",
 }
 
 
@@ -106,13 +101,23 @@ def saved_pipeline_settings(folder: Path | None, config: dict) -> dict:
     if folder is not None and (Path(folder) / "scheduler" / "scheduler_config.json").is_file():
         scheduler = json.loads((Path(folder) / "scheduler" / "scheduler_config.json").read_text())
     learned = config.get("learned_variance", True)
-    steps = index.get("default_num_inference_steps", config.get("num_inference_steps", DEFAULT_NUM_INFERENCE_STEPS))
+    call = {
+        "num_inference_steps": index.get("default_num_inference_steps", config.get("num_inference_steps")),
+        "guidance_scale": index.get("default_guidance_scale", config.get("guidance_scale")),
+        "guidance_interval": index.get("default_guidance_interval", config.get("guidance_interval")),
+    }
+    if None in call.values():  # neither the folder nor the config says: the pipeline's own defaults (loads diffusers)
+        from . import pipeline_ddpm_mnist as pipeline
+
+        defaults = {
+            "num_inference_steps": pipeline.DEFAULT_NUM_INFERENCE_STEPS,
+            "guidance_scale": pipeline.DEFAULT_GUIDANCE_SCALE,
+            "guidance_interval": pipeline.DEFAULT_GUIDANCE_INTERVAL,
+        }
+        call = {key: defaults[key] if value is None else value for key, value in call.items()}
     return {
-        "num_inference_steps": FULL_CHAIN if steps is None else steps,
-        "guidance_scale": index.get("default_guidance_scale", config.get("guidance_scale", DEFAULT_GUIDANCE_SCALE)),
-        "guidance_interval": list(
-            index.get("default_guidance_interval", config.get("guidance_interval", DEFAULT_GUIDANCE_INTERVAL))
-        ),
+        **call,
+        "guidance_interval": list(call["guidance_interval"]),
         "variance_type": scheduler.get("variance_type", "learned_range" if learned else "fixed_small"),
         "prediction_type": scheduler.get("prediction_type", config.get("prediction_type", "epsilon")),
         "sampling_order": scheduler.get("sampling_order", config.get("sampling_order", 1)),

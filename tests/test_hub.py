@@ -336,3 +336,31 @@ def test_model_card_usage_snippets_parse_and_name_the_repository():
     for card in (conditional, unconditional):
         assert "pip install ddpm-mnist" not in card and "pip install torch==2.13.0 -e ." in card
         assert "dtype=preferred_dtype()" in card
+
+
+def test_model_card_describes_the_saved_pipeline_not_literals(tmp_path):
+    """The card reads the saved pipeline: its default call (model_index.json), variance and prediction type
+    (scheduler_config.json), whatever the training config says or leaves out."""
+    from ddpm_pipeline import CosineDDPMScheduler, DDPMMnistPipeline
+    from ddpm_pipeline.model_card import write_model_card
+
+    pipe = tiny_pipeline(learned_variance=False)
+    scheduler = CosineDDPMScheduler(num_train_timesteps=50, variance_type="fixed_small", prediction_type="v_prediction")
+    saved = DDPMMnistPipeline(
+        unet=pipe.unet,
+        scheduler=scheduler,
+        default_num_inference_steps="full",
+        default_guidance_scale=1.75,
+        default_guidance_interval=(0.2, 0.9),
+    )
+    saved.save_pretrained(tmp_path)
+    card = write_model_card(tmp_path, {"class_conditional": True}).read_text()
+    assert "predicts v (Salimans & Ho), with a fixed variance" in card and "learned-range" not in card
+    assert "the full training chain of the fixed-variance DDPM sampler" in card
+    assert "classifier-free guidance 1.75 where 0.2 T <= t < 0.9 T" in card
+    # without a folder, a config that leaves the call out gets the pipeline's own defaults, not the card's
+    from ddpm_pipeline.model_card import render_model_card
+    from ddpm_pipeline.pipeline_ddpm_mnist import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_INFERENCE_STEPS
+
+    bare = render_model_card({"class_conditional": True}, repo_id="alice/tiny-ddpm")
+    assert f"{DEFAULT_NUM_INFERENCE_STEPS} respaced steps" in bare and f"guidance {DEFAULT_GUIDANCE_SCALE} " in bare

@@ -71,3 +71,43 @@ def test_an_unknown_prediction_type_is_refused():
     x0 = torch.zeros(1, 1, 4, 4)
     with pytest.raises(ValueError, match="velocity"):
         prediction_target(scheduler, x0, x0, torch.tensor([1]))
+
+
+def test_training_losses_noises_drops_labels_and_weights_the_bound():
+    """The one objective against a direct computation: x_t by diffusers' own add_noise on the same cosine schedule,
+    dropped labels sent to the null class, and the bound weighted by the plan's importance weights."""
+    from diffusers import DDPMScheduler
+
+    from ddpm_pipeline.batch_plan import BatchRandomness
+    from ddpm_pipeline.losses import training_losses
+
+    torch.manual_seed(0)
+    scheduler = CosineDDPMScheduler(num_train_timesteps=100)
+    oracle = DDPMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2")
+    x0 = torch.rand(4, 1, 8, 8) * 2 - 1
+    randomness = BatchRandomness(
+        noise=torch.randn(4, 1, 8, 8),
+        timesteps=torch.tensor([0, 10, 50, 99]),
+        drop_labels=torch.tensor([True, False, True, False]),
+        vlb_importance=torch.tensor([0.5, 1.0, 2.0, 4.0]),
+    )
+    seen = {}
+    output = torch.randn(4, 2, 8, 8)
+
+    class Recorder(torch.nn.Module):
+        def forward(self, sample, timesteps, class_labels):
+            seen.update(sample=sample, timesteps=timesteps, class_labels=class_labels)
+            return type("Out", (), {"sample": output})()
+
+    labels = torch.tensor([3, 4, 5, 6])
+    losses = training_losses(Recorder(), scheduler, x0, labels, randomness, null_class=10, vlb_weight=0.01)
+    expected_noisy = oracle.add_noise(x0, randomness.noise, randomness.timesteps)
+    torch.testing.assert_close(seen["sample"], expected_noisy, atol=2e-5, rtol=0)
+    assert seen["class_labels"].tolist() == [10, 4, 10, 6] and torch.equal(seen["timesteps"], randomness.timesteps)
+    direct = diffusion_loss(
+        output, scheduler, x0, randomness.noise, seen["sample"], randomness.timesteps, vlb_weight=0.01
+    )
+    torch.testing.assert_close(losses.simple, direct.simple)
+    terms = scheduler.variational_bound_terms(output, x0, seen["sample"], randomness.timesteps, stop_mean_gradient=True)
+    torch.testing.assert_close(losses.vlb, (terms * randomness.vlb_importance).mean() * 100)
+    torch.testing.assert_close(losses.loss, losses.simple + 0.01 * losses.vlb)

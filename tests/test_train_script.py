@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 import train_ddpm
 from ddpm_pipeline import DDPMMnistPipeline
 from ddpm_pipeline.checkpointing import list_checkpoints
-from tests.conftest import ROOT, tiny_args
+from tests.conftest import ROOT, TINY_CONFIG, tiny_args
 
 
 def unet_weights(output_dir):
@@ -223,3 +223,21 @@ def test_forced_divergence_stops_before_saving_and_its_advice_trains_on(tmp_path
     assert train_ddpm.main(command[3:]) == 0
     assert json.loads((out / "run_info.json").read_text())["global_step"] == 6
     assert all(torch.isfinite(t).all() for t in unet_weights(out).values())
+
+
+def test_time_to_quality_benchmark_trains_exactly_the_default_runs_steps(tmp_path):
+    """bench_time_to_quality's 'ours' is train_ddpm.py's own run (data order, objective, AdamW, LR schedule, EMA):
+    its first steps give the weights, EMA included, that train_ddpm.py saves for the same flags."""
+    from benchmarks.bench_time_to_quality import Ours
+
+    flags = ["--config", TINY_CONFIG, "--digits", "0,1", "--max_train_steps", "4"]  # the bench adds --output_dir
+    assert train_ddpm.main([*flags, "--output_dir", str(tmp_path / "script")]) == 0
+    contender = Ours(flags, str(tmp_path / "bench"))
+    while contender.train_step():
+        pass
+    assert contender.steps == 4
+    benched = contender.run.pipeline().unet.state_dict()
+    saved = unet_weights(tmp_path / "script")
+    assert benched.keys() == saved.keys()
+    for name, value in saved.items():
+        assert torch.equal(benched[name], value), name
