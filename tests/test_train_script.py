@@ -111,7 +111,7 @@ def test_missing_or_corrupt_checkpoint(tmp_path, capsys):
 def test_nan_loss_stops_with_the_step(tmp_path, monkeypatch, capsys):
     out = tmp_path / "nan"
     calls = {"n": 0}
-    real_loss = train_ddpm.diffusion_loss
+    real_loss = train_ddpm.training_losses
 
     def sometimes_nan(*args, **kwargs):
         calls["n"] += 1
@@ -120,7 +120,7 @@ def test_nan_loss_stops_with_the_step(tmp_path, monkeypatch, capsys):
             losses.loss = losses.loss * float("nan")
         return losses
 
-    monkeypatch.setattr(train_ddpm, "diffusion_loss", sometimes_nan)
+    monkeypatch.setattr(train_ddpm, "training_losses", sometimes_nan)
     assert train_ddpm.main(tiny_args(out, "--max_train_steps", "8", "--checkpointing_steps", "2")) == 2
     message = capsys.readouterr().err
     assert "at step 5" in message and "nan" in message.lower()
