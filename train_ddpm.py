@@ -4,8 +4,8 @@
 The loop in the diffusers examples' style, with what their users ask for: one-channel data, a seed that fixes
 everything, exact resume (the data order, noise and timesteps are functions of the seed and the step, so a resumed
 run replays the same batches), atomic checkpoints kept out of the pushed model, and EMA weights that never overwrite
-the training weights. `train()` reads as its phases: set up, resume, then per step: update, log, checkpoint,
-pictures; finally save, evaluate and push.
+the training weights. `train()` comes first and reads as the run's numbered stages: set up, resume, then per step:
+update, log, checkpoint, snapshot, pictures; finally save, evaluate and push. The helpers follow in that order.
 """
 
 import contextlib
@@ -39,7 +39,7 @@ from ddpm_pipeline.checkpointing import (
 from ddpm_pipeline.cpu_allocator import keep_freed_memory
 from ddpm_pipeline.data import DatasetError, scale_to_model_range
 from ddpm_pipeline.divergence import DivergenceError, DivergenceGuard, all_finite
-from ddpm_pipeline.evaluation import evaluate_pipeline
+from ddpm_pipeline.evaluation import NLL_IMAGES, evaluate_pipeline
 from ddpm_pipeline.hardware import PrecisionChoice, choose_precision, machine_summary
 from ddpm_pipeline.hub import HubError, push_output_dir
 from ddpm_pipeline.losses import training_losses
@@ -62,9 +62,10 @@ class TrainingDivergedError(RuntimeError):
     """The run diverged (a NaN loss, an exploding gradient or update); the message says how to go on."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainingRun:
-    """Everything a run holds: its config, the Accelerate objects, the data and where the run stands."""
+    """Everything a run holds: its config, the Accelerate objects, the data and where the run stands (built by
+    keyword, in ``setup_run``)."""
 
     config: TrainingConfig
     accelerator: Accelerator
@@ -100,7 +101,117 @@ class TrainingRun:
         return ema_pipeline(unet, self.ema, self.noise_scheduler.config, self.config.sampling_defaults())
 
 
+# ---------------------------------------------------------------------------------------------------- the run
+def train(config: TrainingConfig, argv: list[str] | None = None) -> Path:
+    """Run training; returns the output folder, which then holds a loadable pipeline and its pictures. ``argv``, the
+    flags the run was started with, goes into the model card and into the command a divergence suggests."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
+    config.check_output_dir()
+    # 1. set up: the accelerator and precision, data, UNet, scheduler, AdamW, LR schedule, EMA, batch plan
+    run = setup_run(config, argv)
+    # 2. resume from a verified checkpoint, if asked, with this config's learning rate
+    resume(run)
+    start_logging(run)
+    progress = tqdm(
+        total=run.max_train_steps,
+        initial=run.global_step,
+        desc="train",
+        disable=not run.accelerator.is_local_main_process,
+    )
+    run.started = time.perf_counter()
+    with progress:
+        while run.global_step < run.max_train_steps:
+            # 3. one optimizer step: micro-batches, backward, clipping, the divergence guard, AdamW, LR and EMA
+            totals = optimizer_step(run)
+            # 4. the losses, learning rate and throughput to the tracker and the progress bar
+            log_step(run, totals, progress)
+            # 5. the training state, every checkpointing_steps (written atomically)
+            if checkpoint_due(run):
+                save_checkpoint(run)
+            # 6. the raw weights, for post-hoc EMA, every weight_snapshot_steps
+            if config.weight_snapshot_steps and run.global_step % config.weight_snapshot_steps == 0:
+                save_weight_snapshot(run)
+            # 7. a sample grid from the EMA weights, after every save_images_epochs-th epoch
+            epoch = epoch_for_pictures(run)
+            if epoch is not None:
+                save_epoch_pictures(run, epoch)
+    # 8. the final pipeline, its pictures and card; evaluation and push when asked
+    finish(run)
+    return run.output_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        argv = sys.argv[1:] if argv is None else argv
+        config = parse_training_config(argv)
+        train(config, argv)
+    except (ConfigError, DatasetError, CheckpointError, TrainingDivergedError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except HubError as error:
+        print(f"error: training finished, but the push failed: {error}", file=sys.stderr)
+        return 3
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------- set-up
+def setup_run(config: TrainingConfig, argv: list[str] | None = None) -> TrainingRun:
+    """Build everything the config describes, before any step: errors in the data or the config surface here."""
+    accelerator, precision = setup_accelerator(config)
+    setup_cpu(accelerator, config)
+    set_seed(config.seed)  # the weights' initialisation; all later randomness comes from BatchPlan
+    images, labels = load_training_data(config)
+    num_classes = 10 if config.class_conditional else None
+    unet, noise_scheduler = build_models(config, num_classes)
+    if config.channels_last:
+        unet = unet.to(memory_format=torch.channels_last)
+    plan = build_batch_plan(config, accelerator, len(images), noise_scheduler)
+    steps_per_epoch = max(1, plan.micro_batches_per_epoch // config.gradient_accumulation_steps)
+    max_train_steps = config.max_train_steps or config.num_epochs * steps_per_epoch
+    optimizer = build_optimizer(config, unet.parameters(), accelerator.device)
+    # Stepped by hand once per optimizer step (not prepared: Accelerate would step it once per process).
+    lr_scheduler = build_lr_scheduler(config, optimizer, max_train_steps)
+    unet, optimizer = accelerator.prepare(unet, optimizer)
+    accelerator.register_for_checkpointing(lr_scheduler)
+    ema = build_ema(config, accelerator.unwrap_model(unet))
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+    return TrainingRun(
+        config=config,
+        accelerator=accelerator,
+        precision=precision,
+        unet=unet,
+        noise_scheduler=noise_scheduler,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        ema=ema,
+        plan=plan,
+        images=images,
+        labels=labels,
+        num_classes=num_classes,
+        max_train_steps=max_train_steps,
+        argv=argv,
+    )
+
+
+def build_batch_plan(config: TrainingConfig, accelerator: Accelerator, num_images: int, noise_scheduler) -> BatchPlan:
+    """Data order and randomness as functions of (seed, step), this process's slice of each global batch."""
+    probabilities = None
+    if config.timestep_sampling == "lognormal":
+        probabilities = lognormal_timestep_probabilities(noise_scheduler.alphas_cumprod)
+    try:
+        return BatchPlan(
+            config.seed,
+            config.train_batch_size,
+            num_images,
+            accelerator.num_processes,
+            accelerator.process_index,
+            timestep_probabilities=probabilities,
+        )
+    except ValueError as error:
+        raise ConfigError(f"Invalid config value for 'train_batch_size': {error}; lower train_batch_size.") from None
+
+
 def setup_accelerator(config: TrainingConfig) -> tuple[Accelerator, PrecisionChoice]:
     """The Accelerator, with ``mixed_precision: auto`` resolved for the device it will train on (and logged why)."""
     # the device Accelerate will train on; ACCELERATE_USE_CPU as AcceleratorState reads it, so that the process
@@ -138,46 +249,6 @@ def setup_cpu(accelerator: Accelerator, config: TrainingConfig):
         logger.info("Keeping freed memory in the process (glibc mallopt): no page faults on each step's buffers.")
 
 
-def setup_run(config: TrainingConfig) -> TrainingRun:
-    """Build everything the config describes, before any step: errors in the data or the config surface here."""
-    accelerator, precision = setup_accelerator(config)
-    setup_cpu(accelerator, config)
-    set_seed(config.seed)  # the weights' initialisation; all later randomness comes from BatchPlan
-    images, labels = load_training_data(config)
-    num_classes = 10 if config.class_conditional else None
-    unet, noise_scheduler = build_models(config, num_classes)
-    if config.channels_last:
-        unet = unet.to(memory_format=torch.channels_last)
-    probabilities = None
-    if config.timestep_sampling == "lognormal":
-        probabilities = lognormal_timestep_probabilities(noise_scheduler.alphas_cumprod)
-    try:
-        plan = BatchPlan(
-            config.seed,
-            config.train_batch_size,
-            len(images),
-            accelerator.num_processes,
-            accelerator.process_index,
-            timestep_probabilities=probabilities,
-        )
-    except ValueError as error:
-        raise ConfigError(f"Invalid config value for 'train_batch_size': {error}; lower train_batch_size.") from None
-    steps_per_epoch = max(1, plan.micro_batches_per_epoch // config.gradient_accumulation_steps)
-    max_train_steps = config.max_train_steps or config.num_epochs * steps_per_epoch
-    optimizer = build_optimizer(config, unet.parameters(), accelerator.device)
-    # Stepped by hand once per optimizer step (not prepared: Accelerate would step it once per process).
-    lr_scheduler = build_lr_scheduler(config, optimizer, max_train_steps)
-    unet, optimizer = accelerator.prepare(unet, optimizer)
-    accelerator.register_for_checkpointing(lr_scheduler)
-    ema = build_ema(config, accelerator.unwrap_model(unet))
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
-    return TrainingRun(
-        config, accelerator, precision, unet, noise_scheduler, optimizer, lr_scheduler, ema, plan, images, labels,
-        num_classes, max_train_steps,
-    )  # fmt: skip
-
-
 def resume(run: TrainingRun):
     """Load the checkpoint asked for, verified (``latest`` may find none yet), and continue from its step with this
     config's learning rate."""
@@ -203,15 +274,18 @@ def resume(run: TrainingRun):
 
 
 def use_config_learning_rate(run: TrainingRun):
-    """A checkpoint restores the learning rate it was saved with; a resume with --learning_rate must train with it."""
+    """A checkpoint restores the schedule it was saved with; a resume with another --learning_rate must train with
+    this config's. The schedule is a function of the step, so it is built again from the config by diffusers'
+    get_scheduler at the resumed step (``last_epoch``; torch resumes from each group's ``initial_lr``)."""
     saved, wanted = run.lr_scheduler.base_lrs[0], run.config.learning_rate
     if saved == wanted:
         return
     logger.info("Learning rate %g from the config, not the checkpoint's %g.", wanted, saved)
-    run.lr_scheduler.base_lrs = [wanted for _ in run.lr_scheduler.base_lrs]
-    for group, factor in zip(run.optimizer.param_groups, run.lr_scheduler.lr_lambdas):
+    optimizer = run.lr_scheduler.optimizer
+    for group in optimizer.param_groups:
         group["initial_lr"] = wanted
-        group["lr"] = wanted * factor(run.lr_scheduler.last_epoch)
+    rebuilt = build_lr_scheduler(run.config, optimizer, run.max_train_steps, last_epoch=run.global_step - 1)
+    run.lr_scheduler.load_state_dict(rebuilt.state_dict())
 
 
 def start_logging(run: TrainingRun):
@@ -406,50 +480,6 @@ def push(run: TrainingRun, commit_message: str = "Upload DDPM MNIST pipeline") -
     )
 
 
-# ---------------------------------------------------------------------------------------------------- the loop
-def train(config: TrainingConfig, argv: list[str] | None = None) -> Path:
-    """Run training; returns the output folder, which then holds a loadable pipeline and its pictures. ``argv``, the
-    flags the run was started with, goes into the model card and into the command a divergence suggests."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
-    config.check_output_dir()
-    run = setup_run(config)
-    run.argv = argv
-    resume(run)
-    start_logging(run)
-    progress = tqdm(
-        total=run.max_train_steps,
-        initial=run.global_step,
-        desc="train",
-        disable=not run.accelerator.is_local_main_process,
-    )
-    run.started = time.perf_counter()
-    with progress:
-        train_steps(run, progress)
-    # 6. the final pipeline, its pictures and card; evaluation and push when asked
-    finish(run)
-    return run.output_dir
-
-
-def train_steps(run: TrainingRun, progress):
-    """The loop: one optimizer step and what is due after it, until max_train_steps."""
-    config = run.config
-    while run.global_step < run.max_train_steps:
-        # 1. one optimizer step: micro-batches, backward, clipping, AdamW, the LR schedule and EMA
-        totals = optimizer_step(run)
-        # 2. the losses, learning rate and throughput to the tracker and the progress bar
-        log_step(run, totals, progress)
-        # 3. the training state, every checkpointing_steps (written atomically)
-        if checkpoint_due(run):
-            save_checkpoint(run)
-        # 4. the raw weights, for post-hoc EMA, every weight_snapshot_steps
-        if config.weight_snapshot_steps and run.global_step % config.weight_snapshot_steps == 0:
-            save_weight_snapshot(run)
-        # 5. a sample grid from the EMA weights, after every save_images_epochs-th epoch
-        epoch = epoch_for_pictures(run)
-        if epoch is not None:
-            save_epoch_pictures(run, epoch)
-
-
 def recorded_command(argv: list[str] | None, replace: dict[str, str] | None = None) -> str | None:
     """The command line of a run (``argv``: its flags), with any --hub_token value left out and the flags in
     ``replace`` set to new values (appended where absent)."""
@@ -474,7 +504,9 @@ def recorded_command(argv: list[str] | None, replace: dict[str, str] | None = No
 def evaluate_for_card(pipe, config: TrainingConfig) -> dict:
     """The evaluation figures for the model card: `ddpm-mnist evaluate` on the final EMA pipeline's default call
     (the sampling settings it was built with, from the config)."""
-    result = evaluate_pipeline(pipe, num_samples=config.eval_num_samples, seed=config.seed)
+    # the bound on as many held-out digits as there are samples, up to the evaluator's 200: a small check stays small
+    nll_images = min(config.eval_num_samples, NLL_IMAGES)
+    result = evaluate_pipeline(pipe, num_samples=config.eval_num_samples, seed=config.seed, nll_images=nll_images)
     (Path(config.output_dir) / "evaluation.json").write_text(json.dumps(result, indent=2))
     return result
 
@@ -483,20 +515,6 @@ def log_image(accelerator: Accelerator, name: str, image, step: int):
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
             tracker.writer.add_image(name, np.asarray(image)[None], step, dataformats="CHW")
-
-
-def main(argv: list[str] | None = None) -> int:
-    try:
-        argv = sys.argv[1:] if argv is None else argv
-        config = parse_training_config(argv)
-        train(config, argv)
-    except (ConfigError, DatasetError, CheckpointError, TrainingDivergedError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except HubError as error:
-        print(f"error: training finished, but the push failed: {error}", file=sys.stderr)
-        return 3
-    return 0
 
 
 if __name__ == "__main__":

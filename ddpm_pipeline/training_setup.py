@@ -56,10 +56,14 @@ def build_optimizer(config: TrainingConfig, parameters, device: torch.device) ->
     )
 
 
-def build_lr_scheduler(config: TrainingConfig, optimizer, max_train_steps: int):
-    """diffusers' named schedule, stepped once per optimizer step."""
+def build_lr_scheduler(config: TrainingConfig, optimizer, max_train_steps: int, last_epoch: int = -1):
+    """diffusers' named schedule, stepped once per optimizer step; ``last_epoch`` = k - 1 builds it at step k."""
     return get_scheduler(
-        config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=max_train_steps
+        config.lr_scheduler,
+        optimizer,
+        num_warmup_steps=config.lr_warmup_steps,
+        num_training_steps=max_train_steps,
+        last_epoch=last_epoch,
     )
 
 

@@ -420,7 +420,12 @@ BAD_CALLS = [
 ]
 
 
-@pytest.mark.parametrize("kwargs, error, words", BAD_CALLS, ids=[str(c[0]) for c in BAD_CALLS])
+def _call_id(kwargs: dict) -> str:
+    """A stable test id (no object addresses, which differ between processes)."""
+    return ",".join(f"{k}={type(v).__name__ if isinstance(v, list) else v!r}" for k, v in kwargs.items())
+
+
+@pytest.mark.parametrize("kwargs, error, words", BAD_CALLS, ids=[_call_id(c[0]) for c in BAD_CALLS])
 def test_bad_pipeline_argument(kwargs, error, words):
     pipe = tiny_pipeline()
     with pytest.raises(error) as caught:

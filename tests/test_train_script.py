@@ -241,3 +241,30 @@ def test_time_to_quality_benchmark_trains_exactly_the_default_runs_steps(tmp_pat
     assert benched.keys() == saved.keys()
     for name, value in saved.items():
         assert torch.equal(benched[name], value), name
+
+
+def test_a_resume_with_another_learning_rate_follows_the_config_schedule(tmp_path):
+    """The checkpoint's schedule is replaced by this config's, at the resumed step: the learning rate after resuming
+    equals diffusers' get_scheduler for the new peak, stepped to the same step (and so does the next step's)."""
+    from diffusers.optimization import get_scheduler
+
+    from ddpm_pipeline.training_config import parse_training_config
+
+    out = tmp_path / "run"
+    assert train_ddpm.main(tiny_args(out, "--max_train_steps", "6", "--checkpointing_steps", "3")) == 0
+    args = tiny_args(out, "--max_train_steps", "6", "--learning_rate", "4e-4", "--resume_from_checkpoint", "latest")
+    run = train_ddpm.setup_run(parse_training_config(args))
+    train_ddpm.resume(run)
+    assert run.global_step == 3
+    reference_optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=4e-4)
+    reference = get_scheduler("cosine", reference_optimizer, num_warmup_steps=2, num_training_steps=6)
+    for _ in range(3):
+        reference_optimizer.step()
+        reference.step()
+    assert run.config.lr_scheduler == "cosine"
+    assert run.optimizer.param_groups[0]["lr"] == pytest.approx(reference.get_last_lr()[0], rel=1e-12)
+    train_ddpm.optimizer_step(run)
+    reference_optimizer.step()
+    reference.step()
+    assert run.lr_scheduler.get_last_lr()[0] == pytest.approx(reference.get_last_lr()[0], rel=1e-12)
+    assert run.lr_scheduler.base_lrs == [4e-4]
