@@ -3,6 +3,7 @@
 The client reads HF_ENDPOINT when it is imported, so every client call runs in a subprocess with its own environment.
 """
 
+import concurrent.futures
 import hashlib
 import os
 import subprocess
@@ -48,6 +49,13 @@ def client_env(hub, tmp_path, token=TOKEN, endpoint=None):
 
 def run(args, env, cwd=ROOT, **kwargs):
     return subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=240, **kwargs)
+
+
+def run_together(*calls):
+    """Several independent client processes at once (each spends ~5 s importing torch and diffusers): ``calls`` are
+    (args, env, cwd) triples; returns their results in order."""
+    with concurrent.futures.ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(lambda call: run(*call), calls))
 
 
 SAMPLE_SCRIPT = """
@@ -135,25 +143,26 @@ def test_push_stores_exact_bytes_and_loads_both_ways(hub, tmp_path, saved_pipeli
     card = stored["README.md"].decode()
     assert "library_name: diffusers" in card and "alice/tiny-ddpm" in card and "trust_remote_code=True" in card
 
-    # with the package, in a fresh process
-    script = SAMPLE_SCRIPT.format(
+    # in two fresh processes at once: with the package, and without it (it cannot be imported), where diffusers
+    # runs the repository's code
+    with_package = SAMPLE_SCRIPT.format(
         imports="from ddpm_pipeline import DDPMMnistPipeline",
         loader="DDPMMnistPipeline.from_pretrained('alice/tiny-ddpm')",
     )
-    result = run([sys.executable, "-c", script, str(tmp_path / "with.npy")], env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    np.testing.assert_array_equal(np.load(tmp_path / "with.npy"), expected)
-
-    # without the package: it cannot be imported, diffusers runs the repository's code
     blocked = "import sys\nsys.modules['ddpm_pipeline'] = None\n"
-    script = blocked + SAMPLE_SCRIPT.format(
+    remote = blocked + SAMPLE_SCRIPT.format(
         imports="from diffusers import DiffusionPipeline",
         loader="DiffusionPipeline.from_pretrained('alice/tiny-ddpm', trust_remote_code=True)",
     )
-    script += "print('pipeline class from', type(pipe).__module__)\n"
-    result = run([sys.executable, "-c", script, str(tmp_path / "remote.npy")], env, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "pipeline class from diffusers_modules" in result.stdout
+    remote += "print('pipeline class from', type(pipe).__module__)\n"
+    local, hub_code = run_together(
+        ([sys.executable, "-c", with_package, str(tmp_path / "with.npy")], env, ROOT),
+        ([sys.executable, "-c", remote, str(tmp_path / "remote.npy")], env, tmp_path),
+    )
+    assert local.returncode == 0, local.stderr[-3000:]
+    np.testing.assert_array_equal(np.load(tmp_path / "with.npy"), expected)
+    assert hub_code.returncode == 0, hub_code.stderr[-3000:]
+    assert "pipeline class from diffusers_modules" in hub_code.stdout
     np.testing.assert_array_equal(np.load(tmp_path / "remote.npy"), expected)
 
 
@@ -181,8 +190,9 @@ def test_push_from_training_at_every_saved_epoch(hub, tmp_path):
     optimizer states, and the --hub_token flag's token nowhere (no HF_TOKEN in the environment)."""
     env = client_env(hub, tmp_path, token=None)
     out = tmp_path / "trained"
-    flags = ["--digits", "0,1", "--train_batch_size", "64", "--max_train_steps", "28", "--save_images_epochs", "1"]
-    flags += ["--checkpointing_steps", "10", "--push_to_hub", "--push_every_save", "--hub_model_id", "alice/epochs"]
+    # 900 digits in batches of 128: an epoch is 7 steps, so there is a push at step 7 and one at the end (10)
+    flags = ["--digits", "0,1", "--train_batch_size", "128", "--max_train_steps", "10", "--save_images_epochs", "1"]
+    flags += ["--checkpointing_steps", "5", "--push_to_hub", "--push_every_save", "--hub_model_id", "alice/epochs"]
     result = run(train_command(out, *flags, "--hub_token", TOKEN), env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert TOKEN not in result.stdout + result.stderr
@@ -252,8 +262,8 @@ def test_a_private_repo_needs_the_owner_token_and_a_missing_one_is_clear(hub, tm
     assert result.returncode == 0, result.stderr[-2000:]
     assert hub.repos["alice/secret"]["private"]
     script = "from ddpm_pipeline import DDPMMnistPipeline\nDDPMMnistPipeline.from_pretrained('alice/secret')"
-    assert run([sys.executable, "-c", script], client_env(hub, tmp_path)).returncode == 0
-    # another user, another machine (nothing cached): the private repository and a missing one read the same
+    # alice loads it; another user, on another machine (nothing cached), is refused it and a missing repository
+    # alike (both at once)
     bob_env = client_env(hub, tmp_path, token=BOB_TOKEN)
     bob_env["HF_HOME"] = str(tmp_path / "bob-home")
     both = (
@@ -265,7 +275,10 @@ def test_a_private_repo_needs_the_owner_token_and_a_missing_one_is_clear(hub, tm
         "    except OSError as error:\n"
         "        print(repo, 'refused:', error)\n"
     )
-    denied = run([sys.executable, "-c", both], bob_env)
+    alice, denied = run_together(
+        ([sys.executable, "-c", script], client_env(hub, tmp_path), ROOT), ([sys.executable, "-c", both], bob_env, ROOT)
+    )
+    assert alice.returncode == 0, alice.stderr[-2000:]
     assert denied.returncode == 0, denied.stderr[-2000:]
     for repo in ("alice/secret", "alice/does-not-exist"):
         line = next(line for line in denied.stdout.splitlines() if line.startswith(repo))
