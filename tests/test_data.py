@@ -84,3 +84,37 @@ def test_hub_dataset_offline_points_to_embedded(monkeypatch):
         load_mnist_dataset("someone/no-such-mnist")
     message = str(error.value)
     assert "offline" in message and "embedded" in message and "someone/no-such-mnist" in message
+
+
+def test_the_embedded_digits_are_cached_with_datasets_and_a_damaged_cache_is_rebuilt(tmp_path, monkeypatch):
+    """Built once, saved by datasets' save_to_disk in HF_DATASETS_CACHE; a later process reads the same digits from
+    there without building; a damaged cache is built again."""
+    import datasets
+
+    from ddpm_pipeline import data
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path))
+    built = data._build_embedded_mnist()
+    builds = []
+    monkeypatch.setattr(data, "_build_embedded_mnist", lambda: builds.append(1) or built)
+
+    def fresh_process_load():
+        data.load_embedded_mnist.cache_clear()
+        return data.load_embedded_mnist()
+
+    try:
+        first = fresh_process_load()
+        assert builds == [1] and len(list(tmp_path.glob("ddpm-mnist-embedded-*"))) == 1
+        second = fresh_process_load()
+        assert builds == [1]  # read from the cache, not built
+        for split in ("train", "test"):
+            assert second[split]["label"] == built[split]["label"]
+            assert [np.asarray(im).tobytes() for im in second[split]["image"][:50]] == [
+                np.asarray(im).tobytes() for im in built[split]["image"][:50]
+            ]
+        (next(tmp_path.glob("ddpm-mnist-embedded-*")) / "dataset_dict.json").write_text("{oops")
+        assert len(fresh_process_load()["train"]) == 4500 and builds == [1, 1]
+        assert len(fresh_process_load()["train"]) == 4500 and builds == [1, 1]  # the rebuilt cache is read again
+        assert first is not second
+    finally:
+        data.load_embedded_mnist.cache_clear()
