@@ -72,9 +72,10 @@ def with_scheduler(pipe, name: str | None):
 
 
 def generate(
-    pipe, num_samples, num_inference_steps, guidance_scale, seed, batch_size=250, guidance_interval=(0.0, 1.0)
+    pipe, num_samples, num_inference_steps=None, guidance_scale=None, seed=0, batch_size=250, guidance_interval=None
 ):
-    """Samples in [-1, 1] and the digits asked for (balanced 0..9 for a conditional model, else None)."""
+    """Samples in [-1, 1] and the digits asked for (balanced 0..9 for a conditional model, else None); sampling
+    settings left None are the pipeline's saved default call."""
     conditional = pipe.unet.config.num_class_embeds is not None
     requested = torch.arange(num_samples) % 10 if conditional else None
     generator = torch.Generator().manual_seed(seed)

@@ -208,3 +208,24 @@ def write_model_card(output_dir: Path, config: dict, run_info=None, evaluation=N
         render_model_card(config, run_info, evaluation, repo_id or config.get("hub_model_id"), folder=output_dir)
     )
     return path
+
+
+def rewrite_model_card(folder: Path) -> Path:
+    """The card of a saved run written again from what the folder holds (train_config.yaml, run_info.json,
+    evaluation.json and the pipeline), e.g. after the card's code changed."""
+    folder = Path(folder)
+    config_path, run_info_path = folder / "train_config.yaml", folder / "run_info.json"
+    config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
+    config.pop("hub_token", None)
+    run_info = json.loads(run_info_path.read_text()) if run_info_path.is_file() else None
+    return write_model_card(folder, config, run_info)
+
+
+if __name__ == "__main__":
+    import sys
+
+    for argument in sys.argv[1:] or ["--help"]:
+        if argument.startswith("-"):
+            print("usage: python -m ddpm_pipeline.model_card FOLDER [FOLDER ...]  (rewrites each FOLDER/README.md)")
+            sys.exit(0 if argument in ("-h", "--help") else 2)
+        print(f"wrote {rewrite_model_card(Path(argument))}")

@@ -477,8 +477,3 @@ def test_cli_errors_after_parsing_exit_2_with_the_cause(saved_pipeline, tmp_path
     assert cli.main(["push", str(tmp_path), "--hub_model_id", "not a repo"]) == 2
     assert "namespace/name" in capsys.readouterr().err
     assert not (tmp_path / "g.png").exists()
-
-
-def test_the_corpus_is_large():
-    sizes = [BAD_VALUES, BAD_FILES, BAD_FLAGS, BAD_CHECKPOINTS, BAD_FOLDERS, BAD_CALLS, BAD_CLI]
-    assert sum(map(len, sizes)) >= 150
