@@ -69,7 +69,8 @@ def test_the_shipped_card_and_evaluation_describe_the_shipped_pipeline():
     run_info = json.loads((PRETRAINED / "run_info.json").read_text())
     config.pop("hub_token", None)
     card = render_model_card(config, run_info, evaluation, config.get("hub_model_id"), folder=PRETRAINED)
-    assert (PRETRAINED / "README.md").read_text() == card, "regenerate it: python -m ddpm_pipeline.model_card pretrained/ddpm-mnist"
+    fix = "regenerate it: python -m ddpm_pipeline.model_card pretrained/ddpm-mnist"
+    assert (PRETRAINED / "README.md").read_text() == card, fix
 
 
 # ------------------------------------------------------------------ the same samples, bit for bit
