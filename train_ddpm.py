@@ -38,7 +38,7 @@ from ddpm_pipeline.checkpointing import (
 )
 from ddpm_pipeline.cpu_allocator import keep_freed_memory
 from ddpm_pipeline.data import DatasetError, scale_to_model_range
-from ddpm_pipeline.divergence import DivergenceError, DivergenceGuard, all_finite
+from ddpm_pipeline.divergence import PERSISTENCE, DivergenceError, DivergenceGuard, all_finite
 from ddpm_pipeline.evaluation import NLL_IMAGES, evaluate_pipeline
 from ddpm_pipeline.hardware import PrecisionChoice, choose_precision, machine_summary
 from ddpm_pipeline.hub import HubError, push_output_dir
@@ -84,6 +84,7 @@ class TrainingRun:
     images_seen: int = 0
     started: float = 0.0
     last_picture_epoch: int = -1
+    checkpoint_held: bool = False  # a checkpoint came due on a suspicious step: save it at the next normal one
     guard: DivergenceGuard = field(default_factory=DivergenceGuard)
     argv: list[str] | None = None  # the flags of this run, for the model card and the recovery command
 
@@ -125,7 +126,7 @@ def train(config: TrainingConfig, argv: list[str] | None = None) -> Path:
             totals = optimizer_step(run)
             # 4. the losses, learning rate and throughput to the tracker and the progress bar
             log_step(run, totals, progress)
-            # 5. the training state, every checkpointing_steps (written atomically)
+            # 5. the training state, every checkpointing_steps (atomically; held back while a step looks suspicious)
             if checkpoint_due(run):
                 save_checkpoint(run)
             # 6. the raw weights, for post-hoc EMA, every weight_snapshot_steps
@@ -349,6 +350,12 @@ def optimizer_step(run: TrainingRun) -> dict:
     step = run.global_step + 1
     try:
         run.guard.check_before_update(step, loss, totals["grad_norm"])
+        if run.guard.suspicious:
+            logger.warning(
+                "Step %s; training on: only a jump that persists for %d steps stops the run.",
+                run.guard.jumps[-1].removeprefix("step "),
+                PERSISTENCE,
+            )
         run.optimizer.step()
         run.guard.check_after_update(step, list(run.unet.parameters()))
     except DivergenceError as error:
@@ -396,8 +403,19 @@ def log_step(run: TrainingRun, totals: dict, progress):
 
 # ---------------------------------------------------------------------------------------------------- saving
 def checkpoint_due(run: TrainingRun) -> bool:
+    """Every checkpointing_steps; one that falls on a suspicious step (see divergence.py) waits for a normal step, so
+    that the start of a divergence is never saved."""
     every = run.config.checkpointing_steps
-    return bool(every) and run.global_step % every == 0 and run.global_step < run.max_train_steps
+    on_time = bool(every) and run.global_step % every == 0
+    if not (on_time or run.checkpoint_held) or run.global_step >= run.max_train_steps:
+        return False
+    if run.guard.suspicious:
+        if not run.checkpoint_held:
+            logger.warning("Holding back the checkpoint of step %d until a step looks normal again.", run.global_step)
+        run.checkpoint_held = True
+        return False
+    run.checkpoint_held = False
+    return True
 
 
 def save_checkpoint(run: TrainingRun):

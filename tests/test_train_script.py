@@ -268,3 +268,43 @@ def test_a_resume_with_another_learning_rate_follows_the_config_schedule(tmp_pat
     reference.step()
     assert run.lr_scheduler.get_last_lr()[0] == pytest.approx(reference.get_last_lr()[0], rel=1e-12)
     assert run.lr_scheduler.base_lrs == [4e-4]
+
+
+def _loss_times(factor: float, steps: set[int], monkeypatch):
+    """Make the losses of the given optimizer steps ``factor`` times larger (a bad batch), by patching the objective."""
+    real_loss, calls = train_ddpm.training_losses, {"n": 0}
+
+    def scaled(*args, **kwargs):
+        calls["n"] += 1
+        losses = real_loss(*args, **kwargs)
+        if calls["n"] in steps:
+            losses.loss = losses.loss * factor
+        return losses
+
+    monkeypatch.setattr(train_ddpm, "training_losses", scaled)
+
+
+def test_one_outlier_batch_does_not_stop_a_long_run(tmp_path, monkeypatch, caplog):
+    """One batch at 100x the loss (and gradient) on step 14, after the guard's warm-up: the run trains on to the end,
+    and the checkpoint due on that step is written on the next one."""
+    _loss_times(100.0, {14}, monkeypatch)
+    out = tmp_path / "outlier"
+    with caplog.at_level("WARNING"):
+        assert train_ddpm.main(tiny_args(out, "--max_train_steps", "18", "--checkpointing_steps", "7")) == 0
+    assert json.loads((out / "run_info.json").read_text())["global_step"] == 18
+    assert "Step 14: loss" in caplog.text and "Holding back the checkpoint of step 14" in caplog.text
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-7", "checkpoint-15"]
+
+
+def test_a_persistent_blow_up_stops_before_saving_and_resumes(tmp_path, monkeypatch, capsys):
+    """From step 13 on every batch is 100x: the run stops at step 15 (three in a row), the checkpoint due at step 14
+    was held back, and the newest checkpoint (step 7) resumes."""
+    _loss_times(100.0, set(range(13, 40)), monkeypatch)
+    out = tmp_path / "blowup"
+    assert train_ddpm.main(tiny_args(out, "--max_train_steps", "18", "--checkpointing_steps", "7")) == 2
+    message = capsys.readouterr().err
+    assert "persisted for 3 steps in a row" in message and "step 15" in message
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-7"] and str(out / "checkpoint-7") in message
+    monkeypatch.undo()
+    resumed = tiny_args(out, "--max_train_steps", "18", "--resume_from_checkpoint", str(out / "checkpoint-7"))
+    assert train_ddpm.main(resumed) == 0
