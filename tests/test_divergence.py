@@ -1,4 +1,4 @@
-"""ddpm_pipeline.divergence: one outlier batch is trained through; a jump that persists, or anything non-finite, stops."""
+"""ddpm_pipeline.divergence: an outlier batch is trained through; a persistent jump, or a non-finite value, stops."""
 
 import math
 
