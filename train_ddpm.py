@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, parse_flag_from_env, set_seed
+from accelerate.utils import ProjectConfiguration, broadcast, parse_flag_from_env, set_seed
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
@@ -58,6 +58,22 @@ from ddpm_pipeline.training_setup import (
 logger = get_logger(__name__)
 
 
+UNKNOWN_LENGTH = 10**9  # max_train_steps of a --time_budget run until its speed is measured
+CALIBRATION_SKIP = 2  # a --time_budget run times its steps after these (compilation, allocator warm-up) ...
+CALIBRATION_STEPS = 20  # ... up to this step, or the end of the learning-rate warm-up if that comes first
+
+
+class EarlierScheduleSlot:
+    """Holds the place where checkpoints of earlier versions kept the learning-rate scheduler's state (Accelerate
+    numbers custom states in registration order), so that they still resume; nothing is read from it."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict):
+        pass
+
+
 class TrainingDivergedError(RuntimeError):
     """The run diverged (a NaN loss, an exploding gradient or update); the message says how to go on."""
 
@@ -85,6 +101,9 @@ class TrainingRun:
     started: float = 0.0
     last_picture_epoch: int = -1
     checkpoint_held: bool = False  # a checkpoint came due on a suspicious step: save it at the next normal one
+    budget_seconds: float | None = None  # --time_budget
+    budget_fixed: bool = False  # max_train_steps is final (always, without a budget)
+    calibration_started: float = 0.0
     guard: DivergenceGuard = field(default_factory=DivergenceGuard)
     argv: list[str] | None = None  # the flags of this run, for the model card and the recovery command
 
@@ -114,7 +133,7 @@ def train(config: TrainingConfig, argv: list[str] | None = None) -> Path:
     resume(run)
     start_logging(run)
     progress = tqdm(
-        total=run.max_train_steps,
+        total=run.max_train_steps if run.budget_fixed else None,  # a --time_budget run knows it after its warm-up
         initial=run.global_step,
         desc="train",
         disable=not run.accelerator.is_local_main_process,
@@ -124,6 +143,8 @@ def train(config: TrainingConfig, argv: list[str] | None = None) -> Path:
         while run.global_step < run.max_train_steps:
             # 3. one optimizer step: micro-batches, backward, clipping, the divergence guard, AdamW, LR and EMA
             totals = optimizer_step(run)
+            if not run.budget_fixed:  # a --time_budget run fixes its length once its speed is measured (in warm-up)
+                fix_run_length(run, progress)
             # 4. the losses, learning rate and throughput to the tracker and the progress bar
             log_step(run, totals, progress)
             # 5. the training state, every checkpointing_steps (atomically; held back while a step looks suspicious)
@@ -169,11 +190,15 @@ def setup_run(config: TrainingConfig, argv: list[str] | None = None) -> Training
     plan = build_batch_plan(config, accelerator, len(images), noise_scheduler)
     steps_per_epoch = max(1, plan.micro_batches_per_epoch // config.gradient_accumulation_steps)
     max_train_steps = config.max_train_steps or config.num_epochs * steps_per_epoch
+    budget = config.time_budget_seconds()
+    if budget is not None:  # until the warm-up has measured the speed; the warm-up's learning rates do not depend on it
+        max_train_steps = UNKNOWN_LENGTH
     optimizer = build_optimizer(config, unet.parameters(), accelerator.device)
-    # Stepped by hand once per optimizer step (not prepared: Accelerate would step it once per process).
+    # Stepped by hand once per optimizer step (not prepared: Accelerate would step it once per process). Not saved in
+    # checkpoints: it is a function of the config, the run's length and the step, built again on resume.
     lr_scheduler = build_lr_scheduler(config, optimizer, max_train_steps)
     unet, optimizer = accelerator.prepare(unet, optimizer)
-    accelerator.register_for_checkpointing(lr_scheduler)
+    accelerator.register_for_checkpointing(EarlierScheduleSlot())
     ema = build_ema(config, accelerator.unwrap_model(unet))
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
@@ -192,6 +217,8 @@ def setup_run(config: TrainingConfig, argv: list[str] | None = None) -> Training
         num_classes=num_classes,
         max_train_steps=max_train_steps,
         argv=argv,
+        budget_seconds=budget,
+        budget_fixed=budget is None,
     )
 
 
@@ -252,11 +279,12 @@ def setup_cpu(accelerator: Accelerator, config: TrainingConfig):
 
 def resume(run: TrainingRun):
     """Load the checkpoint asked for, verified (``latest`` may find none yet), and continue from its step with this
-    config's learning rate."""
+    config's learning-rate schedule (and, for a --time_budget run, the length it fixed)."""
     if not run.config.resume_from_checkpoint:
         return
+    limit = run.max_train_steps if run.budget_fixed else None  # a budgeted run's length is in the checkpoint
     checkpoint = resolve_checkpoint(
-        run.output_dir, run.config.resume_from_checkpoint, run.max_train_steps, run.config.model_signature()
+        run.output_dir, run.config.resume_from_checkpoint, limit, run.config.model_signature()
     )
     if checkpoint is None:
         logger.info("No checkpoint in %s verifies yet; starting from scratch.", run.output_dir)
@@ -268,25 +296,56 @@ def resume(run: TrainingRun):
             f"Checkpoint {checkpoint} could not be loaded ({type(error).__name__}: {error}). It may be corrupt "
             "or from a different model config; resume from another checkpoint or start afresh."
         ) from error
-    run.global_step = read_training_state(checkpoint)["global_step"]
+    state = read_training_state(checkpoint)
+    run.global_step = state["global_step"]
     run.last_picture_epoch = run.plan.epoch_of(run.global_step * run.accumulation) if run.global_step else -1
-    use_config_learning_rate(run)
+    if not run.budget_fixed and state.get("time_budget_fixed"):
+        run.max_train_steps, run.budget_fixed = state["max_train_steps"], True
+        run.config.max_train_steps = run.max_train_steps
+        logger.info("Time budget: the run's length, %d steps, as its checkpoint fixed it.", run.max_train_steps)
+    rebuild_lr_schedule(run)
     logger.info("Resumed from %s at step %d.", checkpoint, run.global_step)
 
 
-def use_config_learning_rate(run: TrainingRun):
-    """A checkpoint restores the schedule it was saved with; a resume with another --learning_rate must train with
-    this config's. The schedule is a function of the step, so it is built again from the config by diffusers'
-    get_scheduler at the resumed step (``last_epoch``; torch resumes from each group's ``initial_lr``)."""
-    saved, wanted = run.lr_scheduler.base_lrs[0], run.config.learning_rate
-    if saved == wanted:
-        return
-    logger.info("Learning rate %g from the config, not the checkpoint's %g.", wanted, saved)
+def rebuild_lr_schedule(run: TrainingRun):
+    """The learning-rate schedule is a function of the config, the run's length and the step: built afresh at the
+    current step (on resume, with this config's learning rate; and once a --time_budget run knows its length)."""
     optimizer = run.lr_scheduler.optimizer
-    for group in optimizer.param_groups:
-        group["initial_lr"] = wanted
-    rebuilt = build_lr_scheduler(run.config, optimizer, run.max_train_steps, last_epoch=run.global_step - 1)
-    run.lr_scheduler.load_state_dict(rebuilt.state_dict())
+    run.lr_scheduler = build_lr_scheduler(run.config, optimizer, run.max_train_steps, at_step=run.global_step)
+
+
+def fix_run_length(run: TrainingRun, progress):
+    """--time_budget: time the steps after the first few (compilation, allocator warm-up), then fix max_train_steps
+    so that the training loop ends on time. Every process takes rank 0's decision."""
+    config, step = run.config, run.global_step
+    end = min(config.lr_warmup_steps, CALIBRATION_STEPS)
+    if step == CALIBRATION_SKIP:
+        run.calibration_started = time.perf_counter()
+    if step < end:
+        return
+    seconds_per_step = (time.perf_counter() - run.calibration_started) / (end - CALIBRATION_SKIP)
+    remaining = run.budget_seconds - (time.perf_counter() - run.started)
+    decided = torch.tensor(step + max(0, int(remaining / seconds_per_step)), device=run.accelerator.device)
+    steps = int(broadcast(decided, from_process=0))
+    if steps < config.lr_warmup_steps:
+        raise ConfigError(
+            f"Invalid config value for 'time_budget' ({config.time_budget!r}): at {seconds_per_step:.3g} s per step "
+            f"here it allows {steps} steps, fewer than the learning-rate warm-up's {config.lr_warmup_steps}. Give a "
+            "longer budget, or lower --lr_warmup_steps."
+        )
+    if config.checkpointing_steps and steps <= config.checkpointing_steps:
+        logger.warning(
+            "Time budget %s allows %d steps: no checkpoint (every %d steps) comes before the end.",
+            config.time_budget, steps, config.checkpointing_steps,
+        )  # fmt: skip
+    run.max_train_steps, run.budget_fixed, config.max_train_steps = steps, True, steps
+    rebuild_lr_schedule(run)
+    progress.total = steps
+    progress.refresh()
+    logger.info(
+        "Time budget %s: %.4g s per step over steps %d-%d here, so %d steps in all (saved as max_train_steps).",
+        config.time_budget, seconds_per_step, CALIBRATION_SKIP + 1, end, steps,
+    )  # fmt: skip
 
 
 def start_logging(run: TrainingRun):
@@ -423,7 +482,11 @@ def save_checkpoint(run: TrainingRun):
     tensors = list(run.unet.parameters()) + (list(run.ema.shadow_params) if run.ema is not None else [])
     if not all_finite(tensors):
         raise TrainingDivergedError(divergence_message(run, f"some weights are not finite at step {run.global_step}"))
-    state = {"max_train_steps": run.max_train_steps, "model_config": run.config.model_signature()}
+    state = {
+        "max_train_steps": run.max_train_steps,
+        "model_config": run.config.model_signature(),
+        "time_budget_fixed": run.budget_fixed and run.budget_seconds is not None,
+    }
     path = save_checkpoint_atomically(
         run.accelerator, run.output_dir, run.global_step, state, total_limit=run.config.checkpoints_total_limit
     )

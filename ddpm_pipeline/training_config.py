@@ -14,6 +14,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -37,6 +38,13 @@ from .scheduling_ddpm_cosine import PREDICTION_TYPES, CosineDDPMScheduler, Sched
 from .unet_mnist import MnistUNet, UNetConfigError
 
 MAX_SEED = 2**32 - 1  # accelerate's set_seed also seeds numpy, which takes seeds below 2^32
+DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|secs|seconds?|m|min|mins|minutes?|h|hours?)")
+DURATION_UNITS = {
+    **dict.fromkeys(("s", "sec", "secs", "second", "seconds"), 1.0),
+    **dict.fromkeys(("m", "min", "mins", "minute", "minutes"), 60.0),
+    **dict.fromkeys(("h", "hour", "hours"), 3600.0),
+}
+MIN_CALIBRATION_STEPS = 5  # warm-up steps a --time_budget run needs to measure its speed
 
 
 class ConfigError(ValueError):
@@ -137,6 +145,11 @@ class TrainingConfig:
     train_batch_size: int = setting(32, "images per process per micro-batch", Bounds(minimum=1, maximum=65536))
     num_epochs: int = setting(11, "passes over the data (ignored if max_train_steps is set)", POSITIVE)
     max_train_steps: int | None = setting(None, "optimizer steps; overrides num_epochs", POSITIVE)
+    time_budget: str | None = setting(
+        None,
+        "train for this long (90s, 30m, 1.5h): the speed measured in the warm-up fixes max_train_steps; overrides "
+        "max_train_steps and num_epochs",
+    )
     gradient_accumulation_steps: int = setting(1, "micro-batches per optimizer step", Bounds(minimum=1, maximum=4096))
     learning_rate: float = setting(2e-3, "peak learning rate (AdamW)", Bounds(above=0))
     lr_scheduler: str = setting("cosine", "diffusers.optimization schedule name (cosine, linear, constant, ...)")
@@ -312,7 +325,24 @@ class TrainingConfig:
             names = ", ".join(sorted(_lr_scheduler_names()))
             self._fail("lr_scheduler", f"diffusers' get_scheduler refuses it ({error}). Names it takes: {names}.")
 
+    def time_budget_seconds(self) -> float | None:
+        """--time_budget in seconds (None when unset); ConfigError naming the flag for anything but a duration."""
+        if self.time_budget is None:
+            return None
+        match = DURATION.fullmatch(str(self.time_budget).strip().lower())
+        seconds = float(match.group(1)) * DURATION_UNITS[match.group(2)] if match else math.nan
+        if not (math.isfinite(seconds) and seconds > 0):
+            self._fail("time_budget", "give a positive duration such as --time_budget 90s, 30m or 1.5h.")
+        return seconds
+
     def _check_combinations(self):
+        self.time_budget_seconds()
+        if self.time_budget is not None and self.lr_warmup_steps < MIN_CALIBRATION_STEPS:
+            self._fail(
+                "time_budget",
+                f"a budgeted run measures its speed during the learning-rate warm-up, which must last at least "
+                f"{MIN_CALIBRATION_STEPS} steps (lr_warmup_steps is {self.lr_warmup_steps}); raise --lr_warmup_steps.",
+            )
         if self.digits is not None:
             if len(self.digits) == 0 or any(not 0 <= d <= 9 for d in self.digits):
                 self._fail("digits", "give a non-empty list of digits between 0 and 9, or leave it unset for all.")

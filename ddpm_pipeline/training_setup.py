@@ -3,6 +3,8 @@
 Shared by ``train_ddpm.py`` and the benchmarks, so that a benchmark measures the training loop's own objects.
 """
 
+import warnings
+
 import torch
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
@@ -56,15 +58,21 @@ def build_optimizer(config: TrainingConfig, parameters, device: torch.device) ->
     )
 
 
-def build_lr_scheduler(config: TrainingConfig, optimizer, max_train_steps: int, last_epoch: int = -1):
-    """diffusers' named schedule, stepped once per optimizer step; ``last_epoch`` = k - 1 builds it at step k."""
-    return get_scheduler(
-        config.lr_scheduler,
-        optimizer,
-        num_warmup_steps=config.lr_warmup_steps,
-        num_training_steps=max_train_steps,
-        last_epoch=last_epoch,
+def build_lr_scheduler(config: TrainingConfig, optimizer, max_train_steps: int, at_step: int = 0):
+    """diffusers' named schedule, stepped once per optimizer step, peaking at ``config.learning_rate``.
+
+    The schedule is a function of the config, the run's length and the step, so it is always built from those:
+    ``at_step`` = k gives it as it stands after k steps (stepped there; each step is microseconds)."""
+    for group in optimizer.param_groups:  # torch's schedulers take their peak from these keys
+        group["lr"] = group["initial_lr"] = config.learning_rate
+    scheduler = get_scheduler(
+        config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=max_train_steps
     )
+    with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": intended here
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(at_step):
+            scheduler.step()
+    return scheduler
 
 
 def build_ema(config: TrainingConfig, unet: MnistUNet) -> EMAModel | None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import PIL.Image
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 import train_ddpm
@@ -142,9 +143,11 @@ def _free_port():
 
 
 def test_two_processes_match_one_process(tmp_path):
-    """2 ranks x batch 8 with gloo == 1 rank x batch 16: same batches, noise and timesteps, so the same weights."""
+    """2 ranks x batch 8 with gloo == 1 rank x batch 16: same batches, noise and timesteps, so the same weights. The
+    two ranks train for a --time_budget: both take rank 0's length, and the run equals a 1-process run told that
+    length from the start (the warm-up, where the speed is measured, does not depend on it)."""
     env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
-    common = ["--max_train_steps", "4", "--cond_drop_prob", "0.3"]
+    common = ["--cond_drop_prob", "0.3", "--lr_warmup_steps", "6"]
     two = tmp_path / "two"
     launch = [
         sys.executable,
@@ -163,7 +166,8 @@ def test_two_processes_match_one_process(tmp_path):
         "1",
     ]
     result = subprocess.run(
-        launch + [str(ROOT / "train_ddpm.py"), *tiny_args(two, "--train_batch_size", "8", *common)],
+        launch
+        + [str(ROOT / "train_ddpm.py"), *tiny_args(two, "--train_batch_size", "8", "--time_budget", "2s", *common)],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -172,8 +176,10 @@ def test_two_processes_match_one_process(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 process(es)" in result.stderr + result.stdout
+    steps = json.loads((two / "run_info.json").read_text())["global_step"]
+    assert steps >= 6 and f"so {steps} steps in all" in result.stderr
     one = tmp_path / "one"
-    assert train_ddpm.main(tiny_args(one, "--train_batch_size", "16", *common)) == 0
+    assert train_ddpm.main(tiny_args(one, "--train_batch_size", "16", "--max_train_steps", str(steps), *common)) == 0
     a, b = unet_weights(two), unet_weights(one)
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-4, rtol=1e-3, msg=name)
@@ -308,3 +314,39 @@ def test_a_persistent_blow_up_stops_before_saving_and_resumes(tmp_path, monkeypa
     monkeypatch.undo()
     resumed = tiny_args(out, "--max_train_steps", "18", "--resume_from_checkpoint", str(out / "checkpoint-7"))
     assert train_ddpm.main(resumed) == 0
+
+
+def test_a_time_budget_ends_on_time(tmp_path):
+    """--time_budget 3s: the run measures its speed in the warm-up, fixes its length and saves it in its config; its
+    training ends within 20% of the budget."""
+    out = tmp_path / "budget"
+    flags = ["--time_budget", "3s", "--lr_warmup_steps", "20", "--checkpointing_steps", "0", "--max_train_steps", "3"]
+    assert train_ddpm.main(tiny_args(out, *flags)) == 0
+    info = json.loads((out / "run_info.json").read_text())
+    assert 0.8 * 3 <= info["train_seconds"] <= 1.2 * 3, info
+    saved = yaml.safe_load((out / "train_config.yaml").read_text())
+    assert saved["time_budget"] == "3s" and saved["max_train_steps"] == info["global_step"] > 20
+
+
+def test_a_resumed_budgeted_run_is_the_same_run(tmp_path):
+    """The length a budgeted run fixed is in its checkpoints: a resume trains exactly the same steps and weights,
+    whatever the clock says then."""
+    flags = ["--time_budget", "1.5s", "--lr_warmup_steps", "6", "--checkpointing_steps", "10"]
+    straight = tmp_path / "straight"
+    assert train_ddpm.main(tiny_args(straight, *flags)) == 0
+    steps = json.loads((straight / "run_info.json").read_text())["global_step"]
+    resumed = tmp_path / "resumed"
+    checkpoint = list_checkpoints(straight)[0]  # the older of the two kept
+    shutil.copytree(checkpoint, resumed / checkpoint.name)
+    assert json.loads((checkpoint / "training_state.json").read_text())["max_train_steps"] == steps
+    assert train_ddpm.main(tiny_args(resumed, *flags, "--resume_from_checkpoint", "latest")) == 0
+    assert json.loads((resumed / "run_info.json").read_text())["global_step"] == steps
+    a, b = unet_weights(straight), unet_weights(resumed)
+    assert all(torch.equal(a[name], b[name]) for name in a)
+
+
+def test_a_budget_too_short_for_the_warm_up_is_refused_by_name(tmp_path, capsys):
+    args = tiny_args(tmp_path / "short", "--time_budget", "0.1s", "--lr_warmup_steps", "400")
+    assert train_ddpm.main(args) == 2
+    message = capsys.readouterr().err
+    assert "'time_budget'" in message and "warm-up" in message and "--lr_warmup_steps" in message
