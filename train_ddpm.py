@@ -190,6 +190,9 @@ def setup_run(config: TrainingConfig, argv: list[str] | None = None) -> Training
     plan = build_batch_plan(config, accelerator, len(images), noise_scheduler)
     steps_per_epoch = max(1, plan.micro_batches_per_epoch // config.gradient_accumulation_steps)
     max_train_steps = config.max_train_steps or config.num_epochs * steps_per_epoch
+    if config.cooldown_from:  # a cooldown branch: its checkpoint's step, then the cooldown
+        checkpoint = resolve_checkpoint(config.output_dir, config.cooldown_from, None, config.model_signature())
+        max_train_steps = read_training_state(checkpoint)["global_step"] + config.lr_cooldown_steps
     budget = config.time_budget_seconds()
     if budget is not None:  # until the warm-up has measured the speed; the warm-up's learning rates do not depend on it
         max_train_steps = UNKNOWN_LENGTH
@@ -280,12 +283,11 @@ def setup_cpu(accelerator: Accelerator, config: TrainingConfig):
 def resume(run: TrainingRun):
     """Load the checkpoint asked for, verified (``latest`` may find none yet), and continue from its step with this
     config's learning-rate schedule (and, for a --time_budget run, the length it fixed)."""
-    if not run.config.resume_from_checkpoint:
+    source = run.config.cooldown_from or run.config.resume_from_checkpoint
+    if not source:
         return
     limit = run.max_train_steps if run.budget_fixed else None  # a budgeted run's length is in the checkpoint
-    checkpoint = resolve_checkpoint(
-        run.output_dir, run.config.resume_from_checkpoint, limit, run.config.model_signature()
-    )
+    checkpoint = resolve_checkpoint(run.output_dir, source, limit, run.config.model_signature())
     if checkpoint is None:
         logger.info("No checkpoint in %s verifies yet; starting from scratch.", run.output_dir)
         return

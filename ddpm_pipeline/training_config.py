@@ -44,6 +44,7 @@ DURATION_UNITS = {
     **dict.fromkeys(("m", "min", "mins", "minute", "minutes"), 60.0),
     **dict.fromkeys(("h", "hour", "hours"), 3600.0),
 }
+WSD = "wsd"  # warmup-stable-decay, the one schedule name that is ours, not diffusers'
 MIN_CALIBRATION_STEPS = 5  # warm-up steps a --time_budget run needs to measure its speed
 
 
@@ -152,8 +153,19 @@ class TrainingConfig:
     )
     gradient_accumulation_steps: int = setting(1, "micro-batches per optimizer step", Bounds(minimum=1, maximum=4096))
     learning_rate: float = setting(2e-3, "peak learning rate (AdamW)", Bounds(above=0))
-    lr_scheduler: str = setting("cosine", "diffusers.optimization schedule name (cosine, linear, constant, ...)")
+    lr_scheduler: str = setting(
+        "cosine",
+        "diffusers.optimization schedule name (cosine, linear, constant, ...), or wsd: warmup-stable-decay "
+        "(Hagele et al. 2024), a constant rate with a linear cooldown at the end",
+    )
     lr_warmup_steps: int = setting(100, "linear warmup steps", NON_NEGATIVE)
+    lr_cooldown_fraction: float = setting(0.2, "wsd: the share of the run that cools down", Bounds(above=0, maximum=1))
+    lr_cooldown_steps: int | None = setting(None, "wsd: cooldown steps (instead of the fraction)", POSITIVE)
+    cooldown_from: str | None = setting(
+        None,
+        "a checkpoint of a wsd run's constant phase: branch a cooldown of lr_cooldown_steps from it (into another "
+        "output_dir)",
+    )
     adam_beta1: float = setting(0.9, "AdamW beta1", PROBABILITY)
     adam_beta2: float = setting(0.99, "AdamW beta2", PROBABILITY)
     adam_weight_decay: float = setting(0.0, "AdamW weight decay", NON_NEGATIVE)
@@ -317,12 +329,15 @@ class TrainingConfig:
                 self._fail("hub_model_id", str(error))
 
     def _check_lr_scheduler(self):
-        """diffusers' get_scheduler decides which names (and which arguments) it takes: ask it, on a dummy."""
+        """diffusers' get_scheduler decides which names (and which arguments) it takes: ask it, on a dummy. ``wsd``
+        is ours (training_setup.warmup_stable_decay)."""
+        if self.lr_scheduler == WSD:
+            return
         optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
         try:
             get_scheduler(self.lr_scheduler, optimizer, num_warmup_steps=self.lr_warmup_steps, num_training_steps=10)
         except Exception as error:  # a dry run on a dummy: whatever it raises, this name does not work here
-            names = ", ".join(sorted(_lr_scheduler_names()))
+            names = ", ".join(sorted([*_lr_scheduler_names(), WSD]))
             self._fail("lr_scheduler", f"diffusers' get_scheduler refuses it ({error}). Names it takes: {names}.")
 
     def time_budget_seconds(self) -> float | None:
@@ -335,7 +350,23 @@ class TrainingConfig:
             self._fail("time_budget", "give a positive duration such as --time_budget 90s, 30m or 1.5h.")
         return seconds
 
+    def _check_cooldown(self):
+        if (self.cooldown_from or self.lr_cooldown_steps) and self.lr_scheduler != WSD:
+            key = "cooldown_from" if self.cooldown_from else "lr_cooldown_steps"
+            self._fail(key, "a cooldown belongs to the wsd schedule: add --lr_scheduler wsd.")
+        if not self.cooldown_from:
+            return
+        if not self.lr_cooldown_steps:
+            self._fail("cooldown_from", "say how long the cooldown is: --lr_cooldown_steps N.")
+        if self.resume_from_checkpoint or self.time_budget:
+            self._fail("cooldown_from", "a cooldown branch resumes its checkpoint itself and has its own length: "
+                       "leave out --resume_from_checkpoint and --time_budget.")  # fmt: skip
+        if Path(self.cooldown_from).resolve().parent == Path(self.output_dir).resolve():
+            self._fail("cooldown_from", "write the branch to another --output_dir, so that the run it branches from "
+                       "keeps its checkpoints.")  # fmt: skip
+
     def _check_combinations(self):
+        self._check_cooldown()
         self.time_budget_seconds()
         if self.time_budget is not None and self.lr_warmup_steps < MIN_CALIBRATION_STEPS:
             self._fail(

@@ -8,11 +8,12 @@ import warnings
 import torch
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
+from torch.optim.lr_scheduler import ConstantLR, LinearLR, SequentialLR
 
 from .data import DatasetError, load_mnist_dataset, select_digits, to_training_tensors
 from .pipeline_ddpm_mnist import DDPMMnistPipeline
 from .scheduling_ddpm_cosine import CosineDDPMScheduler
-from .training_config import TrainingConfig
+from .training_config import WSD, TrainingConfig
 from .unet_mnist import MnistUNet
 
 
@@ -65,14 +66,33 @@ def build_lr_scheduler(config: TrainingConfig, optimizer, max_train_steps: int, 
     ``at_step`` = k gives it as it stands after k steps (stepped there; each step is microseconds)."""
     for group in optimizer.param_groups:  # torch's schedulers take their peak from these keys
         group["lr"] = group["initial_lr"] = config.learning_rate
-    scheduler = get_scheduler(
-        config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=max_train_steps
-    )
+    if config.lr_scheduler == WSD:
+        cooldown = config.lr_cooldown_steps or round(config.lr_cooldown_fraction * max_train_steps)
+        scheduler = warmup_stable_decay(optimizer, config.lr_warmup_steps, cooldown, max_train_steps)
+    else:
+        scheduler = get_scheduler(
+            config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=max_train_steps
+        )
     with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": intended here
         warnings.simplefilter("ignore", UserWarning)
         for _ in range(at_step):
             scheduler.step()
     return scheduler
+
+
+def warmup_stable_decay(optimizer, warmup_steps: int, cooldown_steps: int, total_steps: int):
+    """Warmup-stable-decay (Hagele et al. 2024): a linear warm-up, a constant rate, and a linear cooldown to zero over
+    the last ``cooldown_steps``, from torch's own schedulers. The rate at step k depends on the run's length only once
+    the cooldown starts, so one long run's checkpoints can each branch a cooldown of their own."""
+    cooldown_start = max(warmup_steps, total_steps - cooldown_steps)
+    phases, milestones = [], []
+    if warmup_steps:  # torch's LinearLR cannot start at 0, diffusers' warm-up does: start a millionth above it
+        phases.append(LinearLR(optimizer, start_factor=1e-6, end_factor=1.0, total_iters=warmup_steps))
+        milestones.append(warmup_steps)
+    phases.append(ConstantLR(optimizer, factor=1.0, total_iters=0))
+    milestones.append(cooldown_start)
+    phases.append(LinearLR(optimizer, start_factor=1.0, end_factor=0.0, total_iters=total_steps - cooldown_start))
+    return SequentialLR(optimizer, phases, milestones)
 
 
 def build_ema(config: TrainingConfig, unet: MnistUNet) -> EMAModel | None:

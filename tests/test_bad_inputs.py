@@ -81,6 +81,10 @@ BAD_VALUES = [
     ("lr_scheduler", "warp", "get_scheduler"),
     ("lr_scheduler", "piecewise_constant", "get_scheduler"),
     ("lr_warmup_steps", -1, ">="),
+    ("lr_cooldown_fraction", 0.0, "in (0, 1]"),
+    ("lr_cooldown_fraction", 1.5, "in (0, 1]"),
+    ("lr_cooldown_steps", 0, ">="),
+    ("cooldown_from", 5, "string"),
     ("adam_beta1", 1.0, "in [0"),
     ("adam_beta2", -0.5, "in [0"),
     ("adam_weight_decay", -0.1, ">="),
@@ -135,6 +139,33 @@ def test_every_key_is_in_the_corpus():
         "image_column",
         "train_data_dir",
     }
+
+
+# keys that are fine alone but not together: (values, key named, words)
+BAD_COMBINATIONS = [
+    ({"cooldown_from": "run/checkpoint-600"}, "cooldown_from", "--lr_scheduler wsd"),
+    ({"lr_cooldown_steps": 100}, "lr_cooldown_steps", "--lr_scheduler wsd"),
+    ({"cooldown_from": "run/checkpoint-600", "lr_scheduler": "wsd"}, "cooldown_from", "--lr_cooldown_steps N"),
+    (
+        {"cooldown_from": "run/checkpoint-6", "lr_scheduler": "wsd", "lr_cooldown_steps": 9, "time_budget": "5m"},
+        "cooldown_from",
+        "--time_budget",
+    ),
+    (
+        {"cooldown_from": "run/checkpoint-6", "lr_scheduler": "wsd", "lr_cooldown_steps": 9, "output_dir": "run"},
+        "cooldown_from",
+        "another --output_dir",
+    ),
+    ({"time_budget": "30m", "lr_warmup_steps": 2}, "time_budget", "--lr_warmup_steps"),
+]
+
+
+@pytest.mark.parametrize("values, key, words", BAD_COMBINATIONS, ids=[str(c[0]) for c in BAD_COMBINATIONS])
+def test_bad_combination(values, key, words):
+    with pytest.raises(ConfigError) as caught:
+        TrainingConfig.from_dict(values)
+    message = str(caught.value)
+    assert f"'{key}'" in message and words in message, message
 
 
 # ---------------------------------------------------------------------- config files: (text or bytes, words)

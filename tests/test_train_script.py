@@ -350,3 +350,32 @@ def test_a_budget_too_short_for_the_warm_up_is_refused_by_name(tmp_path, capsys)
     assert train_ddpm.main(args) == 2
     message = capsys.readouterr().err
     assert "'time_budget'" in message and "warm-up" in message and "--lr_warmup_steps" in message
+
+
+def test_wsd_rates_and_a_cooldown_branch_are_exact(tmp_path):
+    """wsd: the warm-up of diffusers' schedules, a constant rate, a linear cooldown to 0 (rates checked step by step);
+    a cooldown branched from a checkpoint of the constant phase trains the same weights as a run that was that long
+    from the start."""
+    from ddpm_pipeline.training_config import TrainingConfig
+    from ddpm_pipeline.training_setup import build_lr_scheduler
+
+    config = TrainingConfig.from_dict({"lr_scheduler": "wsd", "lr_warmup_steps": 4, "lr_cooldown_steps": 5})
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    scheduler, rates = build_lr_scheduler(config, optimizer, 20), []
+    for _ in range(21):
+        rates.append(optimizer.param_groups[0]["lr"] / config.learning_rate)
+        optimizer.step()
+        scheduler.step()
+    expected = [k / 4 for k in range(4)] + [1.0] * 11 + [1 - k / 5 for k in range(6)]
+    assert rates == pytest.approx(expected, abs=1e-6)
+
+    common = ["--lr_scheduler", "wsd", "--lr_warmup_steps", "2", "--lr_cooldown_steps", "4"]
+    main_run, branch, straight = tmp_path / "main", tmp_path / "branch", tmp_path / "straight"
+    long_run = ["--max_train_steps", "20", "--checkpointing_steps", "6", "--checkpoints_total_limit", "3"]
+    assert train_ddpm.main(tiny_args(main_run, *common, *long_run)) == 0
+    assert train_ddpm.main(tiny_args(branch, *common, "--cooldown_from", str(main_run / "checkpoint-6"))) == 0
+    assert train_ddpm.main(tiny_args(straight, *common, "--max_train_steps", "10")) == 0
+    assert json.loads((branch / "run_info.json").read_text())["global_step"] == 10
+    a, b = unet_weights(branch), unet_weights(straight)
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    assert list_checkpoints(main_run), "the run it branched from keeps its checkpoints"
