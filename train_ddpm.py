@@ -298,6 +298,8 @@ def resume(run: TrainingRun):
             f"Checkpoint {checkpoint} could not be loaded ({type(error).__name__}: {error}). It may be corrupt "
             "or from a different model config; resume from another checkpoint or start afresh."
         ) from error
+    if run.ema is not None:  # Accelerate loads custom states onto the CPU; the EMA belongs with the model
+        run.ema.to(device=run.accelerator.device)
     state = read_training_state(checkpoint)
     run.global_step = state["global_step"]
     run.last_picture_epoch = run.plan.epoch_of(run.global_step * run.accumulation) if run.global_step else -1
@@ -581,7 +583,12 @@ def recorded_command(argv: list[str] | None, replace: dict[str, str] | None = No
         kept.append(arg)
     for flag, value in replace.items():
         kept += [flag, value]
-    return " ".join(["accelerate launch train_ddpm.py", *map(shlex.quote, kept)])
+    return " ".join([launcher(), *map(shlex.quote, kept)])
+
+
+def launcher() -> str:
+    """How this run was started: `accelerate launch` sets ACCELERATE_DYNAMO_BACKEND for the processes it starts."""
+    return "accelerate launch train_ddpm.py" if "ACCELERATE_DYNAMO_BACKEND" in os.environ else "python train_ddpm.py"
 
 
 def evaluate_for_card(pipe, config: TrainingConfig) -> dict:

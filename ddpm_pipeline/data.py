@@ -22,6 +22,7 @@ class DatasetError(ValueError):
     """A dataset that cannot be found or used, with the fix in the message."""
 
 
+IMAGE_SUFFIXES = {suffix for suffix, kind in PIL.Image.registered_extensions().items() if kind in PIL.Image.OPEN}
 EMBEDDED_CACHE_VERSION = 1  # raise when the split rule or the features change: old caches are then not read
 
 
@@ -97,6 +98,11 @@ def load_mnist_dataset(dataset_name: str | None = None, train_data_dir: str | No
     if train_data_dir:
         if not Path(train_data_dir).is_dir():
             raise DatasetError(f"train_data_dir {train_data_dir!r} is not a directory of images.")
+        if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in Path(train_data_dir).rglob("*") if p.is_file()):
+            raise DatasetError(
+                f"train_data_dir {train_data_dir!r} holds no image files (.png, .jpg, .bmp, ...): "
+                "put the digits in it as image files, one subfolder per digit (e.g. 3/0001.png)."
+            )
         try:
             loaded = datasets.load_dataset("imagefolder", data_dir=train_data_dir)
         except Exception as error:  # datasets raises several types for an unusable folder

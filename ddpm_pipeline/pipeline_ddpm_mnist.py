@@ -163,11 +163,10 @@ class DDPMMnistPipeline(DiffusionPipeline):
             return None
         if class_labels is None:  # a balanced spread: 0, 1, ..., 9, 0, 1, ...
             return torch.arange(batch_size) % num_classes
-        if isinstance(class_labels, (int, np.integer)):
+        if isinstance(class_labels, (int, np.integer)) and not isinstance(class_labels, bool):
             labels = torch.full((batch_size,), int(class_labels), dtype=torch.long)
         else:
-            labels = torch.as_tensor(list(class_labels) if not torch.is_tensor(class_labels) else class_labels)
-            labels = labels.long().reshape(-1)
+            labels = _digit_tensor(class_labels)
             if len(labels) != batch_size:
                 raise ValueError(
                     f"class_labels has {len(labels)} entries but batch_size is {batch_size}: give one label per "
@@ -350,6 +349,22 @@ def check_sampling_arguments(
             name, f"{name} must be a finite number >= 0 (1 = no guidance), got {guidance_scale!r}."
         )
     return _check_guidance_interval(guidance_interval, f"{prefix}guidance_interval")
+
+
+def _digit_tensor(class_labels) -> torch.Tensor:
+    """class_labels given as a list, array or tensor of whole numbers, flattened; else a ValueError naming it."""
+    problem = ValueError(
+        f"class_labels must be a digit or one digit per image (e.g. class_labels=7 or [0, 1, 2]), got {class_labels!r}."
+    )
+    if isinstance(class_labels, (str, bytes, bool, float)):
+        raise problem
+    try:
+        labels = torch.as_tensor(list(class_labels) if not torch.is_tensor(class_labels) else class_labels)
+    except (TypeError, ValueError, RuntimeError):
+        raise problem from None
+    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+        raise problem
+    return labels.long().reshape(-1)
 
 
 def _check_call_arguments(batch_size, generator, output_type):

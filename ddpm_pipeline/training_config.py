@@ -394,6 +394,10 @@ class TrainingConfig:
         existing = next((p for p in [path, *path.parents] if p.exists()), Path("."))
         if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
             self._fail("output_dir", f"cannot be created: {str(existing)!r} is not a folder this user may write in.")
+        try:  # permissions are not the whole story (e.g. /proc refuses new folders even to root): make it
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            self._fail("output_dir", f"cannot be created ({error.strerror or error}); give a folder on a normal disk.")
 
 
 UNET_ARGUMENT_KEYS = {"sample_size": "resolution", "num_class_embeds": "class_conditional"}

@@ -236,6 +236,10 @@ def test_output_dir_that_is_a_file_or_unwritable(tmp_path, capsys):
     assert "'output_dir'" in capsys.readouterr().err
     assert train_ddpm.main(tiny_args(a_file / "below")) == 2
     assert "'output_dir'" in capsys.readouterr().err
+    if Path("/proc/self").is_dir():  # writable to root by permissions, yet no folder can be made there
+        assert train_ddpm.main(tiny_args("/proc/ddpm-mnist-run")) == 2
+        message = capsys.readouterr().err
+        assert "'output_dir'" in message and "cannot be created" in message and "Traceback" not in message
 
 
 # ---------------------------------------------------------------------- checkpoints
@@ -442,6 +446,10 @@ BAD_CALLS = [
     ({"class_labels": 10}, ValueError, "class_labels"),
     ({"class_labels": [1, 2, 3]}, ValueError, "class_labels"),
     ({"class_labels": [-1, 0]}, ValueError, "class_labels"),
+    ({"class_labels": "a"}, ValueError, "class_labels must be a digit"),
+    ({"class_labels": ["a", "b", "c", "d"]}, ValueError, "class_labels must be a digit"),
+    ({"class_labels": [1.5, 2.0, 3.0, 4.0]}, ValueError, "class_labels must be a digit"),
+    ({"class_labels": True}, ValueError, "class_labels must be a digit"),
     ({"guidance_scale": math.nan}, ValueError, "guidance_scale"),
     ({"guidance_scale": math.inf}, ValueError, "guidance_scale"),
     ({"guidance_scale": -1.0}, ValueError, "guidance_scale"),

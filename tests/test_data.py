@@ -69,6 +69,10 @@ def test_image_folder_rgb_and_other_sizes(tmp_path):
 def test_clear_errors(tmp_path, embedded):
     with pytest.raises(DatasetError, match="not a directory"):
         load_mnist_dataset(train_data_dir=str(tmp_path / "missing"))
+    (tmp_path / "notes" / "3").mkdir(parents=True)
+    (tmp_path / "notes" / "3" / "readme.txt").write_text("no digits here")
+    with pytest.raises(DatasetError, match=r"holds no image files \(.png, .jpg"):
+        load_mnist_dataset(train_data_dir=str(tmp_path / "notes"))
     with pytest.raises(DatasetError, match="Image column 'picture'"):
         to_training_tensors(embedded["test"], image_column="picture")
     with pytest.raises(DatasetError, match="no split 'validation'"):

@@ -142,6 +142,16 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def test_the_advice_names_the_launcher_the_run_was_started_with(monkeypatch):
+    monkeypatch.delenv("ACCELERATE_DYNAMO_BACKEND", raising=False)
+    assert train_ddpm.recorded_command(["--seed", "1"]) == "python train_ddpm.py --seed 1"
+    monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "NO")  # what accelerate launch sets in the processes it starts
+    assert (
+        train_ddpm.recorded_command(["--hub_token", "hf_x", "--seed", "1"])
+        == "accelerate launch train_ddpm.py --seed 1"
+    )
+
+
 def test_two_processes_match_one_process(tmp_path):
     """2 ranks x batch 8 with gloo == 1 rank x batch 16: same batches, noise and timesteps, so the same weights. The
     two ranks train for a --time_budget: both take rank 0's length, and the run equals a 1-process run told that
@@ -176,7 +186,9 @@ def test_two_processes_match_one_process(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 process(es)" in result.stderr + result.stdout
-    steps = json.loads((two / "run_info.json").read_text())["global_step"]
+    info = json.loads((two / "run_info.json").read_text())
+    steps = info["global_step"]
+    assert info["command"].startswith("accelerate launch train_ddpm.py")
     assert steps >= 6 and f"so {steps} steps in all" in result.stderr
     one = tmp_path / "one"
     assert train_ddpm.main(tiny_args(one, "--train_batch_size", "16", "--max_train_steps", str(steps), *common)) == 0
@@ -223,10 +235,11 @@ def test_forced_divergence_stops_before_saving_and_its_advice_trains_on(tmp_path
     assert str(out / "checkpoint-1") in message
     for weights in (out / "checkpoint-1").glob("model*.safetensors"):
         assert all(torch.isfinite(t).all() for t in load_file(str(weights)).values())
-    command = next(line for line in message.splitlines() if line.strip().startswith("accelerate launch")).split()
-    assert command[:3] == ["accelerate", "launch", "train_ddpm.py"]
+    # the advice is the command this run was started with (here without accelerate launch)
+    command = next(line for line in message.splitlines() if "train_ddpm.py" in line).split()
+    assert command[:2] == ["python", "train_ddpm.py"] and "accelerate launch" not in message
     assert "--resume_from_checkpoint" in command and "--learning_rate" in command
-    assert train_ddpm.main(command[3:]) == 0
+    assert train_ddpm.main(command[2:]) == 0
     assert json.loads((out / "run_info.json").read_text())["global_step"] == 6
     assert all(torch.isfinite(t).all() for t in unet_weights(out).values())
 
@@ -379,3 +392,34 @@ def test_wsd_rates_and_a_cooldown_branch_are_exact(tmp_path):
     a, b = unet_weights(branch), unet_weights(straight)
     assert all(torch.equal(a[name], b[name]) for name in a)
     assert list_checkpoints(main_run), "the run it branched from keeps its checkpoints"
+
+
+def test_a_resumed_ema_follows_the_models_device(tmp_path, monkeypatch):
+    """Accelerate reloads custom states onto the CPU (on a GPU the EMA would then mix devices); here a patched loader
+    puts the EMA's tensors on the meta device, and the resume must bring them back to the model's device."""
+    from diffusers.training_utils import EMAModel
+
+    out = tmp_path / "run"
+    assert train_ddpm.main(tiny_args(out, "--max_train_steps", "4", "--checkpointing_steps", "2")) == 0
+    original = EMAModel.load_state_dict
+
+    def load_elsewhere(self, state_dict):
+        original(self, state_dict)
+        self.shadow_params = [p.to("meta") for p in self.shadow_params]
+
+    moves = []
+
+    def to(self, device=None, dtype=None, non_blocking=False):  # meta tensors hold no data: the move makes zeros
+        moves.append(torch.device(device))
+        self.shadow_params = [torch.zeros(p.shape, dtype=p.dtype, device=device) for p in self.shadow_params]
+
+    monkeypatch.setattr(EMAModel, "load_state_dict", load_elsewhere)
+    monkeypatch.setattr(EMAModel, "to", to)
+    from ddpm_pipeline.training_config import parse_training_config
+
+    args = tiny_args(out, "--max_train_steps", "4", "--resume_from_checkpoint", str(out / "checkpoint-2"))
+    run = train_ddpm.setup_run(parse_training_config(args))
+    train_ddpm.resume(run)
+    model_device = next(run.unet.parameters()).device
+    assert moves == [model_device] and {p.device for p in run.ema.shadow_params} == {model_device}
+    train_ddpm.optimizer_step(run)  # the EMA update mixes no devices
