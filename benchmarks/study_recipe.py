@@ -110,6 +110,8 @@ def score(model: Path, sampling: tuple, num_samples: int) -> dict:
         "fid_over_floor": result["fid"] / result["fid_real_floor"],
         "clear_rate": result["clear_rate"],
         "digit_accuracy": result["digit_accuracy"],
+        "real_clear_rate": result["real_clear_rate"],
+        "real_digit_accuracy": result["real_digit_accuracy"],
         "coverage": result["coverage"],
         "memorization_median": result["memorization"]["median_ratio"],
         "memorization_below_0.5": result["memorization"]["share_below_0.5"],

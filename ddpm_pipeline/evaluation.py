@@ -122,10 +122,10 @@ def score_samples(
     classifier: MnistClassifier | None = None,
 ) -> dict:
     """Every sample-based figure: FID (and its real-vs-real floor) at equal counts, clear rate, digit accuracy,
-    coverage and memorization."""
+    coverage and memorization; beside them the ceiling, the same figures for the real held-out digits."""
     classifier = classifier or load_classifier()
     sample_features, probabilities = classifier.embed_and_classify(samples)
-    held_out_features, _ = classifier.embed_and_classify(reference.held_out_images)
+    held_out_features, held_out_probabilities = classifier.embed_and_classify(reference.held_out_images)
     count = min(len(samples), len(reference.held_out_images), len(reference.train_images))
     # equal counts on every side (the Frechet distance is biased by count), drawn evenly from the sorted splits
     generator = torch.Generator().manual_seed(0)
@@ -138,6 +138,8 @@ def score_samples(
         "fid_real_floor": scores.frechet_distance(train_features, held_out_features),
         "fid_images_per_side": count,
         "clear_rate": scores.clear_rate(probabilities),
+        "real_clear_rate": scores.clear_rate(held_out_probabilities),
+        "real_digit_accuracy": scores.digit_accuracy(held_out_probabilities, reference.held_out_labels),
         "coverage": coverage,
         "predicted_digit_histogram": histogram,
         "memorization": scores.memorization(samples, reference.train_images, reference.held_out_images),

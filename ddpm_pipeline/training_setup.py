@@ -91,7 +91,8 @@ def warmup_stable_decay(optimizer, warmup_steps: int, cooldown_steps: int, total
         milestones.append(warmup_steps)
     phases.append(ConstantLR(optimizer, factor=1.0, total_iters=0))
     milestones.append(cooldown_start)
-    phases.append(LinearLR(optimizer, start_factor=1.0, end_factor=0.0, total_iters=total_steps - cooldown_start))
+    decay = max(1, total_steps - cooldown_start)  # a run no longer than its warm-up has a one-step cooldown after it
+    phases.append(LinearLR(optimizer, start_factor=1.0, end_factor=0.0, total_iters=decay))
     return SequentialLR(optimizer, phases, milestones)
 
 

@@ -423,3 +423,15 @@ def test_a_resumed_ema_follows_the_models_device(tmp_path, monkeypatch):
     model_device = next(run.unet.parameters()).device
     assert moves == [model_device] and {p.device for p in run.ema.shadow_params} == {model_device}
     train_ddpm.optimizer_step(run)  # the EMA update mixes no devices
+
+
+@pytest.mark.parametrize("total", [1, 4, 5, 6])
+def test_wsd_survives_runs_no_longer_than_their_warm_up(total):
+    """A --time_budget can fix a length equal to the warm-up: the schedule still builds and steps to the end."""
+    from ddpm_pipeline.training_config import TrainingConfig
+    from ddpm_pipeline.training_setup import build_lr_scheduler
+
+    config = TrainingConfig.from_dict({"lr_scheduler": "wsd", "lr_warmup_steps": 5})
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    build_lr_scheduler(config, optimizer, total, at_step=total)
+    assert 0.0 <= optimizer.param_groups[0]["lr"] <= config.learning_rate

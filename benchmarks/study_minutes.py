@@ -1,0 +1,87 @@
+"""Quality against training minutes: "how long should I train?" answered per model on this machine.
+
+    python benchmarks/study_minutes.py --minutes 7,15,30 [--models default,wide] [--flags '...'] [--tag _zen4]
+
+For each model (MODELS below: train_ddpm.py flags), one warmup-stable-decay run trains for the longest budget
+(`--time_budget`, so its length fits this machine), keeping checkpoints; each shorter budget is a cooldown branched
+from the checkpoint where its own cooldown (20% of its steps) begins (`--cooldown_from`), so the run's speed sets how
+many steps a minute buys. Every model is scored by our evaluator at its saved default call and at the other guidance
+scales of --guidance, with the real-vs-real floor beside FID. Writes benchmarks/results/study_minutes{tag}.json;
+`python benchmarks/plot_minutes.py` draws the curves. Trained runs are reused if their folders exist.
+"""
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from benchmarks.common import machine, print_table, write_json  # noqa: E402
+from benchmarks.study_recipe import score  # noqa: E402
+
+MODELS = {
+    "default": [],
+    "wide": ["--block_out_channels", "64,128,128"],  # twice today's width at every level
+}
+COOLDOWN_FRACTION = 0.2
+
+
+def train(out: Path, flags: list[str]) -> Path:
+    if (out / "run_info.json").is_file():
+        print(f"reusing {out}", file=sys.stderr)
+        return out
+    command = [sys.executable, str(ROOT / "train_ddpm.py"), "--output_dir", str(out), "--save_images_epochs", "0"]
+    print(" ".join([*command[1:], *flags]), file=sys.stderr)
+    subprocess.run([*command, *flags], check=True, cwd=ROOT)
+    return out
+
+
+def train_model(name: str, minutes: list[float], base: list[str], work: Path, every: int) -> dict[float, Path]:
+    """The longest budget's WSD run, with a checkpoint every ``every`` steps, and a cooldown branch for each shorter
+    budget from the checkpoint at or before the start of its cooldown."""
+    longest = max(minutes)
+    keep = ["--checkpointing_steps", str(every), "--checkpoints_total_limit", "1000"]
+    wsd = [*base, *MODELS[name], "--lr_scheduler", "wsd", "--lr_cooldown_fraction", str(COOLDOWN_FRACTION)]
+    main_run = train(work / f"{name}_{longest:g}min", [*wsd, "--time_budget", f"{longest:g}m", *keep])
+    runs = {longest: main_run}
+    steps_per_minute = json.loads((main_run / "run_info.json").read_text())["global_step"] / longest
+    for budget in sorted(m for m in minutes if m != longest):
+        total = round(budget * steps_per_minute)
+        start = max(every, (total - round(COOLDOWN_FRACTION * total)) // every * every)
+        branch = ["--cooldown_from", str(main_run / f"checkpoint-{start}"), "--lr_cooldown_steps", str(total - start)]
+        runs[budget] = train(work / f"{name}_{budget:g}min_from_{start}", [*wsd, *branch])
+    return runs
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", default="7,15,30", help="training budgets in minutes of this machine")
+    parser.add_argument("--models", default="default", help=f"comma-separated, from: {', '.join(MODELS)}")
+    parser.add_argument("--flags", default="", help="train_ddpm.py flags every run adds (e.g. a dataset)")
+    parser.add_argument("--guidance", default="2.5,2.0,1.5", help="guidance scales to score (the first: the default)")
+    parser.add_argument("--num_samples", type=int, default=1000)
+    parser.add_argument("--work_dir", default=str(ROOT / "outputs" / "study_minutes"))
+    parser.add_argument("--checkpoint_every", type=int, default=300, help="steps between the long run's checkpoints")
+    parser.add_argument("--tag", default="", help="suffix for the JSON file name")
+    args = parser.parse_args()
+    minutes = sorted(float(m) for m in args.minutes.split(","))
+    rows = []
+    for name in args.models.split(","):
+        runs = train_model(name, minutes, shlex.split(args.flags), Path(args.work_dir), args.checkpoint_every)
+        for budget, folder in sorted(runs.items()):
+            info = json.loads((folder / "run_info.json").read_text())
+            for scale in (float(g) for g in args.guidance.split(",")):
+                row = {"model": name, "minutes": budget, "steps": info["global_step"], "guidance": scale}
+                rows.append({**row, **score(folder, (10, scale, (0.4, 0.8)), args.num_samples), "run": str(folder)})
+                print(rows[-1], file=sys.stderr)
+    print(f"\nMachine: {machine()}; 10 steps, guidance on [0.4 T, 0.8 T), {args.num_samples} samples\n")
+    columns = ["model", "minutes", "steps", "guidance", "fid", "fid_real_floor", "fid_over_floor", "clear_rate"]
+    print_table(rows, columns + ["digit_accuracy", "coverage", "memorization_median"])
+    write_json(f"study_minutes{args.tag}", {"machine": machine(), "flags": args.flags, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
