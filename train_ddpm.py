@@ -301,6 +301,7 @@ def resume(run: TrainingRun):
     if run.ema is not None:  # Accelerate loads custom states onto the CPU; the EMA belongs with the model
         run.ema.to(device=run.accelerator.device)
     state = read_training_state(checkpoint)
+    check_same_global_batch(run, state, checkpoint)
     run.global_step = state["global_step"]
     run.last_picture_epoch = run.plan.epoch_of(run.global_step * run.accumulation) if run.global_step else -1
     if not run.budget_fixed and state.get("time_budget_fixed"):
@@ -309,6 +310,25 @@ def resume(run: TrainingRun):
         logger.info("Time budget: the run's length, %d steps, as its checkpoint fixed it.", run.max_train_steps)
     rebuild_lr_schedule(run)
     logger.info("Resumed from %s at step %d.", checkpoint, run.global_step)
+
+
+def check_same_global_batch(run: TrainingRun, state: dict, checkpoint: Path):
+    """Batches are a function of the seed, the step and the global batch, so a resume on another number of processes
+    is exact when the global batch (processes x train_batch_size) is the same; another global batch is refused."""
+    saved = state.get("global_batch")
+    if saved is None or saved == run.plan.global_batch:
+        if state.get("num_processes", run.accelerator.num_processes) != run.accelerator.num_processes:
+            logger.info("Resuming %d process(es)' run on %d, same global batch %d: the same batches.",
+                        state["num_processes"], run.accelerator.num_processes, saved)  # fmt: skip
+        return
+    processes = state.get("num_processes", "?")
+    raise CheckpointError(
+        f"{checkpoint} was saved by a run with global batch {saved} ({processes} process(es) x "
+        f"{saved // processes if isinstance(processes, int) else '?'}); this run's is {run.plan.global_batch} "
+        f"({run.accelerator.num_processes} x {run.config.train_batch_size}). Resume with --train_batch_size "
+        f"{saved // run.accelerator.num_processes} on {run.accelerator.num_processes} process(es) (the same "
+        "batches), or start a new run."
+    )
 
 
 def rebuild_lr_schedule(run: TrainingRun):
@@ -356,14 +376,23 @@ def start_logging(run: TrainingRun):
     if run.accelerator.is_main_process:
         run.output_dir.mkdir(parents=True, exist_ok=True)
         run.accelerator.init_trackers("ddpm-mnist", config={k: str(v) for k, v in run.config.to_dict().items()})
+    steps_per_epoch = max(1, run.plan.micro_batches_per_epoch // run.accumulation)
     logger.info(
-        "Training on %d images for %d steps, global batch %d x %d accumulation, %d process(es).",
+        "Training on %d images for %s steps (%d an epoch), global batch %d (%d process(es) x %d) x %d accumulation, "
+        "warm-up %d steps, a checkpoint every %s steps.",
         len(run.images),
-        run.max_train_steps,
+        run.max_train_steps if run.budget_fixed else "--time_budget",
+        steps_per_epoch,
         run.plan.global_batch,
-        run.accumulation,
         run.accelerator.num_processes,
+        run.config.train_batch_size,
+        run.accumulation,
+        run.config.lr_warmup_steps,
+        run.config.checkpointing_steps or "no",
     )
+    if run.budget_fixed and run.config.checkpointing_steps >= run.max_train_steps:
+        logger.warning("No checkpoint comes before the end: checkpointing_steps %d >= the run's %d steps.",
+                       run.config.checkpointing_steps, run.max_train_steps)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------- one step
@@ -489,6 +518,8 @@ def save_checkpoint(run: TrainingRun):
     state = {
         "max_train_steps": run.max_train_steps,
         "model_config": run.config.model_signature(),
+        "global_batch": run.plan.global_batch,
+        "num_processes": run.accelerator.num_processes,
         "time_budget_fixed": run.budget_fixed and run.budget_seconds is not None,
     }
     path = save_checkpoint_atomically(

@@ -70,6 +70,7 @@ def save_checkpoint_atomically(accelerator, output_dir: str | Path, step: int, e
         shutil.rmtree(temporary)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(temporary))
+    accelerator.wait_for_everyone()  # every rank's files (its random states) are written before the manifest
     if accelerator.is_main_process:
         state = {"global_step": step, **extra_state, "files": _manifest(temporary)}
         (temporary / STATE_FILE).write_text(json.dumps(state, indent=2))

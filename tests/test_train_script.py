@@ -152,7 +152,7 @@ def test_the_advice_names_the_launcher_the_run_was_started_with(monkeypatch):
     )
 
 
-def test_two_processes_match_one_process(tmp_path):
+def test_two_processes_match_one_process(tmp_path, capsys):
     """2 ranks x batch 8 with gloo == 1 rank x batch 16: same batches, noise and timesteps, so the same weights. The
     two ranks train for a --time_budget: both take rank 0's length, and the run equals a 1-process run told that
     length from the start (the warm-up, where the speed is measured, does not depend on it)."""
@@ -177,7 +177,8 @@ def test_two_processes_match_one_process(tmp_path):
     ]
     result = subprocess.run(
         launch
-        + [str(ROOT / "train_ddpm.py"), *tiny_args(two, "--train_batch_size", "8", "--time_budget", "2s", *common)],
+        + [str(ROOT / "train_ddpm.py"), *tiny_args(two, "--train_batch_size", "8", "--time_budget", "2s", *common)]
+        + ["--checkpointing_steps", "4", "--checkpoints_total_limit", "1"],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -195,6 +196,22 @@ def test_two_processes_match_one_process(tmp_path):
     a, b = unet_weights(two), unet_weights(one)
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-4, rtol=1e-3, msg=name)
+
+    # the last checkpoint is whole: every rank's random states are in its manifest
+    checkpoint = list_checkpoints(two)[-1]
+    manifest = json.loads((checkpoint / "training_state.json").read_text())
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= set(manifest["files"])
+    assert (manifest["global_batch"], manifest["num_processes"]) == (16, 2)
+    # resumed on 1 process: the same global batch continues with the same batches; another one is refused by name
+    moved = tmp_path / "moved"
+    shutil.copytree(checkpoint, moved / checkpoint.name)
+    resume = [*common, "--resume_from_checkpoint", "latest", "--max_train_steps", str(steps)]
+    assert train_ddpm.main(tiny_args(moved, "--train_batch_size", "8", *resume)) == 2
+    assert "global batch 16 (2 process(es) x 8); this run's is 8 (1 x 8)" in capsys.readouterr().err
+    assert train_ddpm.main(tiny_args(moved, "--train_batch_size", "16", *resume)) == 0
+    a, c = unet_weights(two), unet_weights(moved)
+    for name in a:
+        torch.testing.assert_close(a[name], c[name], atol=1e-4, rtol=1e-3, msg=name)
 
 
 def flip_one_byte(path: Path, offset_from_end: int = 100):
