@@ -138,7 +138,7 @@ class DDPMMnistPipeline(DiffusionPipeline):
         hub = {key: kwargs[key] for key in (*HUB_KWARGS, "proxies") if kwargs.get(key) is not None}
         return snapshot_download(
             pretrained_model_name,
-            allow_patterns=["model_index.json", "*/config.json", "*/scheduler_config.json", "*/*.safetensors"],
+            allow_patterns=["model_index.json", "*/*.json", "*/*.safetensors"],  # configs, weights (and shard indexes)
             **hub,
         )
 
@@ -147,9 +147,7 @@ class DDPMMnistPipeline(DiffusionPipeline):
         """diffusers' ``load_config``, with the remote-code class names of a pushed ``model_index.json``
         (``["unet_mnist", "MnistUNet"]``) mapped to the installed package's modules, so that no remote code runs."""
         loaded = super().load_config(pretrained_model_name_or_path, *args, **kwargs)
-        config = loaded[0] if isinstance(loaded, tuple) else loaded
-        if os.path.basename(str(pretrained_model_name_or_path)) != "model_index.json":  # not download's class probe
-            _use_installed_classes(config, cls.__module__.rsplit(".", 1)[0])
+        _use_installed_classes(loaded[0] if isinstance(loaded, tuple) else loaded, cls.__module__.rsplit(".", 1)[0])
         return loaded
 
     def _prepare_class_labels(self, class_labels, batch_size: int) -> torch.Tensor | None:
