@@ -39,13 +39,15 @@ def train(out: Path, flags: list[str]) -> Path:
     return out
 
 
-def train_model(name: str, minutes: list[float], base: list[str], work: Path, every: int) -> dict[float, Path]:
+def train_model(name, minutes: list[float], base: list[str], work: Path, every: int, rate: float | None) -> dict:
     """The longest budget's WSD run, with a checkpoint every ``every`` steps, and a cooldown branch for each shorter
-    budget from the checkpoint at or before the start of its cooldown."""
+    budget from the checkpoint at or before the start of its cooldown. ``rate`` (steps per minute, measured alone on
+    this machine) turns minutes into steps instead of --time_budget, for a machine that is not idle meanwhile."""
     longest = max(minutes)
     keep = ["--checkpointing_steps", str(every), "--checkpoints_total_limit", "1000"]
     wsd = [*base, *MODELS[name], "--lr_scheduler", "wsd", "--lr_cooldown_fraction", str(COOLDOWN_FRACTION)]
-    main_run = train(work / f"{name}_{longest:g}min", [*wsd, "--time_budget", f"{longest:g}m", *keep])
+    length = ["--max_train_steps", str(round(longest * rate))] if rate else ["--time_budget", f"{longest:g}m"]
+    main_run = train(work / f"{name}_{longest:g}min", [*wsd, *length, *keep])
     runs = {longest: main_run}
     steps_per_minute = json.loads((main_run / "run_info.json").read_text())["global_step"] / longest
     for budget in sorted(m for m in minutes if m != longest):
@@ -65,12 +67,19 @@ def main():
     parser.add_argument("--num_samples", type=int, default=1000)
     parser.add_argument("--work_dir", default=str(ROOT / "outputs" / "study_minutes"))
     parser.add_argument("--checkpoint_every", type=int, default=300, help="steps between the long run's checkpoints")
+    parser.add_argument(
+        "--steps_per_minute",
+        type=float,
+        help="this machine's training speed, measured alone (e.g. bench_time_to_quality): budgets become step counts "
+        "instead of --time_budget, so that the machine need not stay idle",
+    )
     parser.add_argument("--tag", default="", help="suffix for the JSON file name")
     args = parser.parse_args()
     minutes = sorted(float(m) for m in args.minutes.split(","))
     rows = []
     for name in args.models.split(","):
-        runs = train_model(name, minutes, shlex.split(args.flags), Path(args.work_dir), args.checkpoint_every)
+        base = shlex.split(args.flags)
+        runs = train_model(name, minutes, base, Path(args.work_dir), args.checkpoint_every, args.steps_per_minute)
         for budget, folder in sorted(runs.items()):
             info = json.loads((folder / "run_info.json").read_text())
             for scale in (float(g) for g in args.guidance.split(",")):
@@ -80,7 +89,8 @@ def main():
     print(f"\nMachine: {machine()}; 10 steps, guidance on [0.4 T, 0.8 T), {args.num_samples} samples\n")
     columns = ["model", "minutes", "steps", "guidance", "fid", "fid_real_floor", "fid_over_floor", "clear_rate"]
     print_table(rows, columns + ["digit_accuracy", "coverage", "memorization_median"])
-    write_json(f"study_minutes{args.tag}", {"machine": machine(), "flags": args.flags, "rows": rows})
+    payload = {"machine": machine(), "flags": args.flags, "steps_per_minute": args.steps_per_minute, "rows": rows}
+    write_json(f"study_minutes{args.tag}", payload)
 
 
 if __name__ == "__main__":

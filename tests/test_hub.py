@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 
@@ -40,6 +41,8 @@ def client_env(hub, tmp_path, token=TOKEN, endpoint=None):
         HF_HOME=str(tmp_path / "hf-home"),
         HF_HUB_DISABLE_TELEMETRY="1",
         HF_HUB_DISABLE_XET="1",
+        # the Hub's cache is the test's own (nothing cached), the built datasets' cache this machine's
+        HF_DATASETS_CACHE=datasets.config.HF_DATASETS_CACHE,
         PYTHONPATH=str(ROOT),
     )
     if token:
