@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, broadcast, parse_flag_from_env, set_seed
+from accelerate.utils import ProjectConfiguration, broadcast, broadcast_object_list, parse_flag_from_env, set_seed
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
@@ -45,6 +45,7 @@ from ddpm_pipeline.hub import HubError, push_output_dir
 from ddpm_pipeline.losses import training_losses
 from ddpm_pipeline.outputs import save_final_outputs, save_sample_grid
 from ddpm_pipeline.posthoc_ema import SNAPSHOT_DIR, save_snapshot
+from ddpm_pipeline.preemption import EXIT_PREEMPTED, OutputDirInUse, RunLock, StopRequest
 from ddpm_pipeline.training_config import ConfigError, TrainingConfig, parse_training_config
 from ddpm_pipeline.training_setup import (
     build_ema,
@@ -72,6 +73,11 @@ class EarlierScheduleSlot:
 
     def load_state_dict(self, state: dict):
         pass
+
+
+class TrainingStopped(RuntimeError):
+    """The run was asked to stop (preemption, a cluster's time limit) and saved its state; the message says how to go
+    on."""
 
 
 class TrainingDivergedError(RuntimeError):
@@ -129,36 +135,34 @@ def train(config: TrainingConfig, argv: list[str] | None = None) -> Path:
     config.check_output_dir()
     # 1. set up: the accelerator and precision, data, UNet, scheduler, AdamW, LR schedule, EMA, batch plan
     run = setup_run(config, argv)
-    # 2. resume from a verified checkpoint, if asked, with this config's learning rate
-    resume(run)
-    start_logging(run)
-    progress = tqdm(
-        total=run.max_train_steps if run.budget_fixed else None,  # a --time_budget run knows it after its warm-up
-        initial=run.global_step,
-        desc="train",
-        disable=not run.accelerator.is_local_main_process,
-    )
-    run.started = time.perf_counter()
-    with progress:
-        while run.global_step < run.max_train_steps:
-            # 3. one optimizer step: micro-batches, backward, clipping, the divergence guard, AdamW, LR and EMA
-            totals = optimizer_step(run)
-            if not run.budget_fixed:  # a --time_budget run fixes its length once its speed is measured (in warm-up)
-                fix_run_length(run, progress)
-            # 4. the losses, learning rate and throughput to the tracker and the progress bar
-            log_step(run, totals, progress)
-            # 5. the training state, every checkpointing_steps (atomically; held back while a step looks suspicious)
-            if checkpoint_due(run):
-                save_checkpoint(run)
-            # 6. the raw weights, for post-hoc EMA, every weight_snapshot_steps
-            if config.weight_snapshot_steps and run.global_step % config.weight_snapshot_steps == 0:
-                save_weight_snapshot(run)
-            # 7. a sample grid from the EMA weights, after every save_images_epochs-th epoch
-            epoch = epoch_for_pictures(run)
-            if epoch is not None:
-                save_epoch_pictures(run, epoch)
-    # 8. the final pipeline, its pictures and card; evaluation and push when asked
-    finish(run)
+    with exclusive_and_stoppable(run) as stop:
+        # 2. resume from a verified checkpoint, if asked, with this config's learning rate
+        resume(run)
+        start_logging(run)
+        run.started = time.perf_counter()
+        with progress_bar(run) as progress:
+            while run.global_step < run.max_train_steps:
+                # 3. one optimizer step: micro-batches, backward, clipping, the divergence guard, AdamW, LR, EMA
+                totals = optimizer_step(run)
+                if not run.budget_fixed:  # a --time_budget run fixes its length once its speed is measured
+                    fix_run_length(run, progress)
+                # 4. the losses, learning rate and throughput to the tracker and the progress bar
+                log_step(run, totals, progress)
+                # 5. asked to stop (SIGTERM, SIGUSR1): a whole checkpoint of this step on every rank, then exit
+                if stop.agreed(run.accelerator):
+                    stop_for_requeue(run, stop.signal_name)
+                # 6. the training state, every checkpointing_steps (atomically; held back while a step is suspicious)
+                if checkpoint_due(run):
+                    save_checkpoint(run)
+                # 7. the raw weights, for post-hoc EMA, every weight_snapshot_steps
+                if config.weight_snapshot_steps and run.global_step % config.weight_snapshot_steps == 0:
+                    save_weight_snapshot(run)
+                # 8. a sample grid from the EMA weights, after every save_images_epochs-th epoch
+                epoch = epoch_for_pictures(run)
+                if epoch is not None:
+                    save_epoch_pictures(run, epoch)
+        # 9. the final pipeline, its pictures and card; evaluation and push when asked
+        finish(run)
     return run.output_dir
 
 
@@ -173,6 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     except HubError as error:
         print(f"error: training finished, but the push failed: {error}", file=sys.stderr)
         return 3
+    except TrainingStopped as error:
+        print(f"stopped: {error}", file=sys.stderr)
+        return EXIT_PREEMPTED
+    except OutputDirInUse as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -370,6 +380,51 @@ def fix_run_length(run: TrainingRun, progress):
         "Time budget %s: %.4g s per step over steps %d-%d here, so %d steps in all (saved as max_train_steps).",
         config.time_budget, seconds_per_step, CALIBRATION_SKIP + 1, end, steps,
     )  # fmt: skip
+
+
+@contextlib.contextmanager
+def exclusive_and_stoppable(run: TrainingRun):
+    """The run's lock on its output folder (taken by the main process; every rank learns whether it got it), and
+    SIGTERM / SIGUSR1 recorded instead of killing a step; both undone however the run ends."""
+    problem, lock = None, None
+    if run.accelerator.is_main_process:
+        try:
+            lock = RunLock(run.output_dir).acquire()
+        except OutputDirInUse as error:
+            problem = str(error)
+    if run.accelerator.num_processes > 1:
+        problem = broadcast_object_list([problem], from_process=0)[0]
+    if problem:
+        raise OutputDirInUse(problem)
+    stop = StopRequest().install()
+    try:
+        yield stop
+    finally:
+        stop.restore()
+        if lock is not None:
+            lock.release()
+
+
+@contextlib.contextmanager
+def progress_bar(run: TrainingRun):
+    progress = tqdm(
+        total=run.max_train_steps if run.budget_fixed else None,  # a --time_budget run knows it after its warm-up
+        initial=run.global_step,
+        desc="train",
+        disable=not run.accelerator.is_local_main_process,
+    )
+    with progress:
+        yield progress
+
+
+def stop_for_requeue(run: TrainingRun, signal_name: str | None):
+    """Every rank finished this step; save it whole and stop with EXIT_PREEMPTED and the command that continues."""
+    save_checkpoint(run)
+    command = recorded_command(run.argv, replace={"--resume_from_checkpoint": "latest"})
+    raise TrainingStopped(
+        f"{signal_name or 'a stop signal'} received: step {run.global_step} is saved in {run.output_dir}/checkpoint-"
+        f"{run.global_step}. Run again with --resume_from_checkpoint latest to continue exactly:\n    {command}"
+    )
 
 
 def start_logging(run: TrainingRun):

@@ -69,15 +69,20 @@ def save_checkpoint_atomically(accelerator, output_dir: str | Path, step: int, e
     if accelerator.is_main_process and temporary.exists():
         shutil.rmtree(temporary)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(temporary))
-    accelerator.wait_for_everyone()  # every rank's files (its random states) are written before the manifest
+    try:
+        accelerator.save_state(str(temporary))
+        accelerator.wait_for_everyone()  # every rank's files (its random states) are written before the manifest
+        if accelerator.is_main_process:
+            _seal(temporary, {"global_step": step, **extra_state})
+    except OSError as error:  # e.g. ENOSPC: the half-written folder goes, `latest` keeps the last whole checkpoint
+        shutil.rmtree(temporary, ignore_errors=True)
+        whole = list_checkpoints(output_dir)
+        raise CheckpointError(
+            f"Saving checkpoint-{step} failed ({error.strerror or error}): the disk may be full. Nothing half-written "
+            f"was kept; the newest whole checkpoint is {whole[-1] if whole else 'none (none was saved yet)'}, which "
+            "--resume_from_checkpoint latest resumes once there is room."
+        ) from error
     if accelerator.is_main_process:
-        state = {"global_step": step, **extra_state, "files": _manifest(temporary)}
-        (temporary / STATE_FILE).write_text(json.dumps(state, indent=2))
-        for path in temporary.rglob("*"):
-            if path.is_file():
-                with open(path, "rb") as handle:
-                    os.fsync(handle.fileno())
         if final.exists():
             shutil.rmtree(final)
         os.replace(temporary, final)
@@ -86,6 +91,15 @@ def save_checkpoint_atomically(accelerator, output_dir: str | Path, step: int, e
                 shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def _seal(folder: Path, state: dict):
+    """The state file with the manifest of every other file, everything flushed to disk before the rename."""
+    (folder / STATE_FILE).write_text(json.dumps({**state, "files": _manifest(folder)}, indent=2))
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
 
 
 def read_training_state(checkpoint: Path) -> dict:
