@@ -73,6 +73,7 @@ def main():
     parser.add_argument("studies", nargs="+", help="study_minutes JSON files")
     parser.add_argument("--reference", help="a bench_time_to_quality JSON with a reference curve")
     parser.add_argument("--out", default="benchmarks/results/quality_vs_minutes.png")
+    parser.add_argument("--title", default="", help="what the runs were (recipe, data), before the machine")
     args = parser.parse_args()
     rows, machines = [], set()
     for path in args.studies:
@@ -81,7 +82,8 @@ def main():
         machines.add(f"{data['machine'].get('cpu', '?')}, {data['machine'].get('cpu_capability', '?')}")
     reference = reference_line(Path(args.reference)) if args.reference else None
     ceiling = rows[0].get("real_digit_accuracy") if rows else None
-    draw(curves(rows), reference, ceiling, "; ".join(sorted(machines)), Path(args.out))
+    title = "; ".join([*([args.title] if args.title else []), *sorted(machines)])
+    draw(curves(rows), reference, ceiling, title, Path(args.out))
 
 
 if __name__ == "__main__":
