@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import shlex
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -109,7 +110,7 @@ class TrainingRun:
     checkpoint_held: bool = False  # a checkpoint came due on a suspicious step: save it at the next normal one
     budget_seconds: float | None = None  # --time_budget
     budget_fixed: bool = False  # max_train_steps is final (always, without a budget)
-    calibration_started: float = 0.0
+    step_ends: list[float] = field(default_factory=list)  # a --time_budget run's clock at the end of each early step
     guard: DivergenceGuard = field(default_factory=DivergenceGuard)
     argv: list[str] | None = None  # the flags of this run, for the model card and the recovery command
 
@@ -350,14 +351,15 @@ def rebuild_lr_schedule(run: TrainingRun):
 
 def fix_run_length(run: TrainingRun, progress):
     """--time_budget: time the steps after the first few (compilation, allocator warm-up), then fix max_train_steps
-    so that the training loop ends on time. Every process takes rank 0's decision."""
+    so that the training loop ends on time. The median step is the rate (one slow step, a collector's pause, must not
+    shorten the run). Every process takes rank 0's decision."""
     config, step = run.config, run.global_step
     end = min(config.lr_warmup_steps, CALIBRATION_STEPS)
-    if step == CALIBRATION_SKIP:
-        run.calibration_started = time.perf_counter()
+    if step >= CALIBRATION_SKIP:
+        run.step_ends.append(time.perf_counter())
     if step < end:
         return
-    seconds_per_step = (time.perf_counter() - run.calibration_started) / (end - CALIBRATION_SKIP)
+    seconds_per_step = statistics.median(b - a for a, b in zip(run.step_ends, run.step_ends[1:]))
     remaining = run.budget_seconds - (time.perf_counter() - run.started)
     decided = torch.tensor(step + max(0, int(remaining / seconds_per_step)), device=run.accelerator.device)
     steps = int(broadcast(decided, from_process=0))
