@@ -3,6 +3,8 @@
 import json
 import os
 import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -136,3 +138,15 @@ def write_json(name: str, payload: dict) -> Path:
     path.write_text(json.dumps(payload, indent=2))
     print(f"\nwrote {path}")
     return path
+
+
+def train_once(out: Path, flags: list[str]) -> Path:
+    """train_ddpm.py (the product's own path) into ``out`` with ``flags``; a run that finished before is reused."""
+    if (out / "run_info.json").is_file():
+        print(f"reusing {out}", file=sys.stderr)
+        return out
+    root = Path(__file__).resolve().parent.parent
+    command = [sys.executable, str(root / "train_ddpm.py"), "--output_dir", str(out), "--save_images_epochs", "0"]
+    print(" ".join([*command[1:], *flags]), file=sys.stderr)
+    subprocess.run([*command, *flags], check=True, cwd=root)
+    return out

@@ -13,13 +13,12 @@ scales of --guidance, with the real-vs-real floor beside FID. Writes benchmarks/
 import argparse
 import json
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.common import machine, print_table, write_json  # noqa: E402
+from benchmarks.common import machine, print_table, train_once, write_json  # noqa: E402
 from benchmarks.study_recipe import score  # noqa: E402
 
 MODELS = {
@@ -27,16 +26,6 @@ MODELS = {
     "wide": ["--block_out_channels", "64,128,128"],  # twice today's width at every level
 }
 COOLDOWN_FRACTION = 0.2
-
-
-def train(out: Path, flags: list[str]) -> Path:
-    if (out / "run_info.json").is_file():
-        print(f"reusing {out}", file=sys.stderr)
-        return out
-    command = [sys.executable, str(ROOT / "train_ddpm.py"), "--output_dir", str(out), "--save_images_epochs", "0"]
-    print(" ".join([*command[1:], *flags]), file=sys.stderr)
-    subprocess.run([*command, *flags], check=True, cwd=ROOT)
-    return out
 
 
 def train_model(name, minutes: list[float], base: list[str], work: Path, every: int, rate: float | None) -> dict:
@@ -47,14 +36,14 @@ def train_model(name, minutes: list[float], base: list[str], work: Path, every: 
     keep = ["--checkpointing_steps", str(every), "--checkpoints_total_limit", "1000"]
     wsd = [*base, *MODELS[name], "--lr_scheduler", "wsd", "--lr_cooldown_fraction", str(COOLDOWN_FRACTION)]
     length = ["--max_train_steps", str(round(longest * rate))] if rate else ["--time_budget", f"{longest:g}m"]
-    main_run = train(work / f"{name}_{longest:g}min", [*wsd, *length, *keep])
+    main_run = train_once(work / f"{name}_{longest:g}min", [*wsd, *length, *keep])
     runs = {longest: main_run}
     steps_per_minute = json.loads((main_run / "run_info.json").read_text())["global_step"] / longest
     for budget in sorted(m for m in minutes if m != longest):
         total = round(budget * steps_per_minute)
         start = max(every, (total - round(COOLDOWN_FRACTION * total)) // every * every)
         branch = ["--cooldown_from", str(main_run / f"checkpoint-{start}"), "--lr_cooldown_steps", str(total - start)]
-        runs[budget] = train(work / f"{name}_{budget:g}min_from_{start}", [*wsd, *branch])
+        runs[budget] = train_once(work / f"{name}_{budget:g}min_from_{start}", [*wsd, *branch])
     return runs
 
 

@@ -15,28 +15,15 @@ import argparse
 import json
 import math
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.common import machine, print_table, write_json  # noqa: E402
+from benchmarks.common import machine, print_table, train_once, write_json  # noqa: E402
 from benchmarks.study_recipe import score  # noqa: E402
 
 COOLDOWN_FRACTION = 0.2
-
-
-def train(out: Path, flags: list[str]) -> Path:
-    """train_ddpm.py into ``out`` (reused when it finished before)."""
-    if (out / "run_info.json").is_file():
-        print(f"reusing {out}", file=sys.stderr)
-        return out
-    command = [sys.executable, str(ROOT / "train_ddpm.py"), "--output_dir", str(out), "--save_images_epochs", "0"]
-    command += flags
-    print(" ".join(command[1:]), file=sys.stderr)
-    subprocess.run(command, check=True, cwd=ROOT)
-    return out
 
 
 def train_all(budgets: list[int], base: list[str], work: Path) -> dict[tuple[str, int], Path]:
@@ -44,17 +31,17 @@ def train_all(budgets: list[int], base: list[str], work: Path) -> dict[tuple[str
     starts, and a cooldown branch from each."""
     runs = {}
     for steps in budgets:
-        runs["cosine", steps] = train(work / f"cosine_{steps}", [*base, "--max_train_steps", str(steps)])
+        runs["cosine", steps] = train_once(work / f"cosine_{steps}", [*base, "--max_train_steps", str(steps)])
     longest = max(budgets)
     branch_points = {steps: steps - round(COOLDOWN_FRACTION * steps) for steps in budgets if steps != longest}
     every = math.gcd(*branch_points.values()) if branch_points else 0
     wsd = [*base, "--lr_scheduler", "wsd", "--lr_cooldown_fraction", str(COOLDOWN_FRACTION)]
     keep = ["--checkpointing_steps", str(every), "--checkpoints_total_limit", "1000"]
-    runs["wsd", longest] = train(work / f"wsd_{longest}", [*wsd, "--max_train_steps", str(longest), *keep])
+    runs["wsd", longest] = train_once(work / f"wsd_{longest}", [*wsd, "--max_train_steps", str(longest), *keep])
     for steps, start in branch_points.items():
         checkpoint = runs["wsd", longest] / f"checkpoint-{start}"
         branch = ["--cooldown_from", str(checkpoint), "--lr_cooldown_steps", str(steps - start)]
-        runs["wsd", steps] = train(work / f"wsd_{steps}_from_{start}", [*wsd, *branch])
+        runs["wsd", steps] = train_once(work / f"wsd_{steps}_from_{start}", [*wsd, *branch])
     return runs
 
 
