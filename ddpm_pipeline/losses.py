@@ -36,16 +36,19 @@ def prediction_target(scheduler, original_samples, noise, timesteps) -> torch.Te
 def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
     """Min-SNR-gamma loss weights (Hang et al. 2023), per sample: the MSE of each prediction type rescaled so that it
     weighs the x_0 error by min(SNR_t, gamma), SNR_t = abar_t / (1 - abar_t). Low-noise steps (huge SNR) stop
-    dominating the gradient."""
-    abar = scheduler.train_chain.alphas_cumprod[timesteps.long().cpu()].to(timesteps.device)
+    dominating the gradient. Computed in float64 on the CPU (the schedule's tables), then sent as float32: some
+    accelerators (Apple's mps) have no float64."""
+    abar = scheduler.train_chain.alphas_cumprod[timesteps.long().cpu()]
     snr = abar / (1.0 - abar)
     clipped = torch.clamp(snr, max=gamma)
     kind = scheduler.config.prediction_type
     if kind == "epsilon":
-        return (clipped / snr).float()
-    if kind == "v_prediction":
-        return (clipped / (snr + 1.0)).float()
-    return clipped.float()
+        weights = clipped / snr
+    elif kind == "v_prediction":
+        weights = clipped / (snr + 1.0)
+    else:
+        weights = clipped
+    return weights.float().to(timesteps.device)
 
 
 def diffusion_loss(

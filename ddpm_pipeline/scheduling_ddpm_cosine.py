@@ -109,7 +109,7 @@ class ChainCoefficients:
 
 def _broadcast(values: torch.Tensor, index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Gather float64 per-step constants at ``index`` and shape them to broadcast against ``like``."""
-    out = values[index.cpu()].to(device=like.device, dtype=like.dtype)
+    out = values[index.cpu()].to(dtype=like.dtype).to(like.device)  # cast on the CPU: mps has no float64
     return out.reshape(-1, *([1] * (like.ndim - 1)))
 
 

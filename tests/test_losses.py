@@ -111,3 +111,20 @@ def test_training_losses_noises_drops_labels_and_weights_the_bound():
     terms = scheduler.variational_bound_terms(output, x0, seen["sample"], randomness.timesteps, stop_mean_gradient=True)
     torch.testing.assert_close(losses.vlb, (terms * randomness.vlb_importance).mean() * 100)
     torch.testing.assert_close(losses.loss, losses.simple + 0.01 * losses.vlb)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_min_snr_weights_are_float32_from_a_float64_computation(prediction_type):
+    """min(SNR, gamma) per prediction type, by hand in float64 from the cosine schedule, handed over as float32 (an
+    mps device has no float64; the tables stay on the CPU)."""
+    from ddpm_pipeline.losses import min_snr_weights
+
+    scheduler = CosineDDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type)
+    t = torch.tensor([0, 10, 500, 999])
+    abar = scheduler.alphas_cumprod[t].double()
+    snr = abar / (1 - abar)
+    clipped = snr.clamp(max=5.0)
+    expected = {"epsilon": clipped / snr, "v_prediction": clipped / (snr + 1), "sample": clipped}[prediction_type]
+    weights = min_snr_weights(scheduler, t, 5.0)
+    assert weights.dtype == torch.float32 and weights.device == t.device
+    torch.testing.assert_close(weights, expected.float())
