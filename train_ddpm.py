@@ -357,7 +357,7 @@ def fix_run_length(run: TrainingRun, progress):
     end = min(config.lr_warmup_steps, CALIBRATION_STEPS)
     if step >= CALIBRATION_SKIP:
         run.step_ends.append(time.perf_counter())
-    if step < end:
+    if step < end or len(run.step_ends) < 3:  # (a run resumed just before ``end`` times a few more steps)
         return
     seconds_per_step = statistics.median(b - a for a, b in zip(run.step_ends, run.step_ends[1:]))
     remaining = run.budget_seconds - (time.perf_counter() - run.started)

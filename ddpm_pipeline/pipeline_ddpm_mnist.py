@@ -117,14 +117,16 @@ class DDPMMnistPipeline(DiffusionPipeline):
         path = str(pretrained_model_name_or_path)
         hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
         index, index_path = _read_model_index(path, hub_kwargs)
-        folder = path if os.path.isdir(path) else os.path.dirname(index_path)
+        local = os.path.isdir(path)
+        folder = path if local else os.path.dirname(index_path)  # a Hub repository's snapshot in the cache
+        package = cls.__module__.rsplit(".", 1)[0]
         for name in ("unet", "scheduler"):
             if name not in kwargs:
-                _check_component_entry(index, name, index_path, folder if os.path.isdir(path) else None)
+                _check_component_entry(index, name, index_path, folder if local else None, package)
         try:
             return super().from_pretrained(path, **kwargs)
         except Exception as error:  # diffusers' loader fails in many types: find the part at fault and name it
-            raise _explain_load_error(cls, error, index, index_path, folder, kwargs) from error
+            raise _explain_load_error(error, index, index_path, folder, kwargs, package) from error
 
     @classmethod
     def download(cls, pretrained_model_name, **kwargs) -> str:
@@ -489,18 +491,16 @@ def _component_class(index: dict, name: str, index_path: str, package: str):
     )
 
 
-def _check_component_entry(index: dict, name: str, index_path: str, folder: str | None):
+def _check_component_entry(index: dict, name: str, index_path: str, folder: str | None, package: str):
     """Before diffusers loads anything: the component is named as a class that exists, and its folder is there."""
-    package = DDPMMnistPipeline.__module__.rsplit(".", 1)[0]
     _component_class(index, name, index_path, package)
     if folder is not None and not os.path.isdir(os.path.join(folder, name)):
         raise OSError(f"{os.path.join(folder, name)} is missing: a saved pipeline has a {name}/ folder.")
 
 
-def _explain_load_error(cls, error: Exception, index: dict, index_path: str, folder: str, kwargs: dict) -> Exception:
+def _explain_load_error(error: Exception, index: dict, index_path: str, folder: str, kwargs: dict, package: str):
     """The error of a failed load, naming the part at fault: each component is loaded alone until one fails; if
     none does, the fault is in model_index.json (e.g. a saved default)."""
-    package = cls.__module__.rsplit(".", 1)[0]
     for name in ("unet", "scheduler"):
         if name in kwargs or not os.path.isdir(os.path.join(folder, name)):
             continue
