@@ -85,6 +85,10 @@ class TrainingDivergedError(RuntimeError):
     """The run diverged (a NaN loss, an exploding gradient or update); the message says how to go on."""
 
 
+class MainProcessFailed(RuntimeError):
+    """Work that only the main process does (pictures, evaluation, a push) failed there; the other processes stop."""
+
+
 @dataclass(kw_only=True)
 class TrainingRun:
     """Everything a run holds: its config, the Accelerate objects, the data and where the run stands (built by
@@ -99,8 +103,8 @@ class TrainingRun:
     lr_scheduler: object
     ema: EMAModel | None
     plan: BatchPlan
-    images: torch.Tensor  # uint8, (N, 1, H, W)
-    labels: torch.Tensor | None
+    images: torch.Tensor  # uint8, (N, 1, H, W), on the training device
+    labels: torch.Tensor | None  # on the training device
     num_classes: int | None
     max_train_steps: int
     global_step: int = 0
@@ -112,6 +116,7 @@ class TrainingRun:
     budget_fixed: bool = False  # max_train_steps is final (always, without a budget)
     step_ends: list[float] = field(default_factory=list)  # a --time_budget run's clock at the end of each early step
     guard: DivergenceGuard = field(default_factory=DivergenceGuard)
+    stop: StopRequest | None = None  # SIGTERM / SIGUSR1, recorded while the run trains
     argv: list[str] | None = None  # the flags of this run, for the model card and the recovery command
 
     @property
@@ -123,9 +128,11 @@ class TrainingRun:
         return self.config.gradient_accumulation_steps
 
     def pipeline(self):
-        """A pipeline with the EMA weights and the config's sampling defaults, for pictures and the saved model."""
+        """A pipeline with the EMA weights and the config's sampling defaults, for pictures and the saved model, on
+        the training device (a GPU samples the pictures and the evaluation far faster than one CPU thread)."""
         unet = self.accelerator.unwrap_model(self.unet)
-        return ema_pipeline(unet, self.ema, self.noise_scheduler.config, self.config.sampling_defaults())
+        pipe = ema_pipeline(unet, self.ema, self.noise_scheduler.config, self.config.sampling_defaults())
+        return pipe.to(self.accelerator.device)
 
 
 # ---------------------------------------------------------------------------------------------------- the run
@@ -137,6 +144,7 @@ def train(config: TrainingConfig, argv: list[str] | None = None) -> Path:
     # 1. set up: the accelerator and precision, data, UNet, scheduler, AdamW, LR schedule, EMA, batch plan
     run = setup_run(config, argv)
     with exclusive_and_stoppable(run) as stop:
+        run.stop = stop
         # 2. resume from a verified checkpoint, if asked, with this config's learning rate
         resume(run)
         start_logging(run)
@@ -150,7 +158,7 @@ def train(config: TrainingConfig, argv: list[str] | None = None) -> Path:
                 # 4. the losses, learning rate and throughput to the tracker and the progress bar
                 log_step(run, totals, progress)
                 # 5. asked to stop (SIGTERM, SIGUSR1): a whole checkpoint of this step on every rank, then exit
-                if stop.agreed(run.accelerator):
+                if totals.pop("stop_requested"):  # every rank learnt it in the step's one all-reduce
                     stop_for_requeue(run, stop.signal_name)
                 # 6. the training state, every checkpointing_steps (atomically; held back while a step is suspicious)
                 if checkpoint_due(run):
@@ -184,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     except OutputDirInUse as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except MainProcessFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -194,6 +205,9 @@ def setup_run(config: TrainingConfig, argv: list[str] | None = None) -> Training
     setup_cpu(accelerator, config)
     set_seed(config.seed)  # the weights' initialisation; all later randomness comes from BatchPlan
     images, labels = load_training_data(config)
+    # on the device once (uint8: 47 MB for all of MNIST), so that a step's batch is gathered there, not copied over
+    images = images.to(accelerator.device)
+    labels = labels.to(accelerator.device) if labels is not None else None
     num_classes = 10 if config.class_conditional else None
     unet, noise_scheduler = build_models(config, num_classes)
     if config.channels_last:
@@ -283,8 +297,7 @@ def setup_cpu(accelerator: Accelerator, config: TrainingConfig):
     if accelerator.device.type != "cpu":
         return
     # `accelerate launch` exports OMP_NUM_THREADS=1 unless told otherwise, which halves a 2-core laptop.
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = config.num_cpu_threads or max(1, cores // accelerator.state.num_processes)
+    threads = config.num_cpu_threads or max(1, available_cores() // accelerator.state.num_processes)
     torch.set_num_threads(threads)
     logger.info("Using %d CPU thread(s) per process.", threads)
     if config.keep_freed_memory and keep_freed_memory():
@@ -456,12 +469,12 @@ def start_logging(run: TrainingRun):
 def micro_batch_loss(run: TrainingRun, micro_batch: int):
     """The losses of one micro-batch: its images and randomness from the plan, and the one training objective."""
     config, device = run.config, run.accelerator.device
-    index = run.plan.indices(micro_batch)
-    x0 = scale_to_model_range(run.images[index]).to(device)
+    index = run.plan.indices(micro_batch).to(device)
+    x0 = scale_to_model_range(run.images[index])
     randomness = run.plan.randomness(
         micro_batch, tuple(run.images.shape[1:]), config.num_train_timesteps, config.cond_drop_prob
     )
-    labels = run.labels[index].to(device) if run.num_classes is not None else None
+    labels = run.labels[index] if run.num_classes is not None else None
     return training_losses(
         run.unet,
         run.noise_scheduler,
@@ -477,36 +490,50 @@ def micro_batch_loss(run: TrainingRun, micro_batch: int):
 
 
 def optimizer_step(run: TrainingRun) -> dict:
-    """One optimizer step over ``gradient_accumulation_steps`` micro-batches; returns the mean losses and grad norm.
+    """One optimizer step over ``gradient_accumulation_steps`` micro-batches; returns the mean losses, the grad norm
+    and whether any process was asked to stop.
 
     The step is checked before its update (loss and gradient norm finite, no jump) and after it (weights finite, no
-    jump in their norm), before EMA and any save: a diverging run stops with nothing bad written.
+    jump in their norm), before EMA and any save: a diverging run stops with nothing bad written. With fp16's gradient
+    scaler, an overflowing gradient is the scaler's business (it skips the update and lowers its scale); only a long
+    series of them stops the run. The step reads the device twice: the losses with the gradient norm, and the
+    weights' norm after the update.
     """
     run.unet.train()
-    totals = {"loss": 0.0, "loss_simple": 0.0, "loss_vlb": 0.0}
+    device = run.accelerator.device
+    losses_sum = torch.zeros(3, device=device)  # loss, L_simple, L_vlb: summed on the device, read once
     for micro in range(run.accumulation):
         last = micro == run.accumulation - 1
         with contextlib.nullcontext() if last else run.accelerator.no_sync(run.unet):
             losses = micro_batch_loss(run, run.global_step * run.accumulation + micro)
             run.accelerator.backward(losses.loss / run.accumulation)
-        for key, value in (("loss", losses.loss), ("loss_simple", losses.simple), ("loss_vlb", losses.vlb)):
-            totals[key] += value.detach().float().item() / run.accumulation
+        losses_sum += torch.stack([losses.loss, losses.simple, losses.vlb]).detach().float() / run.accumulation
         run.images_seen += run.plan.global_batch
-    # the mean loss over the processes, so that every process takes the same decision
-    loss = float(run.accelerator.reduce(torch.tensor(totals["loss"], device=run.accelerator.device), "mean"))
+    asked = torch.tensor([float(run.stop is not None and run.stop.asked)], device=device)
+    shared = torch.cat([losses_sum, asked])
+    if run.accelerator.num_processes > 1:  # one all-reduce: the losses' sums, and whether any process was asked
+        shared = run.accelerator.reduce(shared, "sum")
     clip = run.config.max_grad_norm or math.inf  # inf: measure the norm without clipping
-    totals["grad_norm"] = float(run.accelerator.clip_grad_norm_(run.unet.parameters(), clip))
+    grad_norm = run.accelerator.clip_grad_norm_(run.unet.parameters(), clip)
+    loss, simple, vlb, stop, grad_norm = torch.cat([shared, grad_norm.detach().float().reshape(1)]).tolist()
+    processes = run.accelerator.num_processes
+    totals = {"loss": loss / processes, "loss_simple": simple / processes, "loss_vlb": vlb / processes}
+    totals["grad_norm"], totals["stop_requested"] = grad_norm, stop > 0
     step = run.global_step + 1
     try:
-        run.guard.check_before_update(step, loss, totals["grad_norm"])
-        if run.guard.suspicious:
-            logger.warning(
-                "Step %s; training on: only a jump that persists for %d steps stops the run.",
-                run.guard.jumps[-1].removeprefix("step "),
-                PERSISTENCE,
-            )
-        run.optimizer.step()
-        run.guard.check_after_update(step, list(run.unet.parameters()))
+        if gradient_overflow(run, totals["loss"], grad_norm):
+            run.optimizer.step()  # the scaler skips the update and lowers its scale
+            run.guard.record_skipped_step(step, run.accelerator.scaler.get_scale())
+        else:
+            run.guard.check_before_update(step, totals["loss"], grad_norm)
+            if run.guard.suspicious:
+                logger.warning(
+                    "Step %s; training on: only a jump that persists for %d steps stops the run.",
+                    run.guard.jumps[-1].removeprefix("step "),
+                    PERSISTENCE,
+                )
+            run.optimizer.step()
+            run.guard.check_after_update(step, list(run.unet.parameters()))
     except DivergenceError as error:
         run.optimizer.zero_grad(set_to_none=True)
         raise TrainingDivergedError(divergence_message(run, str(error))) from None
@@ -517,6 +544,12 @@ def optimizer_step(run: TrainingRun) -> dict:
         run.ema.step(run.accelerator.unwrap_model(run.unet).parameters())
     run.global_step = step
     return totals
+
+
+def gradient_overflow(run: TrainingRun, loss: float, grad_norm: float) -> bool:
+    """fp16 with a gradient scaler: a finite loss whose (unscaled) gradients overflowed. The scaler skips such a step
+    and lowers its scale; that is how it finds its scale, not a divergence."""
+    return run.accelerator.scaler is not None and math.isfinite(loss) and not math.isfinite(grad_norm)
 
 
 def divergence_message(run: TrainingRun, what: str) -> str:
@@ -587,9 +620,8 @@ def save_checkpoint(run: TrainingRun):
 
 def save_weight_snapshot(run: TrainingRun):
     """The training (not EMA) weights at this step, for ddpm_pipeline.posthoc_ema."""
-    if run.accelerator.is_main_process:
-        unet = run.accelerator.unwrap_model(run.unet)
-        save_snapshot(unet, run.output_dir / SNAPSHOT_DIR, run.global_step)
+    unet = run.accelerator.unwrap_model(run.unet)
+    on_main_process(run, lambda: save_snapshot(unet, run.output_dir / SNAPSHOT_DIR, run.global_step))
 
 
 def epoch_for_pictures(run: TrainingRun) -> int | None:
@@ -606,22 +638,25 @@ def epoch_for_pictures(run: TrainingRun) -> int | None:
 def save_epoch_pictures(run: TrainingRun, epoch: int):
     """A 6x6 grid of the EMA weights' default call after ``epoch`` (and a push, with --push_every_save)."""
     run.last_picture_epoch = epoch
-    if run.accelerator.is_main_process:
+
+    def pictures():
         pipe = run.pipeline()
         grid = save_sample_grid(pipe, run.output_dir / "samples" / f"epoch_{epoch + 1:04d}.png", run.config)
         log_image(run.accelerator, "samples", grid, run.global_step)
         if run.config.push_to_hub and run.config.push_every_save:
             save_final_outputs(pipe, run.output_dir, run.config, {"global_step": run.global_step})
             push(run, commit_message=f"Epoch {epoch + 1}")
-    run.accelerator.wait_for_everyone()
+
+    on_main_process(run, pictures)
 
 
 def finish(run: TrainingRun):
     """Save the EMA pipeline and its pictures, evaluate it if asked, and push it if asked."""
+    train_seconds = time.perf_counter() - run.started
     run.accelerator.wait_for_everyone()
-    if run.accelerator.is_main_process:
+
+    def save_evaluate_push():
         pipe = run.pipeline()
-        train_seconds = time.perf_counter() - run.started
         run_info = {
             "global_step": run.global_step,
             "train_seconds": train_seconds,
@@ -638,8 +673,45 @@ def finish(run: TrainingRun):
         logger.info("Saved the EMA pipeline and pictures to %s (%.0f s of training).", run.output_dir, train_seconds)
         if run.config.push_to_hub:
             logger.info("Pushed to %s", push(run))
-    run.accelerator.wait_for_everyone()
+
+    on_main_process(run, save_evaluate_push)
+    run.accelerator.wait_for_everyone()  # then every process leaves the process group together
     run.accelerator.end_training()
+
+
+def on_main_process(run: TrainingRun, work):
+    """``work()`` on the main process, with every CPU core, while the other processes wait; they then learn whether
+    it failed, and stop with it instead of waiting at the next barrier until the process group times out."""
+    failure = None
+    if run.accelerator.is_main_process:
+        with all_cpu_cores(run.config.num_cpu_threads):
+            try:
+                work()
+            except Exception as error:
+                failure = error
+    if run.accelerator.num_processes > 1:
+        what = None if failure is None else f"{type(failure).__name__}: {failure}"
+        what = broadcast_object_list([what], from_process=0)[0]
+        if what is not None and failure is None:
+            raise MainProcessFailed(f"the main process failed ({what}); this process stops with it.")
+    if failure is not None:
+        raise failure
+
+
+@contextlib.contextmanager
+def all_cpu_cores(threads: int | None = None):
+    """Every core of this machine's CPU (or ``threads``, --num_cpu_threads) for torch while the other processes wait:
+    the launcher may have lowered the threads to one per process, or to one on a GPU machine. Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or max(before, available_cores()))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def push(run: TrainingRun, commit_message: str = "Upload DDPM MNIST pipeline") -> str:

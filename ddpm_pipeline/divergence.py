@@ -28,6 +28,7 @@ WEIGHT_NORM_JUMP = 4.0  # the weights' norm growing 4x in one step
 HISTORY = 50  # recent steps the medians are taken over
 WARMUP = 10  # steps of history before jumps are judged
 PERSISTENCE = 3  # consecutive jumping steps that make a divergence
+MAX_SKIPPED_STEPS = 30  # fp16: consecutive steps the gradient scaler skips (its scale divided by 2^30) before a stop
 
 
 class DivergenceError(RuntimeError):
@@ -48,6 +49,7 @@ class DivergenceGuard:
         self.weight_norm: float | None = None
         self.jumps: list[str] = []  # what each step of the current run of jumping steps showed
         self.outliers = 0  # suspicious steps the run trained through
+        self.skipped_in_a_row = 0  # fp16: steps the gradient scaler skipped since the last update
 
     @property
     def suspicious(self) -> bool:
@@ -61,6 +63,7 @@ class DivergenceGuard:
             raise DivergenceError(f"the loss became {loss} at step {step}")
         if not math.isfinite(grad_norm):
             raise DivergenceError(f"the gradient norm became {grad_norm} at step {step} (loss {loss:.4g})")
+        self.skipped_in_a_row = 0
         jump = self._jump(loss, grad_norm)
         if jump is None:
             self.jumps = []
@@ -85,9 +88,22 @@ class DivergenceGuard:
             )
         return None
 
+    def record_skipped_step(self, step: int, scale: float):
+        """fp16: the gradient scaler skipped ``step`` (its gradients overflowed; the loss was finite) and lowered its
+        scale to ``scale``. That is how the scaler finds its scale; raise DivergenceError only when it keeps
+        skipping for ``MAX_SKIPPED_STEPS`` steps in a row, so that the gradients overflow at any scale."""
+        self.skipped_in_a_row += 1
+        if self.skipped_in_a_row >= MAX_SKIPPED_STEPS:
+            raise DivergenceError(
+                f"the gradient scaler skipped {self.skipped_in_a_row} steps in a row up to step {step} (its scale is "
+                f"now {scale:.3g}): the gradients overflow however far they are scaled down, though the loss is finite"
+            )
+
     def check_after_update(self, step: int, parameters) -> None:
         """Raise DivergenceError if the update left a weight non-finite or blew up the weights' norm."""
-        norm = float(torch.linalg.vector_norm(torch.stack([p.detach().float().norm() for p in parameters])))
+        # one fused norm, read once: also non-finite when any weight is
+        norms = torch._foreach_norm([p.detach() for p in parameters])
+        norm = float(torch.linalg.vector_norm(torch.stack(norms).float()))
         if not math.isfinite(norm):
             raise DivergenceError(f"the update of step {step} made some weights infinite or NaN")
         if self.weight_norm is not None and norm > WEIGHT_NORM_JUMP * max(self.weight_norm, 1e-12):

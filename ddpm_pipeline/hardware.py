@@ -145,8 +145,11 @@ class PrecisionChoice:
 
 
 def _device_type(device) -> str:
+    """``device``'s type; for None, the best this machine has: CUDA, else Apple's mps, else the CPU."""
     if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if torch.backends.mps.is_available() else "cpu"
     return torch.device(device).type
 
 

@@ -252,7 +252,8 @@ class DDPMMnistPipeline(DiffusionPipeline):
         # 1. x_T ~ N(0, I), and the (respaced) chain of timesteps T-1 > ... > 0
         sample = self._initial_noise(batch_size, generator, device)
         self.scheduler.set_timesteps(int(num_inference_steps), device=device)
-        timesteps = self.scheduler.timesteps
+        # read back once, as Python numbers (every scheduler's step takes them): no step then waits for the device
+        timesteps = self.scheduler.timesteps.tolist()
 
         # Frames are numbered as in the DDPM paper, where x_t for t = T..1 is noisy and x_0 the sample: the input to
         # the scheduler's (0-based) timestep t is the paper's x_{t+1}, so a frame's step is the timestep + 1.
@@ -262,7 +263,7 @@ class DDPMMnistPipeline(DiffusionPipeline):
             frame_steps.append(int(timesteps[0]) + 1)
         for i, timestep in enumerate(self.progress_bar(timesteps)):
             # 2. predict the noise (and the variance), with guidance inside the interval
-            guided = guidance_low * T <= int(timestep) < guidance_high * T
+            guided = guidance_low * T <= timestep < guidance_high * T
             model_output = self._predict(sample, timestep, labels, guidance_scale if guided else 1.0)
             # 3. x_t -> x_{t-1}: one draw from p_theta(x_{t-1} | x_t) (or the swapped-in scheduler's update)
             sample = self.scheduler.step(model_output, timestep, sample, generator=generator).prev_sample

@@ -16,15 +16,13 @@ import socket
 import time
 from pathlib import Path
 
-import torch
-
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on request, resumable; schedulers can requeue on it
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 LOCK_FILE = "run.lock"
 
 
 class StopRequest:
-    """Records SIGTERM / SIGUSR1 instead of dying mid-step; ``agreed`` tells every rank the same answer."""
+    """Records SIGTERM / SIGUSR1 instead of dying mid-step; the training step tells every rank whether any was asked."""
 
     def __init__(self):
         self.signal_name: str | None = None
@@ -43,13 +41,10 @@ class StopRequest:
     def _record(self, number, frame):
         self.signal_name = signal.Signals(number).name
 
-    def agreed(self, accelerator) -> bool:
-        """True on every rank once any rank was asked to stop (one all-reduce of a scalar with several processes)."""
-        asked = self.signal_name is not None
-        if accelerator.num_processes == 1:
-            return asked
-        flag = torch.tensor([1.0 if asked else 0.0], device=accelerator.device)
-        return bool(accelerator.reduce(flag, "sum").item() > 0)
+    @property
+    def asked(self) -> bool:
+        """This process got a stop signal (the training step shares it with the other processes)."""
+        return self.signal_name is not None
 
 
 class OutputDirInUse(RuntimeError):

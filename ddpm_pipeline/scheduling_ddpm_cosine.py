@@ -8,7 +8,7 @@ timestep ``t`` goes to the previous timestep of the current chain, and the last 
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -79,6 +79,18 @@ class ChainCoefficients:
     posterior_log_variance_clipped: torch.Tensor  # log beta_tilde, with beta_tilde_0 (= 0) replaced by beta_tilde_1
     posterior_mean_coef1: torch.Tensor  # multiplies x_0
     posterior_mean_coef2: torch.Tensor  # multiplies x_t
+    # each table as it is used, per (name, device, dtype): a look-up then stays on the device (no host-device sync)
+    _copies: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def gather(self, name: str, index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """The table ``name`` at chain positions ``index``, in ``like``'s dtype and device, shaped to broadcast
+        against ``like``. The float64 table is cast once on the CPU (mps has no float64) and kept on the device, so
+        the values are those of a float64 look-up cast afterwards, and the look-up never waits for the device."""
+        key = (name, like.device, like.dtype)
+        table = self._copies.get(key)
+        if table is None:
+            table = self._copies[key] = getattr(self, name).to(dtype=like.dtype).to(like.device)
+        return table[index.to(like.device)].reshape(-1, *([1] * (like.ndim - 1)))
 
     @classmethod
     def from_alphas_cumprod(cls, alphas_cumprod_all: torch.Tensor, timesteps_ascending: torch.Tensor):
@@ -107,10 +119,14 @@ class ChainCoefficients:
         )
 
 
-def _broadcast(values: torch.Tensor, index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Gather float64 per-step constants at ``index`` and shape them to broadcast against ``like``."""
-    out = values[index.cpu()].to(dtype=like.dtype).to(like.device)  # cast on the CPU: mps has no float64
-    return out.reshape(-1, *([1] * (like.ndim - 1)))
+# Copied from ddpm_pipeline.unet_mnist._require (each component file stands alone for remote code)
+def _require(condition: torch.Tensor, message: str):
+    """ValueError(``message``) unless the boolean tensor ``condition`` holds, checked where it lies without reading it
+    back (a read would make a GPU step wait): the CPU fails at once, CUDA with a device-side assert."""
+    try:
+        torch._assert_async(condition, message)
+    except RuntimeError:
+        raise ValueError(message) from None
 
 
 class SchedulerConfigError(ValueError):
@@ -347,15 +363,15 @@ class CosineDDPMScheduler(SchedulerMixin, ConfigMixin):
     ) -> torch.Tensor:
         """Sample q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I) by reparameterization, one t per sample."""
         timesteps = torch.as_tensor(timesteps).long().reshape(-1)
-        signal = _broadcast(self.train_chain.sqrt_alphas_cumprod, timesteps, original_samples)
-        noise_scale = _broadcast(self.train_chain.sqrt_one_minus_alphas_cumprod, timesteps, original_samples)
+        signal = self.train_chain.gather("sqrt_alphas_cumprod", timesteps, original_samples)
+        noise_scale = self.train_chain.gather("sqrt_one_minus_alphas_cumprod", timesteps, original_samples)
         return signal * original_samples + noise_scale * noise
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.IntTensor) -> torch.Tensor:
         """The v-prediction target, v = sqrt(abar) eps - sqrt(1 - abar) x_0."""
         timesteps = torch.as_tensor(timesteps).long().reshape(-1)
-        signal = _broadcast(self.train_chain.sqrt_alphas_cumprod, timesteps, sample)
-        noise_scale = _broadcast(self.train_chain.sqrt_one_minus_alphas_cumprod, timesteps, sample)
+        signal = self.train_chain.gather("sqrt_alphas_cumprod", timesteps, sample)
+        noise_scale = self.train_chain.gather("sqrt_one_minus_alphas_cumprod", timesteps, sample)
         return signal * noise - noise_scale * sample
 
     # ------------------------------------------------------------------ reverse process
@@ -384,8 +400,8 @@ class CosineDDPMScheduler(SchedulerMixin, ConfigMixin):
         kind = self.config.prediction_type
         if kind == "sample":
             return prediction
-        signal = _broadcast(chain.sqrt_alphas_cumprod, chain_index, sample)
-        noise_scale = _broadcast(chain.sqrt_one_minus_alphas_cumprod, chain_index, sample)
+        signal = chain.gather("sqrt_alphas_cumprod", chain_index, sample)
+        noise_scale = chain.gather("sqrt_one_minus_alphas_cumprod", chain_index, sample)
         if kind == "epsilon":
             # x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)  (Ho et al. 2020, eq. 15)
             return (sample - noise_scale * prediction) / signal
@@ -398,13 +414,13 @@ class CosineDDPMScheduler(SchedulerMixin, ConfigMixin):
         variance_type = self.config.variance_type
         if variance_type == "learned_range":
             # Sigma = exp(v log beta_t + (1 - v) log beta_tilde_t), v = (output + 1) / 2 (Nichol & Dhariwal, eq. 15)
-            min_log = _broadcast(chain.posterior_log_variance_clipped, index, like)
-            max_log = _broadcast(chain.log_betas, index, like)
+            min_log = chain.gather("posterior_log_variance_clipped", index, like)
+            max_log = chain.gather("log_betas", index, like)
             frac = (variance_values + 1.0) / 2.0
             return frac * max_log + (1.0 - frac) * min_log
         if variance_type == "fixed_large":
-            return _broadcast(chain.log_betas_large, index, like).expand_as(like)
-        return _broadcast(chain.posterior_log_variance_clipped, index, like).expand_as(like)
+            return chain.gather("log_betas_large", index, like).expand_as(like)
+        return chain.gather("posterior_log_variance_clipped", index, like).expand_as(like)
 
     def p_mean_variance(
         self,
@@ -482,9 +498,9 @@ class CosineDDPMScheduler(SchedulerMixin, ConfigMixin):
         beta_tilde = (1 - abar_prev) / (1 - abar_t) beta_t (Ho et al. 2020, eq. 7); on a respaced chain, alpha_t and
         beta_t are those of the kept steps.
         """
-        coef1 = _broadcast(chain.posterior_mean_coef1, chain_index, sample)
-        coef2 = _broadcast(chain.posterior_mean_coef2, chain_index, sample)
-        log_variance = _broadcast(chain.posterior_log_variance_clipped, chain_index, sample)
+        coef1 = chain.gather("posterior_mean_coef1", chain_index, sample)
+        coef2 = chain.gather("posterior_mean_coef2", chain_index, sample)
+        log_variance = chain.gather("posterior_log_variance_clipped", chain_index, sample)
         return coef1 * original_samples + coef2 * sample, log_variance.expand_as(sample)
 
     def chain_for(self, timesteps: list[int] | torch.Tensor | None = None) -> ChainCoefficients:
@@ -514,12 +530,7 @@ class CosineDDPMScheduler(SchedulerMixin, ConfigMixin):
         sqrt(abar) ~ 1e-5, and on a respaced chain an unclipped estimate turns a tiny noise error into a huge KL.
         """
         chain = chain or self.train_chain
-        timesteps = torch.as_tensor(timesteps, dtype=torch.int64).reshape(-1).cpu()
-        chain_index = torch.searchsorted(chain.timesteps, timesteps)
-        if torch.any(chain_index >= len(chain.timesteps)) or torch.any(
-            chain.timesteps[chain_index.clamp(max=len(chain.timesteps) - 1)] != timesteps
-        ):
-            raise ValueError("variational_bound_terms: some timesteps are not on the given chain.")
+        chain_index = self._positions_on(chain, timesteps)
         prediction, variance_values = self.split_model_output(model_output, noisy_samples)
         if stop_mean_gradient:
             prediction = prediction.detach()
@@ -537,6 +548,23 @@ class CosineDDPMScheduler(SchedulerMixin, ConfigMixin):
         ).mean(dim=dims) / math.log(2.0)
         is_last_step = (chain_index == 0).to(kl.device)
         return torch.where(is_last_step, decoder_nll, kl)
+
+    def _positions_on(self, chain: ChainCoefficients, timesteps) -> torch.Tensor:
+        """The positions of ``timesteps`` on ``chain``; ValueError if some are not on it."""
+        timesteps = torch.as_tensor(timesteps, dtype=torch.int64).reshape(-1)
+        if chain is self.train_chain:
+            # every timestep is its own position on the full chain: found where the timesteps are, and checked
+            # without waiting for the device
+            inside = ((timesteps >= 0) & (timesteps < len(chain.timesteps))).all()
+            _require(inside, "variational_bound_terms: some timesteps are not on the given chain.")
+            return timesteps
+        timesteps = timesteps.cpu()
+        chain_index = torch.searchsorted(chain.timesteps, timesteps)
+        if torch.any(chain_index >= len(chain.timesteps)) or torch.any(
+            chain.timesteps[chain_index.clamp(max=len(chain.timesteps) - 1)] != timesteps
+        ):
+            raise ValueError("variational_bound_terms: some timesteps are not on the given chain.")
+        return chain_index
 
     def prior_bpd(self, original_samples: torch.Tensor, chain: ChainCoefficients | None = None) -> torch.Tensor:
         """KL(q(x_T | x_0) || N(0, I)) per sample, in bits per dimension: the bound's term that no network sees."""

@@ -36,6 +36,15 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
     return embedding
 
 
+def _require(condition: torch.Tensor, message: str):
+    """ValueError(``message``) unless the boolean tensor ``condition`` holds, checked where it lies without reading it
+    back (a read would make a GPU step wait): the CPU fails at once, CUDA with a device-side assert."""
+    try:
+        torch._assert_async(condition, message)
+    except RuntimeError:
+        raise ValueError(message) from None
+
+
 class ResidualBlock(nn.Module):
     """GroupNorm-SiLU-conv twice, with the time (and class) embedding added between the convolutions.
 
@@ -333,8 +342,8 @@ class MnistUNet(ModelMixin, ConfigMixin):
                     "drop them or train a class-conditional model."
                 )
             n = self.config.num_class_embeds
-            if class_labels.min() < 0 or class_labels.max() > n:
-                raise ValueError(f"class_labels must lie in [0, {n - 1}] (or {n} for the null class).")
+            inside = ((class_labels >= 0) & (class_labels <= n)).all()  # checked without waiting for the device
+            _require(inside, f"class_labels must lie in [0, {n - 1}] (or {n} for the null class).")
 
     def forward(
         self,

@@ -97,6 +97,19 @@ def test_auto_on_mps_and_other_devices_is_float32(monkeypatch):
     assert hardware.preferred_dtype("mps") == torch.float32
 
 
+def test_auto_samples_on_mps_on_a_mac(monkeypatch):
+    from tests.conftest import tiny_pipeline
+
+    fake_machine(monkeypatch, **ZEN4)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert hardware.choose_precision("auto").reason.endswith("on mps")  # no device given: the Mac's GPU
+    pipe, moved_to = tiny_pipeline(), []
+    monkeypatch.setattr(pipe, "to", lambda device: moved_to.append(torch.device(device)) or pipe)
+    assert hardware.prepare_for_sampling(pipe) is pipe
+    assert moved_to == [torch.device("mps")] and pipe.unet.dtype == torch.float32  # mps: float32, not measured
+
+
 @pytest.mark.parametrize("machine", [AVX2_ONLY, ZEN4])
 @pytest.mark.parametrize("requested", ["no", "bf16", "fp16"])
 def test_explicit_choices_mean_what_they_say(monkeypatch, machine, requested):

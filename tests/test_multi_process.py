@@ -1,0 +1,119 @@
+"""Several processes and machines, on loopback (gloo): what a cluster user runs, checked here without a cluster.
+
+Slow (a minute or more each: every launch starts Python, torch and diffusers in each process), so outside the default
+run: `python -m pytest -m slow`.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import train_ddpm
+from ddpm_pipeline.checkpointing import list_checkpoints, read_training_state
+from ddpm_pipeline.preemption import EXIT_PREEMPTED
+from tests.conftest import ROOT, tiny_args
+
+pytestmark = pytest.mark.slow
+ENV = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+COMMON = [
+    "--cond_drop_prob",
+    "0.3",
+    "--lr_warmup_steps",
+    "6",
+    "--max_train_steps",
+    "150",
+    "--logger",
+    "none",
+    "--save_images_epochs",
+    "1",
+]  # a picture after each of the 2 epochs (main-only work)
+
+
+def weights(folder: Path) -> dict:
+    return load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_two(output_dir: Path, *flags: str) -> subprocess.Popen:
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--num_machines", "1", str(ROOT / "train_ddpm.py"),
+        *tiny_args(output_dir, "--train_batch_size", "8", *COMMON, *flags),
+    ]  # fmt: skip
+    return subprocess.Popen(command, env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def rank_pid(output_dir: Path, rank: int) -> int | None:
+    """The process id of the training process of ``rank`` writing to ``output_dir``."""
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+            environment = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if str(output_dir).encode() in command and f"RANK={rank}".encode() in environment:
+            return int(entry.name)
+    return None
+
+
+def test_two_nodes_on_loopback_match_one_process(tmp_path):
+    result = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "run_two_nodes.sh"), str(tmp_path / "work")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-2000:]
+    assert "two nodes x 1 process == 1 process x batch 16" in result.stdout
+
+
+def test_sigterm_to_one_rank_of_a_two_process_run_saves_it_whole_and_resumes_exactly(tmp_path):
+    """SIGTERM reaches rank 1 only (a scheduler may signal any task first): through the step's all-reduce both ranks
+    stop after the same step, write one whole checkpoint and exit with EXIT_PREEMPTED; the requeued command on 2
+    processes gives the uninterrupted run's weights bit for bit, and 1 process with the same global batch continues
+    the same batches."""
+    stopped = tmp_path / "stopped"
+    job = launch_two(stopped, "--checkpointing_steps", "20")
+    deadline = time.monotonic() + 240
+    while not (stopped / "checkpoint-20").is_dir() and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # training is under way once its first checkpoint is written
+    pid = rank_pid(stopped, 1)
+    assert pid is not None, "rank 1 is not running"
+    os.kill(pid, signal.SIGTERM)
+    output, _ = job.communicate(timeout=240)
+    assert f"exitcode  : {EXIT_PREEMPTED}" in output or f"exit code {EXIT_PREEMPTED}" in output, output[-3000:]
+    assert "SIGTERM received" in output or "a stop signal received" in output, output[-3000:]
+    saved = list_checkpoints(stopped)[-1]  # the stop's checkpoint
+    manifest = read_training_state(saved)
+    assert 20 < manifest["global_step"] < 150, "the signal came too late to test a stop mid-run"
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= set(manifest["files"])
+    assert not (stopped / "unet").exists()  # stopped, not finished
+
+    straight = tmp_path / "straight"
+    assert launch_two(straight).wait(timeout=300) == 0
+    moved = tmp_path / "moved"  # the same checkpoint, continued by 1 process with the same global batch (16)
+    shutil.copytree(saved, moved / saved.name)
+    resumed = launch_two(stopped, "--resume_from_checkpoint", "latest")
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output[-3000:]
+    a, b = weights(straight), weights(stopped)
+    assert all(torch.equal(a[name], b[name]) for name in a), "the resumed 2-process run differs from the straight one"
+    args = tiny_args(moved, "--train_batch_size", "16", *COMMON, "--resume_from_checkpoint", "latest")
+    assert train_ddpm.main(args) == 0
+    c = weights(moved)
+    for name in a:  # the same batches; the gradient is summed in another order
+        torch.testing.assert_close(a[name], c[name], atol=1e-4, rtol=1e-3, msg=name)
