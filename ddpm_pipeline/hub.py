@@ -30,6 +30,7 @@ PUSHED_FILES = (
     "trajectory.png",
     "train_config.yaml",
     "evaluation.json",
+    "guidance_sweep.json",
     "run_info.json",
     "trajectory.gif",
 )

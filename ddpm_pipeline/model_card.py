@@ -58,7 +58,7 @@ images = pipe().images
 
 ```yaml
 {config}```
-{evaluation}"""
+{evaluation}{sweep}"""
 
 
 def _evaluation_section(evaluation: dict | None) -> str:
@@ -70,6 +70,23 @@ def _evaluation_section(evaluation: dict | None) -> str:
         if not isinstance(value, (dict, list))
     )
     return f"\n## Evaluation\n\n| metric | value |\n|---|---|\n{rows}\n"
+
+
+def _sweep_section(folder: Path | None) -> str:
+    """The guidance sweep that chose the saved scale (guidance_sweep.json), if the folder has one."""
+    from .guidance_sweep import SWEEP_FILE, sweep_table
+
+    path = Path(folder) / SWEEP_FILE if folder is not None else None
+    if path is None or not path.is_file():
+        return ""
+    result = json.loads(path.read_text())
+    return (
+        f"\n## How the default guidance was chosen\n\n`python -m ddpm_pipeline.guidance_sweep` scored the default call "
+        f"({result['num_inference_steps']} steps, guidance on [{result['guidance_interval'][0]:g} T, "
+        f"{result['guidance_interval'][1]:g} T)) at each scale, {result['num_samples']} samples against the "
+        f"{result['reference']} held-out digits, and kept the {result['rule']}: **{result['chosen']:g}**.\n\n"
+        f"{sweep_table(result)}\n"
+    )
 
 
 def _data_description(config: dict) -> str:
@@ -197,6 +214,7 @@ def render_model_card(
         training_line=training_line,
         config=yaml.safe_dump({k: v for k, v in config.items() if k != "hub_token"}, sort_keys=False),
         evaluation=_evaluation_section(evaluation),
+        sweep=_sweep_section(folder),
     )
 
 

@@ -146,3 +146,16 @@ def test_nll_on_the_full_chain_matches_a_respaced_one_in_scale(reference):
     full = nll_bits_per_dim(pipe, images, labels, num_steps=20)
     short = nll_bits_per_dim(pipe, images, labels, num_steps=5)
     assert np.isfinite(full) and np.isfinite(short) and full > 0 and short > 0
+
+
+def test_nearest_neighbour_figure_shows_copies_as_ratio_zero():
+    from benchmarks.nearest_neighbours import neighbour_figure
+
+    generator = torch.Generator().manual_seed(0)
+    train = torch.rand(20, 1, 28, 28, generator=generator) * 2 - 1
+    held_out = torch.rand(20, 1, 28, 28, generator=generator) * 2 - 1
+    copies = train[[3, 7]]
+    fresh = torch.rand(2, 1, 28, 28, generator=generator) * 2 - 1
+    figure, ratios = neighbour_figure(torch.cat([copies, fresh]), train, held_out)
+    assert ratios[:2].tolist() == [0.0, 0.0] and (ratios[2:] > 0.5).all()
+    assert figure.size[1] > 3 * 28 * 3  # three rows: samples, training neighbours, held-out neighbours

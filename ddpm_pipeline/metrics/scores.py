@@ -61,12 +61,19 @@ def coverage(probabilities: torch.Tensor) -> tuple[float, list[int]]:
 
 def nearest_distances(queries: torch.Tensor, references: torch.Tensor, chunk: int = 1000) -> torch.Tensor:
     """Euclidean pixel distance from each query image to its nearest reference image."""
+    return nearest(queries, references, chunk)[0]
+
+
+def nearest(queries: torch.Tensor, references: torch.Tensor, chunk: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+    """(distance, index) of each query image's nearest reference image, in Euclidean pixel distance."""
     q = queries.reshape(len(queries), -1).float()
     r = references.reshape(len(references), -1).float()
-    best = []
+    distances, indices = [], []
     for start in range(0, len(q), chunk):
-        best.append(torch.cdist(q[start : start + chunk], r).min(dim=1).values)
-    return torch.cat(best)
+        best = torch.cdist(q[start : start + chunk], r).min(dim=1)
+        distances.append(best.values)
+        indices.append(best.indices)
+    return torch.cat(distances), torch.cat(indices)
 
 
 def memorization(samples: torch.Tensor, train_images: torch.Tensor, held_out_images: torch.Tensor) -> dict:
