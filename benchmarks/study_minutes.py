@@ -65,6 +65,7 @@ def main():
         help="this machine's training speed, measured alone (e.g. bench_time_to_quality): budgets become step counts "
         "instead of --time_budget, so that the machine need not stay idle",
     )
+    parser.add_argument("--label", default="", help="the models' name in the table and the plot (default: the model)")
     parser.add_argument("--tag", default="", help="suffix for the JSON file name")
     args = parser.parse_args()
     minutes = sorted(float(m) for m in args.minutes.split(","))
@@ -75,7 +76,7 @@ def main():
         for budget, folder in sorted(runs.items()):
             info = json.loads((folder / "run_info.json").read_text())
             for scale in (float(g) for g in args.guidance.split(",")):
-                row = {"model": name, "minutes": budget, "steps": info["global_step"], "guidance": scale}
+                row = {"model": args.label or name, "minutes": budget, "steps": info["global_step"], "guidance": scale}
                 figures = score(folder, (10, scale, (0.4, 0.8)), args.num_samples, args.reference)
                 rows.append({**row, **figures, "reference": args.reference, "run": str(folder)})
                 print(rows[-1], file=sys.stderr)

@@ -154,9 +154,9 @@ class TrainingConfig:
     gradient_accumulation_steps: int = setting(1, "micro-batches per optimizer step", Bounds(minimum=1, maximum=4096))
     learning_rate: float = setting(2e-3, "peak learning rate (AdamW)", Bounds(above=0))
     lr_scheduler: str = setting(
-        "cosine",
-        "diffusers.optimization schedule name (cosine, linear, constant, ...), or wsd: warmup-stable-decay "
-        "(Hagele et al. 2024), a constant rate with a linear cooldown at the end",
+        "wsd",
+        "wsd: warmup-stable-decay (Hagele et al. 2024), a constant rate with a linear cooldown at the end (it beat "
+        "cosine at equal steps, benchmarks/RESULTS.md); or a diffusers.optimization name (cosine, linear, ...)",
     )
     lr_warmup_steps: int = setting(100, "linear warmup steps", NON_NEGATIVE)
     lr_cooldown_fraction: float = setting(0.2, "wsd: the share of the run that cools down", Bounds(above=0, maximum=1))

@@ -143,9 +143,9 @@ def test_every_key_is_in_the_corpus():
 
 # keys that are fine alone but not together: (values, key named, words)
 BAD_COMBINATIONS = [
-    ({"cooldown_from": "run/checkpoint-600"}, "cooldown_from", "--lr_scheduler wsd"),
-    ({"lr_cooldown_steps": 100}, "lr_cooldown_steps", "--lr_scheduler wsd"),
-    ({"cooldown_from": "run/checkpoint-600", "lr_scheduler": "wsd"}, "cooldown_from", "--lr_cooldown_steps N"),
+    ({"cooldown_from": "run/checkpoint-600", "lr_scheduler": "cosine"}, "cooldown_from", "--lr_scheduler wsd"),
+    ({"lr_cooldown_steps": 100, "lr_scheduler": "cosine"}, "lr_cooldown_steps", "--lr_scheduler wsd"),
+    ({"cooldown_from": "run/checkpoint-600"}, "cooldown_from", "--lr_cooldown_steps N"),
     (
         {"cooldown_from": "run/checkpoint-6", "lr_scheduler": "wsd", "lr_cooldown_steps": 9, "time_budget": "5m"},
         "cooldown_from",
