@@ -115,6 +115,8 @@ class TrainingRun:
     budget_seconds: float | None = None  # --time_budget
     budget_fixed: bool = False  # max_train_steps is final (always, without a budget)
     step_ends: list[float] = field(default_factory=list)  # a --time_budget run's clock at the end of each early step
+    resumed_from_step: int | None = None
+    earlier_seconds: float | None = 0.0  # training seconds before the resumed checkpoint (None: it did not say)
     guard: DivergenceGuard = field(default_factory=DivergenceGuard)
     stop: StopRequest | None = None  # SIGTERM / SIGUSR1, recorded while the run trains
     argv: list[str] | None = None  # the flags of this run, for the model card and the recovery command
@@ -326,7 +328,8 @@ def resume(run: TrainingRun):
         run.ema.to(device=run.accelerator.device)
     state = read_training_state(checkpoint)
     check_same_global_batch(run, state, checkpoint)
-    run.global_step = state["global_step"]
+    run.global_step = run.resumed_from_step = state["global_step"]
+    run.earlier_seconds = state.get("train_seconds")  # checkpoints before 2026-12-02 did not record it
     run.last_picture_epoch = run.plan.epoch_of(run.global_step * run.accumulation) if run.global_step else -1
     if not run.budget_fixed and state.get("time_budget_fixed"):
         run.max_train_steps, run.budget_fixed = state["max_train_steps"], True
@@ -611,6 +614,7 @@ def save_checkpoint(run: TrainingRun):
         "global_batch": run.plan.global_batch,
         "num_processes": run.accelerator.num_processes,
         "time_budget_fixed": run.budget_fixed and run.budget_seconds is not None,
+        "train_seconds": training_seconds(run),
     }
     path = save_checkpoint_atomically(
         run.accelerator, run.output_dir, run.global_step, state, total_limit=run.config.checkpoints_total_limit
@@ -650,9 +654,15 @@ def save_epoch_pictures(run: TrainingRun, epoch: int):
     on_main_process(run, pictures)
 
 
+def training_seconds(run: TrainingRun) -> float:
+    """The run's training-loop seconds so far, across resumes (this process's only, when a checkpoint it resumed
+    from did not record the earlier ones)."""
+    return (run.earlier_seconds or 0.0) + time.perf_counter() - run.started
+
+
 def finish(run: TrainingRun):
     """Save the EMA pipeline and its pictures, evaluate it if asked, and push it if asked."""
-    train_seconds = time.perf_counter() - run.started
+    train_seconds = training_seconds(run)
     run.accelerator.wait_for_everyone()
 
     def save_evaluate_push():
@@ -664,6 +674,9 @@ def finish(run: TrainingRun):
             "mixed_precision": run.precision.mixed_precision,
             "machine": machine_summary(run.accelerator.device),
         }
+        if run.resumed_from_step is not None:
+            run_info["resumed_from_step"] = run.resumed_from_step
+            run_info["earlier_seconds_unknown"] = run.earlier_seconds is None
         evaluation = evaluate_for_card(pipe, run.config) if run.config.evaluate else None
         if evaluation:
             numbers = {f"eval/{k}": v for k, v in evaluation.items() if isinstance(v, (int, float))}

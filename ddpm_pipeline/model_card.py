@@ -168,9 +168,16 @@ def _training_line(run_info: dict) -> str:
         where += f", {precision})" if precision else ")"
         if machine.get("gpu"):
             where = f" on {machine['gpu']}" + (f" ({precision})" if precision else "")
+    resumed = run_info.get("resumed_from_step")
+    if resumed is not None and run_info.get("earlier_seconds_unknown"):  # only this process's share was timed
+        duration = f" (steps {resumed + 1}-{run_info.get('global_step')} in {seconds / 60:.1f} minutes after resuming"
+        duration += f" at step {resumed}; its checkpoint did not record the earlier steps' time)" if seconds else ")"
+    else:
+        duration = f" in {seconds / 60:.1f} minutes" if seconds else ""
+        duration += f" (resumed at step {resumed})" if resumed is not None else ""
     return (
         f"Trained for {run_info.get('global_step', '?')} steps"
-        + (f" in {seconds / 60:.1f} minutes" if seconds else "")
+        + duration
         + where
         + (f" with `{run_info['command']}`" if run_info.get("command") else "")
         + ". The configuration used:"

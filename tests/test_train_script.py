@@ -87,7 +87,12 @@ def test_resume_continues_exactly(tmp_path):
     resumed.mkdir()
     shutil.copytree(checkpoints[0], resumed / checkpoints[0].name)
     assert train_ddpm.main(tiny_args(resumed, *common, "--resume_from_checkpoint", "latest")) == 0
-    assert json.loads((resumed / "run_info.json").read_text())["global_step"] == 2 * k
+    info = json.loads((resumed / "run_info.json").read_text())
+    assert info["global_step"] == 2 * k and info["resumed_from_step"] == k and not info["earlier_seconds_unknown"]
+    # the training time adds up across the resume: the checkpoint's seconds, then this process's
+    earlier = json.loads((checkpoints[0] / "training_state.json").read_text())["train_seconds"]
+    assert 0 < earlier < info["train_seconds"]
+    assert f"(resumed at step {k})" in (resumed / "README.md").read_text()
     a, b = unet_weights(straight), unet_weights(resumed)
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0, msg=name)
