@@ -354,15 +354,16 @@ def test_a_persistent_blow_up_stops_before_saving_and_resumes(tmp_path, monkeypa
 
 
 def test_a_time_budget_ends_on_time(tmp_path):
-    """--time_budget 2.5s: the run measures its speed in the warm-up, fixes its length and saves it in its config; its
-    training ends within 20% of the budget."""
+    """--time_budget 4s: the run measures its speed in the warm-up, fixes its length and saves it in its config; its
+    training ends within 20% of the budget (4 s rather than less: a few slow steps on a busy 2-core machine are a
+    smaller share of it)."""
     out = tmp_path / "budget"
-    flags = ["--time_budget", "2.5s", "--lr_warmup_steps", "20", "--checkpointing_steps", "0", "--max_train_steps", "3"]
+    flags = ["--time_budget", "4s", "--lr_warmup_steps", "20", "--checkpointing_steps", "0", "--max_train_steps", "3"]
     assert train_ddpm.main(tiny_args(out, *flags)) == 0
     info = json.loads((out / "run_info.json").read_text())
-    assert 0.8 * 2.5 <= info["train_seconds"] <= 1.2 * 2.5, info
+    assert 0.8 * 4 <= info["train_seconds"] <= 1.2 * 4, info
     saved = yaml.safe_load((out / "train_config.yaml").read_text())
-    assert saved["time_budget"] == "2.5s" and saved["max_train_steps"] == info["global_step"] > 20
+    assert saved["time_budget"] == "4s" and saved["max_train_steps"] == info["global_step"] > 20
 
 
 def test_a_resumed_budgeted_run_is_the_same_run(tmp_path):
