@@ -688,7 +688,11 @@ def finish(run: TrainingRun):
             logger.info("Pushed to %s", push(run))
 
     on_main_process(run, save_evaluate_push)
-    run.accelerator.wait_for_everyone()  # then every process leaves the process group together
+    # Free the data-parallel wrapper (its gradient reducer holds the process group) while every process is still
+    # there, then leave the group together: a reducer freed after a peer had gone hung in gloo's destructor.
+    run.unet = run.optimizer = None
+    run.accelerator.free_memory()
+    run.accelerator.wait_for_everyone()
     run.accelerator.end_training()
 
 
