@@ -145,8 +145,7 @@ def train(config: TrainingConfig, argv: list[str] | None = None) -> Path:
     config.check_output_dir()
     # 1. set up: the accelerator and precision, data, UNet, scheduler, AdamW, LR schedule, EMA, batch plan
     run = setup_run(config, argv)
-    with exclusive_and_stoppable(run) as stop:
-        run.stop = stop
+    with exclusive_and_stoppable(run):
         # 2. resume from a verified checkpoint, if asked, with this config's learning rate
         resume(run)
         start_logging(run)
@@ -161,7 +160,7 @@ def train(config: TrainingConfig, argv: list[str] | None = None) -> Path:
                 log_step(run, totals, progress)
                 # 5. asked to stop (SIGTERM, SIGUSR1): a whole checkpoint of this step on every rank, then exit
                 if totals.pop("stop_requested"):  # every rank learnt it in the step's one all-reduce
-                    stop_for_requeue(run, stop.signal_name)
+                    stop_for_requeue(run, run.stop.signal_name)
                 # 6. the training state, every checkpointing_steps (atomically; held back while a step is suspicious)
                 if checkpoint_due(run):
                     save_checkpoint(run)
@@ -403,7 +402,7 @@ def fix_run_length(run: TrainingRun, progress):
 @contextlib.contextmanager
 def exclusive_and_stoppable(run: TrainingRun):
     """The run's lock on its output folder (taken by the main process; every rank learns whether it got it), and
-    SIGTERM / SIGUSR1 recorded instead of killing a step; both undone however the run ends."""
+    SIGTERM / SIGUSR1 recorded in run.stop instead of killing a step; both undone however the run ends."""
     problem, lock = None, None
     if run.accelerator.is_main_process:
         try:
@@ -414,11 +413,11 @@ def exclusive_and_stoppable(run: TrainingRun):
         problem = broadcast_object_list([problem], from_process=0)[0]
     if problem:
         raise OutputDirInUse(problem)
-    stop = StopRequest().install()
+    run.stop = StopRequest().install()
     try:
-        yield stop
+        yield
     finally:
-        stop.restore()
+        run.stop.restore()
         if lock is not None:
             lock.release()
 
