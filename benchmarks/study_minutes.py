@@ -5,9 +5,10 @@
 For each model (MODELS below: train_ddpm.py flags), one warmup-stable-decay run trains for the longest budget
 (`--time_budget`, so its length fits this machine), keeping checkpoints; each shorter budget is a cooldown branched
 from the checkpoint where its own cooldown (20% of its steps) begins (`--cooldown_from`), so the run's speed sets how
-many steps a minute buys. Every model is scored by our evaluator at its saved default call and at the other guidance
-scales of --guidance, with the real-vs-real floor beside FID. Writes benchmarks/results/study_minutes{tag}.json;
-`python benchmarks/plot_minutes.py` draws the curves. Trained runs are reused if their folders exist.
+many steps a minute buys. Every model is scored by our evaluator (float32 sampling, as evaluation.json) at its saved
+default call and at the other guidance scales of --guidance, with the real-vs-real floor beside FID. Writes
+benchmarks/results/study_minutes{tag}.json; `python benchmarks/plot_minutes.py` draws the curves. Trained
+runs are reused if their folders exist.
 """
 
 import argparse

