@@ -40,9 +40,10 @@ def test_default_call_is_the_fast_setting_and_the_full_chain_one_argument_away(p
     calls = []  # images per UNet call: a guided step runs the digit and the null class in one doubled batch
     original = pipe.unet.forward
     pipe.unet.forward = lambda sample, *a, **k: calls.append(len(sample)) or original(sample, *a, **k)
-    # a bare pipeline's default call: 10 steps, guidance 2.5 where 0.4 T <= t < 0.8 T (the sampler study's pick)
+    # a bare pipeline's default call: 10 steps, guidance 4 where 0.4 T <= t < 0.8 T (the sampler study's steps and
+    # interval, the quickstart's guidance sweep's scale)
     assert pipe.config.default_num_inference_steps == 10
-    assert pipe.config.default_guidance_scale == 2.5
+    assert pipe.config.default_guidance_scale == 4.0
     assert list(pipe.config.default_guidance_interval) == [0.4, 0.8]
     run(pipe, batch_size=2, output_type="np")
     guided = [t for t in pipe.scheduler.timesteps.tolist() if 0.4 * 50 <= t < 0.8 * 50]
@@ -60,7 +61,7 @@ def test_class_labels_and_guidance(pipe):
     assert one.class_labels == [7, 7, 7]
     many = run(pipe, batch_size=3, class_labels=[1, 2, 3], num_inference_steps=4, output_type="np")
     assert many.class_labels == [1, 2, 3] and not np.array_equal(one.images, many.images)
-    guided = run(pipe, batch_size=3, class_labels=7, guidance_scale=4.0, num_inference_steps=4, output_type="np")
+    guided = run(pipe, batch_size=3, class_labels=7, guidance_scale=6.0, num_inference_steps=4, output_type="np")
     assert not np.array_equal(one.images, guided.images)
 
 

