@@ -83,8 +83,9 @@ def _sweep_section(folder: Path | None) -> str:
     return (
         f"\n## How the default guidance was chosen\n\n`python -m ddpm_pipeline.guidance_sweep` scored the default call "
         f"({result['num_inference_steps']} steps, guidance on [{result['guidance_interval'][0]:g} T, "
-        f"{result['guidance_interval'][1]:g} T)) at each scale, {result['num_samples']} samples against the "
-        f"{result['reference']} held-out digits, and kept the {result['rule']}: **{result['chosen']:g}**.\n\n"
+        f"{result['guidance_interval'][1]:g} T), {result.get('dtype', 'auto dtype')}) at each scale, "
+        f"{result['num_samples']} samples against the {result['reference']} held-out digits, and kept the "
+        f"{result['rule']}: **{result['chosen']:g}**.\n\n"
         f"{sweep_table(result)}\n"
     )
 
