@@ -159,3 +159,11 @@ def test_nearest_neighbour_figure_shows_copies_as_ratio_zero():
     figure, ratios = neighbour_figure(torch.cat([copies, fresh]), train, held_out)
     assert ratios[:2].tolist() == [0.0, 0.0] and (ratios[2:] > 0.5).all()
     assert figure.size[1] > 3 * 28 * 3  # three rows: samples, training neighbours, held-out neighbours
+
+
+def test_training_the_classifier_for_no_epochs_is_refused_by_name(capsys):
+    from ddpm_pipeline.metrics.train_classifier import main
+
+    with pytest.raises(SystemExit):
+        main(["--epochs", "0"])
+    assert "--epochs must be at least 1, got 0" in capsys.readouterr().err

