@@ -29,15 +29,21 @@ MODELS = {
 COOLDOWN_FRACTION = 0.2
 
 
-def train_model(name, minutes: list[float], base: list[str], work: Path, every: int, rate: float | None) -> dict:
+def train_model(
+    name, minutes: list[float], base: list[str], work: Path, every: int, rate: float | None, continue_from: str | None
+) -> dict:
     """The longest budget's WSD run, with a checkpoint every ``every`` steps, and a cooldown branch for each shorter
     budget from the checkpoint at or before the start of its cooldown. ``rate`` (steps per minute, measured alone on
-    this machine) turns minutes into steps instead of --time_budget, for a machine that is not idle meanwhile."""
+    this machine) turns minutes into steps instead of --time_budget, for a machine that is not idle meanwhile.
+    ``continue_from``: a checkpoint of a shorter WSD run of the same model and flags, taken before its cooldown began;
+    the longest run resumes from it instead of step 0 (up to there the two runs take the same steps at the same
+    constant rate: WSD's length only moves the cooldown), saving the minutes that run already spent."""
     longest = max(minutes)
     keep = ["--checkpointing_steps", str(every), "--checkpoints_total_limit", "1000"]
     wsd = [*base, *MODELS[name], "--lr_scheduler", "wsd", "--lr_cooldown_fraction", str(COOLDOWN_FRACTION)]
     length = ["--max_train_steps", str(round(longest * rate))] if rate else ["--time_budget", f"{longest:g}m"]
-    main_run = train_once(work / f"{name}_{longest:g}min", [*wsd, *length, *keep])
+    head_start = ["--resume_from_checkpoint", continue_from] if continue_from else []
+    main_run = train_once(work / f"{name}_{longest:g}min", [*wsd, *length, *keep, *head_start])
     runs = {longest: main_run}
     steps_per_minute = json.loads((main_run / "run_info.json").read_text())["global_step"] / longest
     for budget in sorted(m for m in minutes if m != longest):
@@ -66,14 +72,23 @@ def main():
         help="this machine's training speed, measured alone (e.g. bench_time_to_quality): budgets become step counts "
         "instead of --time_budget, so that the machine need not stay idle",
     )
+    parser.add_argument(
+        "--continue_from",
+        help="a constant-phase checkpoint of a shorter run of the same model and flags: the longest run starts there "
+        "(needs --steps_per_minute and a single model)",
+    )
     parser.add_argument("--label", default="", help="the models' name in the table and the plot (default: the model)")
     parser.add_argument("--tag", default="", help="suffix for the JSON file name")
     args = parser.parse_args()
     minutes = sorted(float(m) for m in args.minutes.split(","))
+    if args.continue_from and (not args.steps_per_minute or "," in args.models):
+        parser.error("--continue_from needs --steps_per_minute (a run's length in steps) and one model in --models")
     rows = []
     for name in args.models.split(","):
         base = shlex.split(args.flags)
-        runs = train_model(name, minutes, base, Path(args.work_dir), args.checkpoint_every, args.steps_per_minute)
+        runs = train_model(
+            name, minutes, base, Path(args.work_dir), args.checkpoint_every, args.steps_per_minute, args.continue_from
+        )
         for budget, folder in sorted(runs.items()):
             info = json.loads((folder / "run_info.json").read_text())
             for scale in (float(g) for g in args.guidance.split(",")):
