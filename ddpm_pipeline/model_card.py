@@ -73,20 +73,43 @@ def _evaluation_section(evaluation: dict | None) -> str:
 
 
 def _sweep_section(folder: Path | None) -> str:
-    """The guidance sweep that chose the saved scale (guidance_sweep.json), if the folder has one."""
-    from .guidance_sweep import SWEEP_FILE, sweep_table
+    """The guidance sweep that chose the saved guidance (guidance_sweep.json), if the folder has one."""
+    from .guidance_sweep import SWEEP_FILE, chosen_interval, row_interval, sweep_table
 
     path = Path(folder) / SWEEP_FILE if folder is not None else None
     if path is None or not path.is_file():
         return ""
     result = json.loads(path.read_text())
+    low, high = chosen_interval(result)
+    if len({tuple(row_interval(row, result)) for row in result["rows"]}) > 1:
+        call = f"the default call ({result['num_inference_steps']} steps) at each scale and guidance interval"
+    else:
+        call = (
+            f"the default call ({result['num_inference_steps']} steps, guidance on [{low:g} T, {high:g} T)) "
+            "at each scale"
+        )
     return (
-        f"\n## How the default guidance was chosen\n\n`python -m ddpm_pipeline.guidance_sweep` scored the default call "
-        f"({result['num_inference_steps']} steps, guidance on [{result['guidance_interval'][0]:g} T, "
-        f"{result['guidance_interval'][1]:g} T), {result.get('dtype', 'auto dtype')}) at each scale, "
-        f"{result['num_samples']} samples against the {result['reference']} held-out digits, and kept the "
-        f"{result['rule']}: **{result['chosen']:g}**.\n\n"
+        f"\n## How the default guidance was chosen\n\n`python -m ddpm_pipeline.guidance_sweep` scored {call} "
+        f"({result.get('dtype', 'auto dtype')}), {result['num_samples']} samples against the {result['reference']} "
+        f"held-out digits, and kept the {result['rule']}: **{result['chosen']:g}** on [{low:g} T, {high:g} T)."
+        f"{_chosen_with(result)}\n\n"
         f"{sweep_table(result)}\n"
+    )
+
+
+def _chosen_with(result: dict) -> str:
+    """For a choice made together with other runs of the recipe (trained on other CPU classes): which, and how."""
+    others = result.get("chosen_with")
+    if not others:
+        return ""
+    trainings = result.get("chosen_with_training") or [""] * len(others)
+    names = ", ".join(
+        f"`{Path(other).name}` ({training or 'the same recipe trained elsewhere'})"
+        for other, training in zip(others, trainings, strict=True)
+    )
+    return (
+        f" The choice was made on each setting's worst figures across this model and {names}, so that the default "
+        "call serves the recipe wherever it is trained; the table shows this model's own figures."
     )
 
 

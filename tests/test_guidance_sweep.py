@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from ddpm_pipeline import DDPMMnistPipeline
 from ddpm_pipeline.guidance_sweep import ACCURACY_FLOOR, CLEAR_MARGIN, SWEEP_FILE, choose, main
 from tests.conftest import tiny_pipeline
@@ -79,3 +81,83 @@ def test_saving_a_choice_redraws_the_pictures_and_scores_the_new_default_call(tm
     evaluation = json.loads((tmp_path / "evaluation.json").read_text())
     assert evaluation["guidance_scale"] == chosen and evaluation["num_samples"] == 20
     assert evaluation["reference"] == "embedded"
+
+
+def test_intervals_are_choices_too_and_the_table_names_them():
+    """Guidance that reaches T makes readable digits where a larger scale does not (the quickstart trained in float32
+    with AVX2 kernels, 2026-12-02: clear 0.942 at 4 on [0.4 T, 0.8 T), 0.968 at 3 on [0.4 T, 1.0 T))."""
+    from ddpm_pipeline.guidance_sweep import sweep_table
+
+    narrow, wide = [0.4, 0.8], [0.4, 1.0]
+    rows = [
+        dict(row(4.0, 69.0, 0.942, 0.975, 0.987), guidance_interval=narrow),
+        dict(row(3.0, 73.0, 0.968, 0.975, 0.990), guidance_interval=wide),
+        dict(row(4.0, 88.0, 0.970, 0.975, 0.993), guidance_interval=wide),
+    ]
+    for each in rows:
+        each.update(fid_real_floor=13.4, coverage=1.0, memorization=0.93)
+    chosen = choose(rows)
+    assert (chosen["guidance_scale"], chosen["guidance_interval"]) == (3.0, wide)
+    result = {"rows": rows, "chosen": 3.0, "chosen_interval": wide, "guidance_interval": narrow}
+    table = sweep_table(result)
+    assert "| interval |" in table and "[0.4 T, 1 T)" in table and "[0.4 T, 0.8 T)" in table
+    bold = [line for line in table.splitlines() if "**" in line]
+    assert len(bold) == 1 and "**3**" in bold[0] and "1 T)" in bold[0]  # scale 3 at the chosen interval only
+    # one interval swept (every sweep before intervals were): no interval column
+    assert "interval" not in sweep_table({**result, "rows": rows[:1], "chosen": 4.0, "chosen_interval": narrow})
+
+
+def test_one_choice_for_several_runs_is_made_on_their_worst_figures():
+    from ddpm_pipeline.guidance_sweep import worst_rows
+
+    bf16_run = {"rows": [row(3.0, 50.0, 0.969), row(4.0, 45.0, 0.968)], "guidance_interval": [0.4, 0.8]}
+    float32_run = {"rows": [row(3.0, 55.0, 0.968), row(4.0, 47.0, 0.942)], "guidance_interval": [0.4, 0.8]}
+    assert choose(bf16_run["rows"])["guidance_scale"] == 4.0  # alone, the bf16 run would take 4
+    worst = {r["guidance_scale"]: r for r in worst_rows([bf16_run, float32_run])}
+    assert (worst[4.0]["clear_rate"], worst[4.0]["fid"]) == (0.942, 47.0) and worst[3.0]["fid"] == 55.0
+    assert choose(list(worst.values()))["guidance_scale"] == 3.0  # 4 is unreadable on the float32 run
+
+
+def test_several_folders_are_swept_alike_and_saved_with_one_choice(tmp_path):
+    from ddpm_pipeline.guidance_sweep import worst_rows
+
+    folders = [tmp_path / "a", tmp_path / "b"]
+    for seed, folder in enumerate(folders):
+        tiny_pipeline(seed=seed).save_pretrained(folder)
+    args = ["--scales", "1,3", "--intervals", "0.4-0.8,0-1", "--num_samples", "20", "--save"]
+    main([*map(str, folders), *args])
+    results = [json.loads((folder / SWEEP_FILE).read_text()) for folder in folders]
+    assert results[0]["rows"] != results[1]["rows"]  # two models, each with its own figures
+    expected = choose(worst_rows(results))
+    for folder, result in zip(folders, results):
+        assert len(result["rows"]) == 4
+        assert (result["chosen"], result["chosen_interval"]) == (
+            expected["guidance_scale"],
+            expected["guidance_interval"],
+        )
+        assert result["chosen_with"] == [str(other) for other in folders if other != folder]
+        assert result["chosen_with_training"] == [""]  # saved pipelines, not training runs: no run_info.json
+        config = DDPMMnistPipeline.from_pretrained(folder).config
+        assert config.default_guidance_scale == expected["guidance_scale"]
+        assert list(config.default_guidance_interval) == expected["guidance_interval"]
+        assert "worst figures across this model and" in (folder / "README.md").read_text()
+
+
+@pytest.mark.parametrize("bad", ["0.4", "0.8-0.4", "0.4-1.5", "a-b"])
+def test_a_bad_interval_is_refused_naming_the_flag(tmp_path, capsys, bad):
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "--intervals", f"0.4-0.8,{bad}"])
+    assert "--intervals" in capsys.readouterr().err
+
+
+def test_the_card_says_how_the_runs_chosen_with_were_trained(tmp_path):
+    from ddpm_pipeline.guidance_sweep import describe_training
+
+    machine = {"cpu": "AMD EPYC", "cpu_capability": "AVX2", "aten_cpu_capability_env": "avx2"}
+    info = {"global_step": 1540, "mixed_precision": "no", "machine": machine}
+    (tmp_path / "run_info.json").write_text(json.dumps(info))
+    described = describe_training(tmp_path)
+    assert described.startswith("trained in float32, 1540 steps") and "AVX2" in described and "held" in described
+    info.update(mixed_precision="bf16", machine={"cpu": "AMD EPYC", "cpu_capability": "AVX512"})
+    (tmp_path / "run_info.json").write_text(json.dumps(info))
+    assert "bf16" in describe_training(tmp_path) and "held" not in describe_training(tmp_path)
