@@ -68,7 +68,7 @@ def test_cli_guidance_interval(saved, tmp_path, capsys):
         assert cli.main([*argv, "--out", str(tmp_path / name)]) == 0
         return np.asarray(PIL.Image.open(tmp_path / name))
 
-    guided = grid("guided.png", "--guidance_scale", "3")
+    guided = grid("guided.png", "--guidance_scale", "3", "--guidance_interval", "0,1")  # every step
     unguided = grid("unguided.png", "--guidance_scale", "1")
     # the 3 timesteps of the 50-step chain (49, 24, 0) all lie outside [1, 10): no step is guided
     np.testing.assert_array_equal(

@@ -151,13 +151,14 @@ def test_sampling_dtype_and_layout(monkeypatch):
     pipe = hardware.prepare_for_sampling(tiny_pipeline(), "cpu")
     assert pipe.unet.dtype == torch.bfloat16 and pipe.unet.conv_out.weight.is_contiguous()
     assert hardware.prepare_for_sampling(tiny_pipeline(), "cpu", "float32").unet.dtype == torch.float32
-    # the layout changes nothing in the numbers: channels-last float32 samples equal the default layout's
+    # the layout changes nothing but rounding: channels-last float32 samples equal the default layout's to well under
+    # one grey level (1/255), through a chain whose guided steps multiply each UNet difference by the scale
     default = tiny_pipeline()
     fake_machine(monkeypatch, **AVX2_ONLY)
     fast = hardware.prepare_for_sampling(tiny_pipeline(), "cpu")
     a = default(batch_size=4, num_inference_steps=3, output_type="pt", generator=torch.Generator().manual_seed(0))
     b = fast(batch_size=4, num_inference_steps=3, output_type="pt", generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(a.images, b.images, atol=1e-4, rtol=0)
+    torch.testing.assert_close(a.images, b.images, atol=1e-3, rtol=0)
 
 
 def test_machine_summary_names_the_cpu(monkeypatch):

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 import train_ddpm
 from ddpm_pipeline import DDPMMnistPipeline
 from ddpm_pipeline.checkpointing import list_checkpoints
+from ddpm_pipeline.pipeline_ddpm_mnist import DEFAULT_GUIDANCE_SCALE
 from tests.conftest import ROOT, TINY_CONFIG, tiny_args
 
 
@@ -61,7 +62,7 @@ def test_evaluate_scores_the_saved_default_call_and_fills_the_card(tmp_path):
     saved = json.loads((out / "model_index.json").read_text())
     assert evaluation["num_inference_steps"] == saved["default_num_inference_steps"] == 5  # configs/tiny.yaml
     assert evaluation["guidance_interval"] == saved["default_guidance_interval"] == [0.2, 0.9]
-    assert evaluation["guidance_scale"] == saved["default_guidance_scale"] == 4.0
+    assert evaluation["guidance_scale"] == saved["default_guidance_scale"] == DEFAULT_GUIDANCE_SCALE  # tiny.yaml: none
     assert 0.0 <= evaluation["clear_rate"] <= 1.0 and evaluation["fid"] > 0
     assert f"| clear_rate | {evaluation['clear_rate']:.4g} |" in (out / "README.md").read_text()
 
