@@ -94,7 +94,8 @@ def describe_training(folder: Path) -> str:
     info = json.loads(path.read_text())
     precision = {"no": "float32"}.get(info.get("mixed_precision"), info.get("mixed_precision"))
     machine = info.get("machine", {})
-    held = ", kernels held to AVX2 by ATEN_CPU_CAPABILITY" if machine.get("aten_cpu_capability_env") else ""
+    held_to = machine.get("aten_cpu_capability_env")
+    held = f", kernels held to {held_to.upper()} by ATEN_CPU_CAPABILITY" if held_to else ""
     return (
         f"trained in {precision}, {info.get('global_step')} steps, on {machine.get('cpu')} with CPU capability "
         f"{machine.get('cpu_capability')}{held}"
@@ -174,11 +175,14 @@ def chosen_interval(result: dict) -> list[float]:
     return result.get("chosen_interval", result["guidance_interval"])
 
 
+def swept_several_intervals(result: dict) -> bool:
+    return len({tuple(row_interval(row, result)) for row in result["rows"]}) > 1
+
+
 def sweep_table(result: dict) -> str:
     """The sweep as a Markdown table, the chosen row in bold, for the model card; an interval column where the sweep
     tried more than one."""
-    intervals = {tuple(row_interval(row, result)) for row in result["rows"]}
-    several = len(intervals) > 1
+    several = swept_several_intervals(result)
     head = ["guidance", *(["interval"] if several else []), "FID", "FID / floor", "clear rate", "digit accuracy"]
     head += ["coverage", "memorization"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -74,14 +74,14 @@ def _evaluation_section(evaluation: dict | None) -> str:
 
 def _sweep_section(folder: Path | None) -> str:
     """The guidance sweep that chose the saved guidance (guidance_sweep.json), if the folder has one."""
-    from .guidance_sweep import SWEEP_FILE, chosen_interval, row_interval, sweep_table
+    from .guidance_sweep import SWEEP_FILE, chosen_interval, sweep_table, swept_several_intervals
 
     path = Path(folder) / SWEEP_FILE if folder is not None else None
     if path is None or not path.is_file():
         return ""
     result = json.loads(path.read_text())
     low, high = chosen_interval(result)
-    if len({tuple(row_interval(row, result)) for row in result["rows"]}) > 1:
+    if swept_several_intervals(result):
         call = f"the default call ({result['num_inference_steps']} steps) at each scale and guidance interval"
     else:
         call = (
