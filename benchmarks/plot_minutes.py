@@ -1,7 +1,7 @@
 """Draw quality against training minutes from study_minutes JSON files (and a reference curve from
-bench_time_to_quality, if given): one line per model, at its saved default guidance (solid) and at the guidance the
-sweep's rule picks for each budget (dashed; ddpm_pipeline.guidance_sweep.choose: readable, the asked-for digit, then
-the lowest FID).
+bench_time_to_quality, if given): one line per model, at the first guidance scale its study scored (solid; the
+legend names it) and at the guidance the sweep's rule picks for each budget (dashed;
+ddpm_pipeline.guidance_sweep.choose: readable, the asked-for digit, then the lowest FID).
 
     python benchmarks/plot_minutes.py benchmarks/results/study_minutes_zen4.json [--reference FILE] --out PNG
 """
@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def curves(rows: list[dict]) -> dict[str, dict[str, list]]:
-    """Per model: minutes, FID / floor and digit accuracy at the default guidance (the first scored) and at the one
+    """Per model: minutes, FID / floor and digit accuracy at the first guidance scored (and which) and at the one
     the guidance sweep's rule picks among those scored."""
     from ddpm_pipeline.guidance_sweep import choose
 
@@ -36,6 +36,7 @@ def curves(rows: list[dict]) -> dict[str, dict[str, list]]:
             line["best_fid"].append(best["fid_over_floor"])
             line["best_accuracy"].append(best["digit_accuracy"])
             line["best_guidance"].append(best["guidance"])
+            line["first_guidance"].append(default["guidance"])
         lines[model] = line
     return lines
 
@@ -53,7 +54,8 @@ def reference_line(path: Path) -> dict[str, list]:
 def draw(lines: dict, reference: dict | None, ceiling: float | None, title: str, out: Path):
     figure, (fid_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(11, 4.2))
     for model, line in lines.items():
-        (solid,) = fid_axis.plot(line["minutes"], line["default_fid"], "o-", label=f"{model}, saved guidance")
+        first = "/".join(sorted({f"{scale:g}" for scale in line["first_guidance"]}))
+        (solid,) = fid_axis.plot(line["minutes"], line["default_fid"], "o-", label=f"{model}, guidance {first}")
         fid_axis.plot(
             line["minutes"], line["best_fid"], "s--", color=solid.get_color(), label=f"{model}, sweep's guidance"
         )
