@@ -211,9 +211,9 @@ def sweep_table(result: dict) -> str:
 
 def save_choice(folder: Path, scale: float, interval: list[float] | None = None):
     """Make ``scale`` (and ``interval``, if given) the saved default call's guidance (model_index.json,
-    train_config.yaml); then draw the pictures
-    and score evaluation.json again at that call (each only where the folder has one), and rewrite the card: every
-    figure and picture of the folder shows the call ``pipe()`` now makes."""
+    train_config.yaml); then draw the pictures and score evaluation.json again at that call (each only where the
+    folder has one), and rewrite the card: every figure and picture of the folder shows the call ``pipe()`` now
+    makes."""
     import yaml
 
     from .evaluation import EVALUATION_FILE
