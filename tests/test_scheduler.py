@@ -10,6 +10,8 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from ddpm_pipeline import CosineDDPMScheduler
 from ddpm_pipeline.scheduling_ddpm_cosine import discretized_gaussian_log_likelihood, normal_kl
 
+pytestmark = pytest.mark.numerics  # the maths against diffusers' oracle: also run with kernels held to AVX2
+
 
 def reference_scheduler(
     num_train_timesteps, variance_type, float64_schedule=True, timestep_spacing="linspace", **kwargs
