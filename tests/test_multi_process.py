@@ -16,9 +16,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import train_ddpm
 from ddpm_pipeline.checkpointing import list_checkpoints, read_training_state
 from ddpm_pipeline.preemption import EXIT_PREEMPTED
+from ddpm_pipeline.training.main import main as train_main
 from tests.conftest import ROOT, tiny_args
 
 pytestmark = pytest.mark.slow
@@ -113,7 +113,7 @@ def test_sigterm_to_one_rank_of_a_two_process_run_saves_it_whole_and_resumes_exa
     a, b = weights(straight), weights(stopped)
     assert all(torch.equal(a[name], b[name]) for name in a), "the resumed 2-process run differs from the straight one"
     args = tiny_args(moved, "--train_batch_size", "16", *COMMON, "--resume_from_checkpoint", "latest")
-    assert train_ddpm.main(args) == 0
+    assert train_main(args) == 0
     c = weights(moved)
     for name in a:  # the same batches; the gradient is summed in another order
         torch.testing.assert_close(a[name], c[name], atol=1e-4, rtol=1e-3, msg=name)

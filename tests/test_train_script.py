@@ -14,10 +14,12 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-import train_ddpm
 from ddpm_pipeline import DDPMMnistPipeline
 from ddpm_pipeline.checkpointing import list_checkpoints
 from ddpm_pipeline.pipeline_ddpm_mnist import DEFAULT_GUIDANCE_SCALE
+from ddpm_pipeline.training import command, loop, processes
+from ddpm_pipeline.training import step as training_step
+from ddpm_pipeline.training.main import main as train_main
 from tests.conftest import ROOT, TINY_CONFIG, tiny_args
 
 
@@ -40,7 +42,7 @@ def test_one_epoch_end_to_end(tmp_path):
         "--save_images_epochs",
         "1",
     )
-    assert train_ddpm.main(args) == 0
+    assert train_main(args) == 0
     for name in ["model_index.json", "samples.png", "trajectory.png", "train_config.yaml", "README.md"]:
         assert (out / name).is_file(), name
     assert list((out / "logs").rglob("events.out.tfevents.*"))
@@ -57,7 +59,7 @@ def test_one_epoch_end_to_end(tmp_path):
 def test_evaluate_scores_the_saved_default_call_and_fills_the_card(tmp_path):
     out = tmp_path / "run"
     flags = ["--max_train_steps", "2", "--evaluate", "--eval_num_samples", "20", "--guidance_interval", "0.2,0.9"]
-    assert train_ddpm.main(tiny_args(out, *flags)) == 0
+    assert train_main(tiny_args(out, *flags)) == 0
     evaluation = json.loads((out / "evaluation.json").read_text())
     saved = json.loads((out / "model_index.json").read_text())
     assert evaluation["num_inference_steps"] == saved["default_num_inference_steps"] == 5  # configs/tiny.yaml
@@ -80,14 +82,14 @@ def test_resume_continues_exactly(tmp_path):
         "--cond_drop_prob",
         "0.5",
     ]
-    assert train_ddpm.main(tiny_args(straight, *common)) == 0
+    assert train_main(tiny_args(straight, *common)) == 0
     checkpoints = list_checkpoints(straight)
     assert [p.name for p in checkpoints] == [f"checkpoint-{k}"]
 
     resumed = tmp_path / "resumed"
     resumed.mkdir()
     shutil.copytree(checkpoints[0], resumed / checkpoints[0].name)
-    assert train_ddpm.main(tiny_args(resumed, *common, "--resume_from_checkpoint", "latest")) == 0
+    assert train_main(tiny_args(resumed, *common, "--resume_from_checkpoint", "latest")) == 0
     info = json.loads((resumed / "run_info.json").read_text())
     assert info["global_step"] == 2 * k and info["resumed_from_step"] == k and not info["earlier_seconds_unknown"]
     # the training time adds up across the resume: the checkpoint's seconds, then this process's
@@ -103,14 +105,14 @@ def test_resume_continues_exactly(tmp_path):
 
 
 def test_missing_or_corrupt_checkpoint(tmp_path, capsys):
-    assert train_ddpm.main(tiny_args(tmp_path / "a", "--resume_from_checkpoint", str(tmp_path / "nope"))) == 2
+    assert train_main(tiny_args(tmp_path / "a", "--resume_from_checkpoint", str(tmp_path / "nope"))) == 2
     assert "does not exist" in capsys.readouterr().err
     out = tmp_path / "b"
-    assert train_ddpm.main(tiny_args(out, "--max_train_steps", "4", "--checkpointing_steps", "2")) == 0
+    assert train_main(tiny_args(out, "--max_train_steps", "4", "--checkpointing_steps", "2")) == 0
     checkpoint = list_checkpoints(out)[-1]
     for weights in checkpoint.glob("model*.safetensors"):
         weights.write_bytes(b"\x00" * 64)
-    assert train_ddpm.main(tiny_args(out, "--max_train_steps", "4", "--resume_from_checkpoint", "latest")) == 2
+    assert train_main(tiny_args(out, "--max_train_steps", "4", "--resume_from_checkpoint", "latest")) == 2
     message = capsys.readouterr().err
     assert "model.safetensors does not match its SHA-256" in message and "None of the 1 checkpoint" in message
 
@@ -118,7 +120,7 @@ def test_missing_or_corrupt_checkpoint(tmp_path, capsys):
 def test_nan_loss_stops_with_the_step(tmp_path, monkeypatch, capsys):
     out = tmp_path / "nan"
     calls = {"n": 0}
-    real_loss = train_ddpm.training_losses
+    real_loss = training_step.training_losses
 
     def sometimes_nan(*args, **kwargs):
         calls["n"] += 1
@@ -127,8 +129,8 @@ def test_nan_loss_stops_with_the_step(tmp_path, monkeypatch, capsys):
             losses.loss = losses.loss * float("nan")
         return losses
 
-    monkeypatch.setattr(train_ddpm, "training_losses", sometimes_nan)
-    assert train_ddpm.main(tiny_args(out, "--max_train_steps", "8", "--checkpointing_steps", "2")) == 2
+    monkeypatch.setattr(training_step, "training_losses", sometimes_nan)
+    assert train_main(tiny_args(out, "--max_train_steps", "8", "--checkpointing_steps", "2")) == 2
     message = capsys.readouterr().err
     assert "at step 5" in message and "nan" in message.lower()
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2", "checkpoint-4"]
@@ -137,8 +139,8 @@ def test_nan_loss_stops_with_the_step(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("flag,calls", [([], 1), (["--keep_freed_memory", "false"], 0)])
 def test_cpu_training_keeps_freed_memory_unless_told_not_to(tmp_path, monkeypatch, flag, calls):
     seen = []
-    monkeypatch.setattr(train_ddpm, "keep_freed_memory", lambda: seen.append(True) or True)
-    assert train_ddpm.main(tiny_args(tmp_path / "run", "--max_train_steps", "1", *flag)) == 0
+    monkeypatch.setattr(processes, "keep_freed_memory", lambda: seen.append(True) or True)
+    assert train_main(tiny_args(tmp_path / "run", "--max_train_steps", "1", *flag)) == 0
     assert len(seen) == calls
 
 
@@ -150,11 +152,10 @@ def _free_port():
 
 def test_the_advice_names_the_launcher_the_run_was_started_with(monkeypatch):
     monkeypatch.delenv("ACCELERATE_DYNAMO_BACKEND", raising=False)
-    assert train_ddpm.recorded_command(["--seed", "1"]) == "python train_ddpm.py --seed 1"
+    assert command.recorded_command(["--seed", "1"]) == "python train_ddpm.py --seed 1"
     monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "NO")  # what accelerate launch sets in the processes it starts
     assert (
-        train_ddpm.recorded_command(["--hub_token", "hf_x", "--seed", "1"])
-        == "accelerate launch train_ddpm.py --seed 1"
+        command.recorded_command(["--hub_token", "hf_x", "--seed", "1"]) == "accelerate launch train_ddpm.py --seed 1"
     )
 
 
@@ -198,7 +199,7 @@ def test_two_processes_match_one_process(tmp_path, capsys):
     assert info["command"].startswith("accelerate launch train_ddpm.py")
     assert steps >= 6 and f"so {steps} steps in all" in result.stderr
     one = tmp_path / "one"
-    assert train_ddpm.main(tiny_args(one, "--train_batch_size", "16", "--max_train_steps", str(steps), *common)) == 0
+    assert train_main(tiny_args(one, "--train_batch_size", "16", "--max_train_steps", str(steps), *common)) == 0
     a, b = unet_weights(two), unet_weights(one)
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-4, rtol=1e-3, msg=name)
@@ -212,9 +213,9 @@ def test_two_processes_match_one_process(tmp_path, capsys):
     moved = tmp_path / "moved"
     shutil.copytree(checkpoint, moved / checkpoint.name)
     resume = [*common, "--resume_from_checkpoint", "latest", "--max_train_steps", str(steps)]
-    assert train_ddpm.main(tiny_args(moved, "--train_batch_size", "8", *resume)) == 2
+    assert train_main(tiny_args(moved, "--train_batch_size", "8", *resume)) == 2
     assert "global batch 16 (2 process(es) x 8); this run's is 8 (1 x 8)" in capsys.readouterr().err
-    assert train_ddpm.main(tiny_args(moved, "--train_batch_size", "16", *resume)) == 0
+    assert train_main(tiny_args(moved, "--train_batch_size", "16", *resume)) == 0
     a, c = unet_weights(two), unet_weights(moved)
     for name in a:
         torch.testing.assert_close(a[name], c[name], atol=1e-4, rtol=1e-3, msg=name)
@@ -231,13 +232,13 @@ def test_a_flipped_byte_falls_back_to_the_previous_checkpoint(tmp_path, caplog):
     ends with the weights of an uninterrupted run."""
     common = ["--max_train_steps", "6", "--checkpointing_steps", "2", "--checkpoints_total_limit", "3"]
     straight = tmp_path / "straight"
-    assert train_ddpm.main(tiny_args(straight, *common)) == 0
+    assert train_main(tiny_args(straight, *common)) == 0
     damaged = tmp_path / "damaged"
     shutil.copytree(straight / "checkpoint-2", damaged / "checkpoint-2")
     shutil.copytree(straight / "checkpoint-4", damaged / "checkpoint-4")
     flip_one_byte(damaged / "checkpoint-4" / "model.safetensors")
     with caplog.at_level("WARNING"):
-        assert train_ddpm.main(tiny_args(damaged, *common, "--resume_from_checkpoint", "latest")) == 0
+        assert train_main(tiny_args(damaged, *common, "--resume_from_checkpoint", "latest")) == 0
     assert "checkpoint-4/model.safetensors does not match its SHA-256" in caplog.text
     assert "Resuming from checkpoint-2" in caplog.text
     a, b = unet_weights(straight), unet_weights(damaged)
@@ -252,7 +253,7 @@ def test_forced_divergence_stops_before_saving_and_its_advice_trains_on(tmp_path
     out = tmp_path / "diverge"
     flags = ["--max_train_steps", "6", "--checkpointing_steps", "1", "--learning_rate", "1e30", "--max_grad_norm", "0"]
     flags += ["--lr_scheduler", "cosine"]  # diffusers' warm-up starts at exactly 0 (wsd's at a millionth of the peak)
-    assert train_ddpm.main(tiny_args(out, *flags)) == 2  # step 1 has lr 0 (warmup), step 2 explodes
+    assert train_main(tiny_args(out, *flags)) == 2  # step 1 has lr 0 (warmup), step 2 explodes
     message = capsys.readouterr().err
     assert "Training diverged" in message and "step 2" in message
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-1"]
@@ -263,7 +264,7 @@ def test_forced_divergence_stops_before_saving_and_its_advice_trains_on(tmp_path
     command = next(line for line in message.splitlines() if "train_ddpm.py" in line).split()
     assert command[:2] == ["python", "train_ddpm.py"] and "accelerate launch" not in message
     assert "--resume_from_checkpoint" in command and "--learning_rate" in command
-    assert train_ddpm.main(command[2:]) == 0
+    assert train_main(command[2:]) == 0
     assert json.loads((out / "run_info.json").read_text())["global_step"] == 6
     assert all(torch.isfinite(t).all() for t in unet_weights(out).values())
 
@@ -274,12 +275,12 @@ def test_time_to_quality_benchmark_trains_exactly_the_default_runs_steps(tmp_pat
     from benchmarks.bench_time_to_quality import Ours
 
     flags = ["--config", TINY_CONFIG, "--digits", "0,1", "--max_train_steps", "4"]  # the bench adds --output_dir
-    assert train_ddpm.main([*flags, "--output_dir", str(tmp_path / "script")]) == 0
+    assert train_main([*flags, "--output_dir", str(tmp_path / "script")]) == 0
     contender = Ours(flags, str(tmp_path / "bench"))
     while contender.train_step():
         pass
     assert contender.steps == 4
-    benched = contender.run.pipeline().unet.state_dict()
+    benched = contender.run.parts.ema_pipeline(contender.run.config).unet.state_dict()
     saved = unet_weights(tmp_path / "script")
     assert benched.keys() == saved.keys()
     for name, value in saved.items():
@@ -291,32 +292,32 @@ def test_a_resume_with_another_learning_rate_follows_the_config_schedule(tmp_pat
     equals diffusers' get_scheduler for the new peak, stepped to the same step (and so does the next step's)."""
     from diffusers.optimization import get_scheduler
 
-    from ddpm_pipeline.training_config import parse_training_config
+    from ddpm_pipeline.training.config_checks import parse_args
 
     out = tmp_path / "run"
     cosine = ["--lr_scheduler", "cosine", "--max_train_steps", "6"]
-    assert train_ddpm.main(tiny_args(out, *cosine, "--checkpointing_steps", "3")) == 0
+    assert train_main(tiny_args(out, *cosine, "--checkpointing_steps", "3")) == 0
     args = tiny_args(out, *cosine, "--learning_rate", "4e-4", "--resume_from_checkpoint", "latest")
-    run = train_ddpm.setup_run(parse_training_config(args))
-    train_ddpm.resume(run)
-    assert run.global_step == 3
+    run = loop.build_run(parse_args(args))
+    loop.resume(run)
+    assert run.state.global_step == 3
     reference_optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=4e-4)
     reference = get_scheduler("cosine", reference_optimizer, num_warmup_steps=2, num_training_steps=6)
     for _ in range(3):
         reference_optimizer.step()
         reference.step()
     assert run.config.lr_scheduler == "cosine"
-    assert run.optimizer.param_groups[0]["lr"] == pytest.approx(reference.get_last_lr()[0], rel=1e-12)
-    train_ddpm.optimizer_step(run)
+    assert run.parts.optimizer.param_groups[0]["lr"] == pytest.approx(reference.get_last_lr()[0], rel=1e-12)
+    training_step.optimizer_step(run)
     reference_optimizer.step()
     reference.step()
-    assert run.lr_scheduler.get_last_lr()[0] == pytest.approx(reference.get_last_lr()[0], rel=1e-12)
-    assert run.lr_scheduler.base_lrs == [4e-4]
+    assert run.state.lr_scheduler.get_last_lr()[0] == pytest.approx(reference.get_last_lr()[0], rel=1e-12)
+    assert run.state.lr_scheduler.base_lrs == [4e-4]
 
 
 def _loss_times(factor: float, steps: set[int], monkeypatch):
     """Make the losses of the given optimizer steps ``factor`` times larger (a bad batch), by patching the objective."""
-    real_loss, calls = train_ddpm.training_losses, {"n": 0}
+    real_loss, calls = training_step.training_losses, {"n": 0}
 
     def scaled(*args, **kwargs):
         calls["n"] += 1
@@ -325,7 +326,7 @@ def _loss_times(factor: float, steps: set[int], monkeypatch):
             losses.loss = losses.loss * factor
         return losses
 
-    monkeypatch.setattr(train_ddpm, "training_losses", scaled)
+    monkeypatch.setattr(training_step, "training_losses", scaled)
 
 
 def test_one_outlier_batch_does_not_stop_a_long_run(tmp_path, monkeypatch, caplog):
@@ -334,7 +335,7 @@ def test_one_outlier_batch_does_not_stop_a_long_run(tmp_path, monkeypatch, caplo
     _loss_times(100.0, {14}, monkeypatch)
     out = tmp_path / "outlier"
     with caplog.at_level("WARNING"):
-        assert train_ddpm.main(tiny_args(out, "--max_train_steps", "18", "--checkpointing_steps", "7")) == 0
+        assert train_main(tiny_args(out, "--max_train_steps", "18", "--checkpointing_steps", "7")) == 0
     assert json.loads((out / "run_info.json").read_text())["global_step"] == 18
     assert "Step 14: loss" in caplog.text and "Holding back the checkpoint of step 14" in caplog.text
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-7", "checkpoint-15"]
@@ -345,13 +346,13 @@ def test_a_persistent_blow_up_stops_before_saving_and_resumes(tmp_path, monkeypa
     was held back, and the newest checkpoint (step 7) resumes."""
     _loss_times(100.0, set(range(13, 40)), monkeypatch)
     out = tmp_path / "blowup"
-    assert train_ddpm.main(tiny_args(out, "--max_train_steps", "18", "--checkpointing_steps", "7")) == 2
+    assert train_main(tiny_args(out, "--max_train_steps", "18", "--checkpointing_steps", "7")) == 2
     message = capsys.readouterr().err
     assert "persisted for 3 steps in a row" in message and "step 15" in message
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-7"] and str(out / "checkpoint-7") in message
     monkeypatch.undo()
     resumed = tiny_args(out, "--max_train_steps", "18", "--resume_from_checkpoint", str(out / "checkpoint-7"))
-    assert train_ddpm.main(resumed) == 0
+    assert train_main(resumed) == 0
 
 
 def test_a_time_budget_ends_on_time(tmp_path):
@@ -360,7 +361,7 @@ def test_a_time_budget_ends_on_time(tmp_path):
     smaller share of it)."""
     out = tmp_path / "budget"
     flags = ["--time_budget", "4s", "--lr_warmup_steps", "20", "--checkpointing_steps", "0", "--max_train_steps", "3"]
-    assert train_ddpm.main(tiny_args(out, *flags)) == 0
+    assert train_main(tiny_args(out, *flags)) == 0
     info = json.loads((out / "run_info.json").read_text())
     assert 0.8 * 4 <= info["train_seconds"] <= 1.2 * 4, info
     saved = yaml.safe_load((out / "train_config.yaml").read_text())
@@ -372,13 +373,13 @@ def test_a_resumed_budgeted_run_is_the_same_run(tmp_path):
     whatever the clock says then."""
     flags = ["--time_budget", "1s", "--lr_warmup_steps", "6", "--checkpointing_steps", "8"]
     straight = tmp_path / "straight"
-    assert train_ddpm.main(tiny_args(straight, *flags)) == 0
+    assert train_main(tiny_args(straight, *flags)) == 0
     steps = json.loads((straight / "run_info.json").read_text())["global_step"]
     resumed = tmp_path / "resumed"
     checkpoint = list_checkpoints(straight)[0]  # the older of the two kept
     shutil.copytree(checkpoint, resumed / checkpoint.name)
     assert json.loads((checkpoint / "training_state.json").read_text())["max_train_steps"] == steps
-    assert train_ddpm.main(tiny_args(resumed, *flags, "--resume_from_checkpoint", "latest")) == 0
+    assert train_main(tiny_args(resumed, *flags, "--resume_from_checkpoint", "latest")) == 0
     assert json.loads((resumed / "run_info.json").read_text())["global_step"] == steps
     a, b = unet_weights(straight), unet_weights(resumed)
     assert all(torch.equal(a[name], b[name]) for name in a)
@@ -386,7 +387,7 @@ def test_a_resumed_budgeted_run_is_the_same_run(tmp_path):
 
 def test_a_budget_too_short_for_the_warm_up_is_refused_by_name(tmp_path, capsys):
     args = tiny_args(tmp_path / "short", "--time_budget", "0.1s", "--lr_warmup_steps", "400")
-    assert train_ddpm.main(args) == 2
+    assert train_main(args) == 2
     message = capsys.readouterr().err
     assert "'time_budget'" in message and "warm-up" in message and "--lr_warmup_steps" in message
 
@@ -395,8 +396,8 @@ def test_wsd_rates_and_a_cooldown_branch_are_exact(tmp_path):
     """wsd: the warm-up of diffusers' schedules, a constant rate, a linear cooldown to 0 (rates checked step by step);
     a cooldown branched from a checkpoint of the constant phase trains the same weights as a run that was that long
     from the start."""
+    from ddpm_pipeline.training.components import build_lr_scheduler
     from ddpm_pipeline.training_config import TrainingConfig
-    from ddpm_pipeline.training_setup import build_lr_scheduler
 
     config = TrainingConfig.from_dict({"lr_scheduler": "wsd", "lr_warmup_steps": 4, "lr_cooldown_steps": 5})
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
@@ -411,9 +412,9 @@ def test_wsd_rates_and_a_cooldown_branch_are_exact(tmp_path):
     common = ["--lr_scheduler", "wsd", "--lr_warmup_steps", "2", "--lr_cooldown_steps", "4"]
     main_run, branch, straight = tmp_path / "main", tmp_path / "branch", tmp_path / "straight"
     long_run = ["--max_train_steps", "20", "--checkpointing_steps", "6", "--checkpoints_total_limit", "3"]
-    assert train_ddpm.main(tiny_args(main_run, *common, *long_run)) == 0
-    assert train_ddpm.main(tiny_args(branch, *common, "--cooldown_from", str(main_run / "checkpoint-6"))) == 0
-    assert train_ddpm.main(tiny_args(straight, *common, "--max_train_steps", "10")) == 0
+    assert train_main(tiny_args(main_run, *common, *long_run)) == 0
+    assert train_main(tiny_args(branch, *common, "--cooldown_from", str(main_run / "checkpoint-6"))) == 0
+    assert train_main(tiny_args(straight, *common, "--max_train_steps", "10")) == 0
     assert json.loads((branch / "run_info.json").read_text())["global_step"] == 10
     a, b = unet_weights(branch), unet_weights(straight)
     assert all(torch.equal(a[name], b[name]) for name in a)
@@ -426,7 +427,7 @@ def test_a_resumed_ema_follows_the_models_device(tmp_path, monkeypatch):
     from diffusers.training_utils import EMAModel
 
     out = tmp_path / "run"
-    assert train_ddpm.main(tiny_args(out, "--max_train_steps", "4", "--checkpointing_steps", "2")) == 0
+    assert train_main(tiny_args(out, "--max_train_steps", "4", "--checkpointing_steps", "2")) == 0
     original = EMAModel.load_state_dict
 
     def load_elsewhere(self, state_dict):
@@ -441,21 +442,21 @@ def test_a_resumed_ema_follows_the_models_device(tmp_path, monkeypatch):
 
     monkeypatch.setattr(EMAModel, "load_state_dict", load_elsewhere)
     monkeypatch.setattr(EMAModel, "to", to)
-    from ddpm_pipeline.training_config import parse_training_config
+    from ddpm_pipeline.training.config_checks import parse_args
 
     args = tiny_args(out, "--max_train_steps", "4", "--resume_from_checkpoint", str(out / "checkpoint-2"))
-    run = train_ddpm.setup_run(parse_training_config(args))
-    train_ddpm.resume(run)
-    model_device = next(run.unet.parameters()).device
-    assert moves == [model_device] and {p.device for p in run.ema.shadow_params} == {model_device}
-    train_ddpm.optimizer_step(run)  # the EMA update mixes no devices
+    run = loop.build_run(parse_args(args))
+    loop.resume(run)
+    model_device = next(run.parts.unet.parameters()).device
+    assert moves == [model_device] and {p.device for p in run.parts.ema.shadow_params} == {model_device}
+    training_step.optimizer_step(run)  # the EMA update mixes no devices
 
 
 @pytest.mark.parametrize("total", [1, 4, 5, 6])
 def test_wsd_survives_runs_no_longer_than_their_warm_up(total):
     """A --time_budget can fix a length equal to the warm-up: the schedule still builds and steps to the end."""
+    from ddpm_pipeline.training.components import build_lr_scheduler
     from ddpm_pipeline.training_config import TrainingConfig
-    from ddpm_pipeline.training_setup import build_lr_scheduler
 
     config = TrainingConfig.from_dict({"lr_scheduler": "wsd", "lr_warmup_steps": 5})
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)

@@ -1,20 +1,115 @@
 """What a training config builds: the data, the UNet and noise scheduler, AdamW, the learning-rate schedule and EMA.
 
-Shared by ``train_ddpm.py`` and the benchmarks, so that a benchmark measures the training loop's own objects.
+``build_components`` makes them all, in the order that fixes the weights' initialisation for a seed; the loop and the
+benchmarks use the same objects, so that a benchmark measures the training loop's own.
 """
 
 import warnings
+from dataclasses import dataclass
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from torch.optim.lr_scheduler import ConstantLR, LinearLR, SequentialLR
 
-from .data import DatasetError, load_mnist_dataset, select_digits, to_training_tensors
-from .pipeline_ddpm_mnist import DDPMMnistPipeline
-from .scheduling_ddpm_cosine import CosineDDPMScheduler
-from .training_config import WSD, TrainingConfig
-from .unet_mnist import MnistUNet
+from ..batch_plan import BatchPlan, lognormal_timestep_probabilities
+from ..data import DatasetError, load_mnist_dataset, select_digits, to_training_tensors
+from ..hardware import PrecisionChoice
+from ..pipeline_ddpm_mnist import DDPMMnistPipeline
+from ..scheduling_ddpm_cosine import CosineDDPMScheduler
+from ..training_config import WSD, ConfigError, TrainingConfig
+from ..unet_mnist import MnistUNet
+
+
+@dataclass(kw_only=True)
+class Components:
+    """What the loop trains with. Built once; the loop's own mutable state is in ``loop.RunState``."""
+
+    accelerator: Accelerator
+    precision: PrecisionChoice
+    unet: torch.nn.Module  # as prepared by Accelerate (wrapped for several processes)
+    noise_scheduler: CosineDDPMScheduler
+    optimizer: torch.optim.Optimizer
+    ema: EMAModel | None
+    plan: BatchPlan
+    images: torch.Tensor  # uint8, (N, 1, H, W), on the training device
+    labels: torch.Tensor | None  # on the training device
+    num_classes: int | None
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    def ema_pipeline(self, config: TrainingConfig):
+        """A pipeline with the EMA weights and the config's sampling defaults, for pictures and the saved model, on
+        the training device (a GPU samples the pictures and the evaluation far faster than one CPU thread)."""
+        unet = self.accelerator.unwrap_model(self.unet)
+        pipe = ema_pipeline(unet, self.ema, self.noise_scheduler.config, config.sampling_defaults())
+        return pipe.to(self.device)
+
+
+class EarlierScheduleSlot:
+    """Holds the place where checkpoints of earlier versions kept the learning-rate scheduler's state (Accelerate
+    numbers custom states in registration order), so that they still resume; nothing is read from it."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict):
+        pass
+
+
+def build_components(config: TrainingConfig, accelerator: Accelerator, precision: PrecisionChoice) -> Components:
+    """Data, models, plan, optimizer and EMA, prepared by Accelerate; errors in the data surface here, before any
+    step. The seed fixes the weights' initialisation; all later randomness comes from the BatchPlan."""
+    set_seed(config.seed)
+    images, labels = load_training_data(config)
+    # on the device once (uint8: 47 MB for all of MNIST), so that a step's batch is gathered there, not copied over
+    images = images.to(accelerator.device)
+    labels = labels.to(accelerator.device) if labels is not None else None
+    num_classes = 10 if config.class_conditional else None
+    unet, noise_scheduler = build_models(config, num_classes)
+    if config.channels_last:
+        unet = unet.to(memory_format=torch.channels_last)
+    plan = build_batch_plan(config, accelerator, len(images), noise_scheduler)
+    optimizer = build_optimizer(config, unet.parameters(), accelerator.device)
+    unet, optimizer = accelerator.prepare(unet, optimizer)
+    accelerator.register_for_checkpointing(EarlierScheduleSlot())
+    ema = build_ema(config, accelerator.unwrap_model(unet))
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+    return Components(
+        accelerator=accelerator,
+        precision=precision,
+        unet=unet,
+        noise_scheduler=noise_scheduler,
+        optimizer=optimizer,
+        ema=ema,
+        plan=plan,
+        images=images,
+        labels=labels,
+        num_classes=num_classes,
+    )
+
+
+def build_batch_plan(config: TrainingConfig, accelerator: Accelerator, num_images: int, noise_scheduler) -> BatchPlan:
+    """Data order and randomness as functions of (seed, step), this process's slice of each global batch."""
+    probabilities = None
+    if config.timestep_sampling == "lognormal":
+        probabilities = lognormal_timestep_probabilities(noise_scheduler.alphas_cumprod)
+    try:
+        return BatchPlan(
+            config.seed,
+            config.train_batch_size,
+            num_images,
+            accelerator.num_processes,
+            accelerator.process_index,
+            timestep_probabilities=probabilities,
+        )
+    except ValueError as error:
+        raise ConfigError(f"Invalid config value for 'train_batch_size': {error}; lower train_batch_size.") from None
 
 
 def load_training_data(config: TrainingConfig):
@@ -67,7 +162,7 @@ def build_lr_scheduler(config: TrainingConfig, optimizer, max_train_steps: int, 
     for group in optimizer.param_groups:  # torch's schedulers take their peak from these keys
         group["lr"] = group["initial_lr"] = config.learning_rate
     if config.lr_scheduler == WSD:
-        cooldown = config.lr_cooldown_steps or round(config.lr_cooldown_fraction * max_train_steps)
+        cooldown = cooldown_length(config, max_train_steps)
         scheduler = warmup_stable_decay(optimizer, config.lr_warmup_steps, cooldown, max_train_steps)
     else:
         scheduler = get_scheduler(
@@ -78,6 +173,14 @@ def build_lr_scheduler(config: TrainingConfig, optimizer, max_train_steps: int, 
         for _ in range(at_step):
             scheduler.step()
     return scheduler
+
+
+def cooldown_length(config: TrainingConfig, total_steps: int) -> int:
+    """The steps at the end of a run of ``total_steps`` whose learning rates depend on its length: wsd's cooldown;
+    every step of any other schedule (cosine, linear, ... decay from the first step on)."""
+    if config.lr_scheduler != WSD:
+        return total_steps
+    return config.lr_cooldown_steps or round(config.lr_cooldown_fraction * total_steps)
 
 
 def warmup_stable_decay(optimizer, warmup_steps: int, cooldown_steps: int, total_steps: int):
