@@ -52,7 +52,7 @@ VARIANTS = {
 
 def defaults_tag() -> str:
     """A short hash of the default config: the same flags on other defaults are another run."""
-    from ddpm_pipeline.training_config import defaults_yaml
+    from ddpm_pipeline.config_sources import defaults_yaml
 
     return hashlib.sha256(defaults_yaml().encode()).hexdigest()[:8]
 

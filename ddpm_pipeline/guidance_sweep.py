@@ -17,12 +17,16 @@ machine (the quickstart's) is readable and right wherever the recipe was trained
 """
 
 import argparse
-import json
 from pathlib import Path
 
 from .constants import DTYPE_CHOICES
+from .evaluation import evaluate_into_folder, evaluate_pipeline, reference_for
+from .hardware import prepare_for_sampling
+from .pictures import sample_grid, trajectory_picture
+from .pipeline_ddpm_mnist import DDPMMnistPipeline
+from .run_folder import SAMPLES_FILE, RunFolder
+from .sweep_results import row_interval, sweep_table
 
-SWEEP_FILE = "guidance_sweep.json"
 CLEAR_MARGIN = 0.01  # a clear rate at most this far below the real digits' counts as readable
 ACCURACY_MARGIN = 0.005  # a digit accuracy at most this far below the real digits' counts as the asked-for digits
 ACCURACY_FLOOR = 0.99  # ... and at least this: a grid of 36 asked-for digits is then all right ~70 % of the time
@@ -88,10 +92,9 @@ def choose_across(results: list[dict], folders: list[Path]):
 
 def describe_training(folder: Path) -> str:
     """``trained in float32, CPU capability AVX2 (...)``, from a training run's run_info.json; '' without one."""
-    path = Path(folder) / "run_info.json"
-    if not path.is_file():
+    info = RunFolder(folder).run_info()
+    if info is None:
         return ""
-    info = json.loads(path.read_text())
     precision = {"no": "float32"}.get(info.get("mixed_precision"), info.get("mixed_precision"))
     machine = info.get("machine", {})
     held_to = machine.get("aten_cpu_capability_env")
@@ -113,10 +116,6 @@ def sweep(
 ) -> dict:
     """Every setting's figures (each scale at each interval; the saved interval if ``intervals`` is None), the real
     digits' and the choice, as written to FOLDER/guidance_sweep.json."""
-    from .evaluation import evaluate_pipeline, reference_for
-    from .hardware import prepare_for_sampling
-    from .pipeline_ddpm_mnist import DDPMMnistPipeline
-
     # float32 by default: the precision evaluation.json (train_ddpm.py --evaluate) is measured in, on every machine
     pipe = prepare_for_sampling(DDPMMnistPipeline.from_pretrained(folder), dtype=dtype)
     held_out = reference_for(reference)
@@ -166,89 +165,28 @@ def _row(scale: float, interval, result: dict) -> dict:
     }
 
 
-def row_interval(row: dict, result: dict) -> list[float]:
-    """A row's guidance interval; sweeps written before intervals were swept hold one, the saved call's."""
-    return row.get("guidance_interval", result["guidance_interval"])
-
-
-def chosen_interval(result: dict) -> list[float]:
-    return result.get("chosen_interval", result["guidance_interval"])
-
-
-def swept_several_intervals(result: dict) -> bool:
-    return len({tuple(row_interval(row, result)) for row in result["rows"]}) > 1
-
-
-def sweep_table(result: dict) -> str:
-    """The sweep as a Markdown table, the chosen row in bold, for the model card; an interval column where the sweep
-    tried more than one."""
-    several = swept_several_intervals(result)
-    head = ["guidance", *(["interval"] if several else []), "FID", "FID / floor", "clear rate", "digit accuracy"]
-    head += ["coverage", "memorization"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in result["rows"]:
-        low, high = row_interval(row, result)
-        cells = [
-            f"{row['guidance_scale']:g}",
-            *([f"[{low:g} T, {high:g} T)"] if several else []),
-            f"{row['fid']:.1f}",
-            f"{row['fid'] / row['fid_real_floor']:.2f}",
-            f"{row['clear_rate']:.3f}",
-            f"{row['digit_accuracy']:.3f}",
-            f"{row['coverage']:.3f}",
-            f"{row['memorization']:.3f}",
-        ]
-        if row["guidance_scale"] == result["chosen"] and [low, high] == list(chosen_interval(result)):
-            cells = [f"**{cell}**" for cell in cells]
-        lines.append("| " + " | ".join(cells) + " |")
-    real = result["rows"][0]
-    blanks = ["-"] if several else []
-    cells = ["real held-out digits", *blanks, "-", "1", f"{real['real_clear_rate']:.3f}"]
-    cells += [f"{real['real_digit_accuracy']:.3f}", "-", "-"]
-    lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def save_choice(folder: Path, scale: float, interval: list[float] | None = None):
     """Make ``scale`` (and ``interval``, if given) the saved default call's guidance (model_index.json,
     train_config.yaml); then draw the pictures and score evaluation.json again at that call (each only where the
     folder has one), and rewrite the card: every figure and picture of the folder shows the call ``pipe()`` now
     makes."""
-    import yaml
-
-    from .evaluation import EVALUATION_FILE
-    from .model_card import rewrite_model_card
-    from .outputs import redraw_pictures
-
-    index_path = folder / "model_index.json"
-    index = json.loads(index_path.read_text())
-    index["default_guidance_scale"] = scale
-    if interval is not None:
-        index["default_guidance_interval"] = [float(bound) for bound in interval]
-    index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    config_path = folder / "train_config.yaml"
-    if config_path.is_file():
-        config = yaml.safe_load(config_path.read_text())
-        config["guidance_scale"] = scale
-        if interval is not None:
-            config["guidance_interval"] = [float(bound) for bound in interval]
-        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        if (folder / "samples.png").is_file():
-            redraw_pictures(folder)
-    if (folder / EVALUATION_FILE).is_file():
-        evaluate_again(folder)
-    rewrite_model_card(folder)
+    run = RunFolder(folder)
+    run.set_default_guidance(scale, interval)
+    config, evaluation = run.config(), run.evaluation()
+    redraw = bool(config) and (folder / SAMPLES_FILE).is_file()
+    if redraw or evaluation is not None:
+        pipe = DDPMMnistPipeline.from_pretrained(folder)  # float32, as the run drew and scored them
+        pipe.set_progress_bar_config(disable=True)
+        if redraw:
+            run.write_pictures(sample_grid(pipe, config), trajectory_picture(pipe, config))
+        if evaluation is not None:
+            evaluate_again(pipe, folder, evaluation)
+    run.write_card()
 
 
-def evaluate_again(folder: Path):
+def evaluate_again(pipe, folder: Path, before: dict):
     """evaluation.json scored again at the saved default call, with the settings it records (samples, seed, NLL,
-    reference), in float32 as train_ddpm.py --evaluate scores it."""
-    from .evaluation import EVALUATION_FILE, evaluate_into_folder
-    from .pipeline_ddpm_mnist import DDPMMnistPipeline
-
-    before = json.loads((folder / EVALUATION_FILE).read_text())
-    pipe = DDPMMnistPipeline.from_pretrained(folder)
-    pipe.set_progress_bar_config(disable=True)
+    reference), in float32 as a run's --evaluate scores it."""
     evaluate_into_folder(
         pipe,
         folder,
@@ -286,7 +224,7 @@ def main(argv=None):
     if len(results) > 1:
         choose_across(results, args.folders)
     for folder, result in zip(args.folders, results, strict=True):
-        (folder / SWEEP_FILE).write_text(json.dumps(result, indent=2) + "\n")
+        RunFolder(folder).write_sweep(result)
         print(f"{folder}:\n{sweep_table(result)}")
     low, high = results[0]["chosen_interval"]
     print(f"chosen: guidance {results[0]['chosen']:g} on [{low:g} T, {high:g} T) ({results[0]['rule']})")

@@ -27,9 +27,8 @@ from pathlib import Path
 
 import torch
 
-from .constants import DTYPE_CHOICES
+from .constants import DTYPE_CHOICES, MIXED_PRECISION_CHOICES
 
-MIXED_PRECISION_CHOICES = ("auto", "no", "bf16", "fp16")
 BF16_SLOWDOWN = "10-14x slower than float32"  # one training step of the default UNet, measured on a Zen 3 CPU
 
 # oneDNN's ISA names (ONEDNN_MAX_CPU_ISA) that include the AVX512_BF16 instructions; "ALL" means no limit.

@@ -9,12 +9,12 @@ never pushed, and the token never reaches a file or a log line.
 """
 
 import json
-import re
 import shutil
 import tempfile
 from pathlib import Path
 
-import yaml
+from .redaction import redact_text
+from .run_folder import RunFolder
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REMOTE_CODE = {
@@ -34,7 +34,6 @@ PUSHED_FILES = (
     "run_info.json",
     "trajectory.gif",
 )
-REPO_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class HubError(RuntimeError):
@@ -42,25 +41,25 @@ class HubError(RuntimeError):
 
 
 def validate_repo_id(repo_id: str) -> str:
-    if not isinstance(repo_id, str) or not REPO_ID_PATTERN.match(repo_id) or ".." in repo_id or len(repo_id) > 96:
+    """huggingface_hub's own rules for a repository id, and a namespace (a push must know whose repository it is)."""
+    # huggingface_hub is imported where the Hub is used, so that `ddpm-mnist --help` and a bad id answer at once
+    from huggingface_hub.utils import HFValidationError
+    from huggingface_hub.utils import validate_repo_id as hub_rules
+
+    try:
+        hub_rules(repo_id)
+        problem = None if repo_id.count("/") == 1 else "it has no namespace"
+    except HFValidationError as error:
+        problem = str(error).split("\n")[0]
+    if problem:
         raise HubError(
-            f"Repository id {repo_id!r} is not of the form namespace/name (e.g. your-username/ddpm-mnist): letters, "
-            "digits, '-', '_' and '.' on each side of a single '/'."
+            f"Repository id {repo_id!r} is not of the form namespace/name (e.g. your-username/ddpm-mnist): {problem}."
         )
     return repo_id
 
 
-def _redact(text: str, token: str | None) -> str:
-    text = str(text)
-    if token:
-        text = text.replace(token, "***")
-    return re.sub(r"hf_[A-Za-z0-9]{8,}", "hf_***", text)
-
-
 def stage_repository(output_dir: str | Path, staging_dir: str | Path, repo_id: str | None = None) -> Path:
     """Copy what is pushed into ``staging_dir``: the pipeline, card, pictures and the remote-code layout."""
-    from .model_card import write_model_card
-
     output_dir, staging = Path(output_dir), Path(staging_dir)
     if not (output_dir / "model_index.json").is_file():
         raise HubError(
@@ -86,15 +85,12 @@ def stage_repository(output_dir: str | Path, staging_dir: str | Path, repo_id: s
         index[component] = [module, class_name]
     (staging / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
-    config_path = output_dir / "train_config.yaml"
-    config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
-    config.pop("hub_token", None)
-    if config_path.is_file():
-        (staging / "train_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    run_info_path = output_dir / "run_info.json"
-    run_info = json.loads(run_info_path.read_text()) if run_info_path.is_file() else {}
-    if config or not (staging / "README.md").is_file():
-        write_model_card(staging, config, run_info, repo_id=repo_id)
+    source, target = RunFolder(output_dir), RunFolder(staging)
+    config = source.config()
+    if config:
+        target.write_config(config)
+    if config or not (staging / "README.md").is_file():  # the card, with this repository's id in its snippets
+        target.write_card(repo_id=repo_id, config=config)
     return staging
 
 
@@ -121,13 +117,13 @@ def push_output_dir(
             commit = api.upload_folder(folder_path=staging, repo_id=repo_id, commit_message=commit_message)
         except HfHubHTTPError as error:
             status = getattr(error.response, "status_code", None)
-            raise HubError(_explain_http_error(status, repo_id, _redact(error, token), output_dir)) from None
+            raise HubError(_explain_http_error(status, repo_id, redact_text(error, token), output_dir)) from None
         except Exception as error:
             if not _is_connection_error(error):
                 raise
             raise HubError(
-                f"Could not reach the Hugging Face Hub ({_redact(type(error).__name__, token)}): this machine seems "
-                f"offline. Nothing was lost: the trained pipeline stays in {output_dir}; push it later with "
+                f"Could not reach the Hugging Face Hub ({redact_text(type(error).__name__, token)}): this machine "
+                f"seems offline. Nothing was lost: the trained pipeline stays in {output_dir}; push it later with "
                 f"`ddpm-mnist push {output_dir} --hub_model_id {repo_id}`."
             ) from None
     return str(commit.commit_url if hasattr(commit, "commit_url") else commit)

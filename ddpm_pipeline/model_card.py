@@ -1,11 +1,16 @@
-"""The model card (README.md) of a trained pipeline: YAML metadata, pictures, config, evaluation, and usage."""
+"""The model card (README.md) of a trained pipeline: YAML metadata, pictures, config, evaluation, and usage.
 
-import json
+A pure function of its data (the config, the run's info, its evaluation and guidance sweep, the saved default call);
+``RunFolder.write_card`` reads those from a run's folder and writes the card.
+"""
+
 from pathlib import Path
 
 import yaml
 
-from .constants import FULL_CHAIN
+from .constants import DEFAULT_GUIDANCE_INTERVAL, DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_INFERENCE_STEPS, FULL_CHAIN
+from .redaction import SECRET_KEYS
+from .sweep_results import chosen_interval, sweep_table, swept_several_intervals
 
 CARD_TEMPLATE = """---
 {metadata}---
@@ -72,14 +77,10 @@ def _evaluation_section(evaluation: dict | None) -> str:
     return f"\n## Evaluation\n\n| metric | value |\n|---|---|\n{rows}\n"
 
 
-def _sweep_section(folder: Path | None) -> str:
-    """The guidance sweep that chose the saved guidance (guidance_sweep.json), if the folder has one."""
-    from .guidance_sweep import SWEEP_FILE, chosen_interval, sweep_table, swept_several_intervals
-
-    path = Path(folder) / SWEEP_FILE if folder is not None else None
-    if path is None or not path.is_file():
+def _sweep_section(result: dict | None) -> str:
+    """The guidance sweep that chose the saved guidance (guidance_sweep.json), if there was one."""
+    if not result:
         return ""
-    result = json.loads(path.read_text())
     low, high = chosen_interval(result)
     if swept_several_intervals(result):
         call = f"the default call ({result['num_inference_steps']} steps) at each scale and guidance interval"
@@ -132,30 +133,19 @@ VARIANCES = {
 }
 
 
-def saved_pipeline_settings(folder: Path | None, config: dict) -> dict:
-    """What the saved pipeline in ``folder`` actually does: its default call (``model_index.json``) and its
-    scheduler's variance and prediction type (``scheduler/scheduler_config.json``). Keys a folder lacks come from the
+def sampling_settings(config: dict, saved_call: dict | None = None, scheduler: dict | None = None) -> dict:
+    """What the saved pipeline does: its default call (``saved_call``: model_index.json's ``default_*`` keys) and its
+    scheduler's variance and prediction type (``scheduler``: scheduler_config.json). Keys these lack come from the
     training config, then from the package's defaults."""
-    index, scheduler = {}, {}
-    if folder is not None and (Path(folder) / "model_index.json").is_file():
-        index = json.loads((Path(folder) / "model_index.json").read_text())
-    if folder is not None and (Path(folder) / "scheduler" / "scheduler_config.json").is_file():
-        scheduler = json.loads((Path(folder) / "scheduler" / "scheduler_config.json").read_text())
-    learned = config.get("learned_variance", True)
-    call = {
-        "num_inference_steps": index.get("default_num_inference_steps", config.get("num_inference_steps")),
-        "guidance_scale": index.get("default_guidance_scale", config.get("guidance_scale")),
-        "guidance_interval": index.get("default_guidance_interval", config.get("guidance_interval")),
+    index, scheduler = saved_call or {}, scheduler or {}
+    defaults = {
+        "num_inference_steps": DEFAULT_NUM_INFERENCE_STEPS,
+        "guidance_scale": DEFAULT_GUIDANCE_SCALE,
+        "guidance_interval": DEFAULT_GUIDANCE_INTERVAL,
     }
-    if None in call.values():  # neither the folder nor the config says: the pipeline's own defaults (loads diffusers)
-        from . import pipeline_ddpm_mnist as pipeline
-
-        defaults = {
-            "num_inference_steps": pipeline.DEFAULT_NUM_INFERENCE_STEPS,
-            "guidance_scale": pipeline.DEFAULT_GUIDANCE_SCALE,
-            "guidance_interval": pipeline.DEFAULT_GUIDANCE_INTERVAL,
-        }
-        call = {key: defaults[key] if value is None else value for key, value in call.items()}
+    call = {key: index.get(f"default_{key}", config.get(key)) for key in defaults}
+    call = {key: defaults[key] if value is None else value for key, value in call.items()}
+    learned = config.get("learned_variance", True)
     return {
         **call,
         "guidance_interval": list(call["guidance_interval"]),
@@ -209,11 +199,16 @@ def _training_line(run_info: dict) -> str:
 
 
 def render_model_card(
-    config: dict, run_info: dict | None = None, evaluation: dict | None = None, repo_id=None, folder=None
+    config: dict,
+    run_info: dict | None = None,
+    evaluation: dict | None = None,
+    repo_id: str | None = None,
+    sweep: dict | None = None,
+    settings: dict | None = None,
 ) -> str:
-    """The card's text; ``config`` must already have its token redacted (``TrainingConfig.to_dict``). ``folder``,
-    the saved pipeline, tells the default call, variance and prediction type it really has."""
-    settings = saved_pipeline_settings(folder, config)
+    """The card's text. ``config`` must already be redacted (``redaction.redact_config``); ``settings``
+    (``sampling_settings``) say what the saved pipeline really does, else the config and the defaults do."""
+    settings = settings or sampling_settings(config)
     conditional = bool(config.get("class_conditional"))
     tags = ["pytorch", "diffusers", "ddpm", "mnist", "image-generation"]
     tags.append("class-conditional" if conditional else "unconditional-image-generation")
@@ -243,38 +238,7 @@ def render_model_card(
             else ""
         ),
         training_line=training_line,
-        config=yaml.safe_dump({k: v for k, v in config.items() if k != "hub_token"}, sort_keys=False),
+        config=yaml.safe_dump({k: v for k, v in config.items() if k not in SECRET_KEYS}, sort_keys=False),
         evaluation=_evaluation_section(evaluation),
-        sweep=_sweep_section(folder),
+        sweep=_sweep_section(sweep),
     )
-
-
-def write_model_card(output_dir: Path, config: dict, run_info=None, evaluation=None, repo_id=None) -> Path:
-    if evaluation is None and (output_dir / "evaluation.json").is_file():
-        evaluation = json.loads((output_dir / "evaluation.json").read_text())
-    path = Path(output_dir) / "README.md"
-    path.write_text(
-        render_model_card(config, run_info, evaluation, repo_id or config.get("hub_model_id"), folder=output_dir)
-    )
-    return path
-
-
-def rewrite_model_card(folder: Path) -> Path:
-    """The card of a saved run written again from what the folder holds (train_config.yaml, run_info.json,
-    evaluation.json and the pipeline), e.g. after the card's code changed."""
-    folder = Path(folder)
-    config_path, run_info_path = folder / "train_config.yaml", folder / "run_info.json"
-    config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
-    config.pop("hub_token", None)
-    run_info = json.loads(run_info_path.read_text()) if run_info_path.is_file() else None
-    return write_model_card(folder, config, run_info)
-
-
-if __name__ == "__main__":
-    import sys
-
-    for argument in sys.argv[1:] or ["--help"]:
-        if argument.startswith("-"):
-            print("usage: python -m ddpm_pipeline.model_card FOLDER [FOLDER ...]  (rewrites each FOLDER/README.md)")
-            sys.exit(0 if argument in ("-h", "--help") else 2)
-        print(f"wrote {rewrite_model_card(Path(argument))}")

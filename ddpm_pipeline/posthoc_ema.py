@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .pipeline_ddpm_mnist import DDPMMnistPipeline
+
 SNAPSHOT_DIR = "weight_snapshots"
 SNAPSHOT_PATTERN = re.compile(r"^step-(\d+)\.safetensors$")
 
@@ -81,8 +83,6 @@ def reconstruct(output_dir: Path, sigma_rel: float) -> dict[str, torch.Tensor]:
 
 
 def main(argv=None):
-    from .pipeline_ddpm_mnist import DDPMMnistPipeline
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("output_dir", help="a training output folder with weight_snapshots/ and a saved pipeline")
     parser.add_argument("--sigma_rel", type=float, required=True, help="relative EMA width, e.g. 0.05 to 0.15")

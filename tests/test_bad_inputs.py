@@ -10,16 +10,18 @@ from pathlib import Path
 import pytest
 import torch
 
-import train_ddpm
 from ddpm_pipeline import DDPMMnistPipeline, cli
 from ddpm_pipeline.checkpointing import CheckpointError, list_checkpoints, resolve_checkpoint
-from ddpm_pipeline.training_config import ConfigError, TrainingConfig, parse_training_config, read_yaml_config
+from ddpm_pipeline.config_sources import read_yaml_config
+from ddpm_pipeline.training.config_checks import load_config, parse_args
+from ddpm_pipeline.training.main import main as train_main
+from ddpm_pipeline.training_config import ConfigError, TrainingConfig
 from tests.conftest import TINY_CONFIG, tiny_args, tiny_pipeline
 
 # ---------------------------------------------------------------------- config values: (key, bad value, words)
 BAD_VALUES = [
-    ("seed", -1, "in [0, 4294967295]"),
-    ("seed", 2**40, "in [0, 4294967295]"),
+    ("seed", -1, ">= 0"),
+    ("seed", 2**40, "<= 4294967295"),
     ("seed", 1.5, "integer"),
     ("seed", "zero", "integer"),
     ("output_dir", "", "non-empty"),
@@ -29,14 +31,14 @@ BAD_VALUES = [
     ("digits", [1, 1], "twice"),
     ("digits", [-1], "between 0 and 9"),
     ("digits", "one", "list"),
-    ("resolution", 2, "in [4, 256]"),
-    ("resolution", 1000, "in [4, 256]"),
+    ("resolution", 2, ">= 4"),
+    ("resolution", 1000, "<= 256"),
     ("resolution", 30, "halved"),
     ("class_conditional", "yes", "true or false"),
     ("learned_variance", 1, "true or false"),
     ("block_out_channels", [], "one positive width"),
-    ("block_out_channels", [32, 0, 64], "in [1, 1024]"),
-    ("block_out_channels", [32, 64, 5000], "in [1, 1024]"),
+    ("block_out_channels", [32, 0, 64], ">= 1"),
+    ("block_out_channels", [32, 64, 5000], "<= 1024"),
     ("block_out_channels", 32, "list"),
     ("layers_per_block", [1, 1, 1, 1], "per level"),
     ("layers_per_block", 99, "<="),
@@ -48,21 +50,21 @@ BAD_VALUES = [
     ("attention_head_dim", 48, "divide"),
     ("norm_num_groups", 0, ">="),
     ("norm_num_groups", 7, "divide"),
-    ("dropout", 1.0, "in [0"),
-    ("dropout", -0.1, "in [0"),
+    ("dropout", 1.0, "< 1"),
+    ("dropout", -0.1, ">= 0"),
     ("dropout", math.nan, "finite"),
     ("num_train_timesteps", 1, "between 2"),
     ("num_train_timesteps", 10**9, "GB"),
     ("num_train_timesteps", 4000.5, "integer"),
-    ("prediction_type", "x0", "choose"),
+    ("prediction_type", "x0", "choose 'epsilon'"),
     ("vlb_weight", -1.0, ">="),
     ("vlb_weight", math.inf, "finite"),
-    ("cond_drop_prob", 1.0, "in [0"),
+    ("cond_drop_prob", 1.0, "< 1"),
     ("snr_gamma", 0.0, "> 0"),
     ("snr_gamma", -5.0, "> 0"),
     ("timestep_sampling", "beta", "choose"),
-    ("train_batch_size", 0, "in [1, 65536]"),
-    ("train_batch_size", 10**6, "in [1, 65536]"),
+    ("train_batch_size", 0, ">= 1"),
+    ("train_batch_size", 10**6, "<= 65536"),
     ("num_epochs", 0, ">="),
     ("max_train_steps", 0, ">="),
     ("max_train_steps", "many", "integer"),
@@ -73,7 +75,7 @@ BAD_VALUES = [
     ("time_budget", "inf h", "positive duration"),
     ("time_budget", 30, "non-empty string"),
     ("num_inference_steps", "all", "'full' for the full chain"),
-    ("gradient_accumulation_steps", 0, "in [1, 4096]"),
+    ("gradient_accumulation_steps", 0, ">= 1"),
     ("learning_rate", 0.0, "> 0"),
     ("learning_rate", math.inf, "finite"),
     ("learning_rate", math.nan, "finite"),
@@ -81,23 +83,23 @@ BAD_VALUES = [
     ("lr_scheduler", "warp", "get_scheduler"),
     ("lr_scheduler", "piecewise_constant", "get_scheduler"),
     ("lr_warmup_steps", -1, ">="),
-    ("lr_cooldown_fraction", 0.0, "in (0, 1]"),
-    ("lr_cooldown_fraction", 1.5, "in (0, 1]"),
+    ("lr_cooldown_fraction", 0.0, "> 0"),
+    ("lr_cooldown_fraction", 1.5, "<= 1"),
     ("lr_cooldown_steps", 0, ">="),
     ("cooldown_from", 5, "string"),
-    ("adam_beta1", 1.0, "in [0"),
-    ("adam_beta2", -0.5, "in [0"),
+    ("adam_beta1", 1.0, "< 1"),
+    ("adam_beta2", -0.5, ">= 0"),
     ("adam_weight_decay", -0.1, ">="),
     ("adam_epsilon", 0.0, "> 0"),
     ("max_grad_norm", -1.0, ">="),
     ("mixed_precision", "fp8", "choose"),
-    ("mixed_precision", True, "string"),
+    ("mixed_precision", True, "choose 'auto'"),
     ("channels_last", "no", "true or false"),
     ("keep_freed_memory", 0, "true or false"),
-    ("num_cpu_threads", 0, "in [1, 1024]"),
+    ("num_cpu_threads", 0, ">= 1"),
     ("use_ema", "on", "true or false"),
-    ("ema_max_decay", 1.0, "in (0"),
-    ("ema_max_decay", 0.0, "in (0"),
+    ("ema_max_decay", 1.0, "< 1"),
+    ("ema_max_decay", 0.0, "> 0"),
     ("ema_inv_gamma", 0.0, "> 0"),
     ("ema_power", -1.0, "> 0"),
     ("weight_snapshot_steps", -5, ">="),
@@ -112,10 +114,10 @@ BAD_VALUES = [
     ("guidance_interval", [0.9, 0.1], "low < high"),
     ("num_inference_steps", 0, "between 1"),
     ("num_inference_steps", 99999, "between 1"),
-    ("sampling_order", 3, "choose one of 1, 2"),
-    ("sampling_order", "2", "expects an integer"),
+    ("sampling_order", 3, "choose 1 or 2"),
+    ("sampling_order", "2", "choose 1 or 2"),
     ("evaluate", "yes", "true or false"),
-    ("eval_num_samples", 1, "in [2, 100000]"),
+    ("eval_num_samples", 1, ">= 2"),
     ("push_to_hub", "true", "true or false"),
     ("hub_model_id", "no-namespace", "namespace/name"),
     ("hub_model_id", "a/b/c", "namespace/name"),
@@ -127,7 +129,7 @@ BAD_VALUES = [
 @pytest.mark.parametrize("key, value, words", BAD_VALUES, ids=[f"{k}={v!r}" for k, v, _ in BAD_VALUES])
 def test_bad_config_value(key, value, words):
     with pytest.raises(ConfigError) as caught:
-        TrainingConfig.from_dict({key: value})
+        load_config({key: value})
     message = str(caught.value)
     assert key in message and words in message, message
 
@@ -163,7 +165,7 @@ BAD_COMBINATIONS = [
 @pytest.mark.parametrize("values, key, words", BAD_COMBINATIONS, ids=[str(c[0]) for c in BAD_COMBINATIONS])
 def test_bad_combination(values, key, words):
     with pytest.raises(ConfigError) as caught:
-        TrainingConfig.from_dict(values)
+        load_config(values)
     message = str(caught.value)
     assert f"'{key}'" in message and words in message, message
 
@@ -190,7 +192,7 @@ def test_bad_config_file(tmp_path, content, words):
     path = tmp_path / "config.yaml"
     path.write_bytes(content)
     with pytest.raises(ConfigError) as caught:
-        TrainingConfig.from_dict(read_yaml_config(path))
+        load_config(read_yaml_config(path))
     assert words in str(caught.value) and (words != "twice" or "config.yaml" in str(caught.value))
 
 
@@ -225,19 +227,19 @@ BAD_FLAGS = [
 @pytest.mark.parametrize("argv, words", BAD_FLAGS, ids=[" ".join(a) for a, _ in BAD_FLAGS])
 def test_bad_flag(tmp_path, argv, words):
     with pytest.raises(ConfigError) as caught:
-        parse_training_config(["--output_dir", str(tmp_path / "out"), *argv])
+        parse_args(["--output_dir", str(tmp_path / "out"), *argv])
     assert words in str(caught.value), str(caught.value)
 
 
 def test_output_dir_that_is_a_file_or_unwritable(tmp_path, capsys):
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    assert train_ddpm.main(tiny_args(a_file)) == 2
+    assert train_main(tiny_args(a_file)) == 2
     assert "'output_dir'" in capsys.readouterr().err
-    assert train_ddpm.main(tiny_args(a_file / "below")) == 2
+    assert train_main(tiny_args(a_file / "below")) == 2
     assert "'output_dir'" in capsys.readouterr().err
     if Path("/proc/self").is_dir():  # writable to root by permissions, yet no folder can be made there
-        assert train_ddpm.main(tiny_args("/proc/ddpm-mnist-run")) == 2
+        assert train_main(tiny_args("/proc/ddpm-mnist-run")) == 2
         message = capsys.readouterr().err
         assert "'output_dir'" in message and "cannot be created" in message and "Traceback" not in message
 
@@ -248,7 +250,7 @@ def trained(tmp_path_factory):
     """A tiny run with checkpoints at steps 2 and 4 (of 6)."""
     out = tmp_path_factory.mktemp("trained") / "run"
     args = tiny_args(out, "--max_train_steps", "6", "--checkpointing_steps", "2", "--checkpoints_total_limit", "3")
-    assert train_ddpm.main(args) == 0
+    assert train_main(args) == 0
     return out
 
 
@@ -352,13 +354,13 @@ def test_damaged_checkpoint_through_the_script(trained, tmp_path, capsys):
     out = tmp_path / "run"
     shutil.copytree(trained / "checkpoint-4", out / "checkpoint-4")
     _flip("optimizer.bin")(out / "checkpoint-4")
-    assert train_ddpm.main(tiny_args(out, "--max_train_steps", "6", "--resume_from_checkpoint", "latest")) == 2
+    assert train_main(tiny_args(out, "--max_train_steps", "6", "--resume_from_checkpoint", "latest")) == 2
     assert "optimizer.bin does not match its SHA-256" in capsys.readouterr().err
     args = tiny_args(out, "--max_train_steps", "6", "--resume_from_checkpoint", str(out / "checkpoint-4"))
-    assert train_ddpm.main(args) == 2
+    assert train_main(args) == 2
     assert "optimizer.bin" in capsys.readouterr().err
     other = tiny_args(trained, "--max_train_steps", "6", "--resume_from_checkpoint", "latest", "--norm_num_groups", "8")
-    assert train_ddpm.main(other) == 2
+    assert train_main(other) == 2
     assert "another model config (norm_num_groups differ)" in capsys.readouterr().err
 
 

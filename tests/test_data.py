@@ -120,9 +120,10 @@ def test_built_datasets_are_cached_with_datasets_and_a_damaged_cache_is_rebuilt(
 
 def test_the_embedded_subset_goes_through_the_cache(monkeypatch):
     from ddpm_pipeline import data
+    from ddpm_pipeline.data import embedded
 
     names = []
-    monkeypatch.setattr(data, "cached_dataset_dict", lambda name, build: names.append(name) or "built")
+    monkeypatch.setattr(embedded, "cached_dataset_dict", lambda name, build: names.append(name) or "built")
     data.load_embedded_mnist.cache_clear()
     try:
         assert data.load_embedded_mnist() == "built" and names[0].startswith("ddpm-mnist-embedded-v")

@@ -9,8 +9,7 @@ import pickle
 import numpy as np
 import pytest
 
-from ddpm_pipeline import full_mnist
-from ddpm_pipeline.data import DatasetError
+from ddpm_pipeline.data import DatasetError, full_mnist
 
 
 def nielsen_pickle(path, parts):

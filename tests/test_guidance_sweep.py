@@ -5,7 +5,8 @@ import json
 import pytest
 
 from ddpm_pipeline import DDPMMnistPipeline
-from ddpm_pipeline.guidance_sweep import ACCURACY_FLOOR, CLEAR_MARGIN, SWEEP_FILE, choose, main
+from ddpm_pipeline.guidance_sweep import ACCURACY_FLOOR, CLEAR_MARGIN, choose, main
+from ddpm_pipeline.sweep_results import SWEEP_FILE
 from tests.conftest import tiny_pipeline
 
 
@@ -55,7 +56,8 @@ def test_saving_a_choice_redraws_the_pictures_and_scores_the_new_default_call(tm
     import yaml
 
     from ddpm_pipeline.evaluation import evaluate_pipeline
-    from ddpm_pipeline.outputs import save_sample_grid, save_trajectory_picture
+    from ddpm_pipeline.pictures import sample_grid, trajectory_picture
+    from ddpm_pipeline.run_folder import RunFolder
     from ddpm_pipeline.training_config import TrainingConfig
 
     pipe = tiny_pipeline()
@@ -63,8 +65,7 @@ def test_saving_a_choice_redraws_the_pictures_and_scores_the_new_default_call(tm
     pipe.save_pretrained(tmp_path)
     config = TrainingConfig(guidance_scale=1.0, num_inference_steps=4)
     (tmp_path / "train_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    save_sample_grid(pipe, tmp_path / "samples.png", config)
-    save_trajectory_picture(pipe, tmp_path / "trajectory.png", config)
+    RunFolder(tmp_path).write_pictures(sample_grid(pipe, config.to_dict()), trajectory_picture(pipe, config.to_dict()))
     before = evaluate_pipeline(pipe, num_samples=20, nll_images=0)
     (tmp_path / "evaluation.json").write_text(json.dumps({**before, "reference": "embedded"}))
     old_pictures = {name: (tmp_path / name).read_bytes() for name in ("samples.png", "trajectory.png")}
@@ -74,7 +75,8 @@ def test_saving_a_choice_redraws_the_pictures_and_scores_the_new_default_call(tm
     reloaded = DDPMMnistPipeline.from_pretrained(tmp_path)
     reloaded.set_progress_bar_config(disable=True)
     redrawn = tmp_path / "redrawn"
-    save_sample_grid(reloaded, redrawn / "samples.png", TrainingConfig(guidance_scale=chosen, num_inference_steps=4))
+    redrawn_config = TrainingConfig(guidance_scale=chosen, num_inference_steps=4).to_dict()
+    RunFolder(redrawn).write_pictures(sample_grid(reloaded, redrawn_config))
     assert (tmp_path / "samples.png").read_bytes() == (redrawn / "samples.png").read_bytes()
     assert (tmp_path / "samples.png").read_bytes() != old_pictures["samples.png"]
     assert (tmp_path / "trajectory.png").read_bytes() != old_pictures["trajectory.png"]
@@ -86,7 +88,7 @@ def test_saving_a_choice_redraws_the_pictures_and_scores_the_new_default_call(tm
 def test_intervals_are_choices_too_and_the_table_names_them():
     """Guidance that reaches T makes readable digits where a larger scale does not (the quickstart trained in float32
     with AVX2 kernels, 2026-12-02: clear 0.942 at 4 on [0.4 T, 0.8 T), 0.968 at 3 on [0.4 T, 1.0 T))."""
-    from ddpm_pipeline.guidance_sweep import sweep_table
+    from ddpm_pipeline.sweep_results import sweep_table
 
     narrow, wide = [0.4, 0.8], [0.4, 1.0]
     rows = [

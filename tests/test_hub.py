@@ -75,7 +75,7 @@ numpy.save(sys.argv[1], out.images)
 @pytest.fixture
 def saved_pipeline(tmp_path):
     """A saved tiny pipeline with pictures, a config and a card, as a training run leaves it."""
-    from ddpm_pipeline.model_card import write_model_card
+    from ddpm_pipeline.run_folder import RunFolder
 
     out = tmp_path / "output"
     pipe = tiny_pipeline()
@@ -83,7 +83,8 @@ def saved_pipeline(tmp_path):
     (out / "samples.png").write_bytes(b"\x89PNG fake grid")
     (out / "trajectory.png").write_bytes(b"\x89PNG fake trajectory")
     (out / "train_config.yaml").write_text("class_conditional: true\nnum_train_timesteps: 50\nhub_token: null\n")
-    write_model_card(out, {"class_conditional": True, "num_train_timesteps": 50}, {"global_step": 1})
+    RunFolder(out).write_run_info({"global_step": 1})
+    RunFolder(out).write_card(config={"class_conditional": True, "num_train_timesteps": 50})
     (out / "checkpoint-5").mkdir()
     (out / "checkpoint-5" / "optimizer.bin").write_bytes(b"optimizer state")
     (out / "logs").mkdir()
@@ -318,7 +319,7 @@ def test_model_card_describes_the_saved_pipeline_not_literals(tmp_path):
     """The card reads the saved pipeline: its default call (model_index.json), variance and prediction type
     (scheduler_config.json), whatever the training config says or leaves out."""
     from ddpm_pipeline import CosineDDPMScheduler, DDPMMnistPipeline
-    from ddpm_pipeline.model_card import write_model_card
+    from ddpm_pipeline.run_folder import RunFolder
 
     pipe = tiny_pipeline(learned_variance=False)
     scheduler = CosineDDPMScheduler(num_train_timesteps=50, variance_type="fixed_small", prediction_type="v_prediction")
@@ -330,7 +331,7 @@ def test_model_card_describes_the_saved_pipeline_not_literals(tmp_path):
         default_guidance_interval=(0.2, 0.9),
     )
     saved.save_pretrained(tmp_path)
-    card = write_model_card(tmp_path, {"class_conditional": True}).read_text()
+    card = RunFolder(tmp_path).write_card(config={"class_conditional": True}).read_text()
     assert "predicts v (Salimans & Ho), with a fixed variance" in card and "learned-range" not in card
     assert "the full training chain of the fixed-variance DDPM sampler" in card
     assert "classifier-free guidance 1.75 where 0.2 T <= t < 0.9 T" in card

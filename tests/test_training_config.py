@@ -1,20 +1,15 @@
 """ddpm_pipeline.training_config: one source of defaults, YAML files, flags, and validation that names the key."""
 
-import dataclasses
 import re
 
 import pytest
 import yaml
 
-import train_ddpm
-from ddpm_pipeline.training_config import (
-    ConfigError,
-    TrainingConfig,
-    build_argument_parser,
-    defaults_yaml,
-    parse_training_config,
-    read_yaml_config,
-)
+from ddpm_pipeline.config_sources import build_argument_parser, config_from_yaml, defaults_yaml, read_yaml_config
+from ddpm_pipeline.training.config_checks import load_config
+from ddpm_pipeline.training.config_checks import parse_args as parse_training_config
+from ddpm_pipeline.training.main import main as train_main
+from ddpm_pipeline.training_config import ConfigError, TrainingConfig
 from tests.conftest import ROOT, TINY_CONFIG, tiny_args
 
 
@@ -41,25 +36,25 @@ from tests.conftest import ROOT, TINY_CONFIG, tiny_args
 )
 def test_bad_config_names_the_key(override, key):
     with pytest.raises(ConfigError, match=key):
-        TrainingConfig.from_yaml(TINY_CONFIG, overrides=override)
+        load_config({**read_yaml_config(TINY_CONFIG), **override})
 
 
 def test_bad_config_stops_before_work(tmp_path, capsys):
-    assert train_ddpm.main(tiny_args(tmp_path / "out", "--train_batch_size", "0")) == 2
+    assert train_main(tiny_args(tmp_path / "out", "--train_batch_size", "0")) == 2
     assert "train_batch_size" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("learning_rate: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
-        TrainingConfig.from_yaml(bad_yaml)
+        config_from_yaml(bad_yaml)
     with pytest.raises(ConfigError, match="does not exist"):
-        TrainingConfig.from_yaml(tmp_path / "missing.yaml")
+        config_from_yaml(tmp_path / "missing.yaml")
 
 
 def test_shipped_configs_are_valid():
     for path in (ROOT / "configs").glob("*.yaml"):
-        TrainingConfig.from_yaml(path)
-    ones = TrainingConfig.from_yaml(ROOT / "configs" / "mnist-ones.yaml")
+        config_from_yaml(path)
+    ones = config_from_yaml(ROOT / "configs" / "mnist-ones.yaml")
     assert ones.digits == [1] and not ones.class_conditional
     default = TrainingConfig()
     assert default.class_conditional and default.learned_variance and default.dataset_name is None
@@ -125,7 +120,7 @@ def test_yaml_with_a_key_twice_or_not_utf8(tmp_path):
 
 
 def test_token_never_saved():
-    config = TrainingConfig.from_yaml(TINY_CONFIG, overrides={"hub_token": "hf_secretsecret123"})
+    config = config_from_yaml(TINY_CONFIG, overrides={"hub_token": "hf_secretsecret123"})
     assert config.to_dict()["hub_token"] is None
 
 
@@ -135,7 +130,7 @@ def test_full_chain_is_spelled_full():
         parse_training_config(["--num_inference_steps", "all"])
     assert TrainingConfig().sampling_defaults()["default_num_inference_steps"] == TrainingConfig().num_inference_steps
     with pytest.raises(ConfigError, match="num_inference_steps"):
-        TrainingConfig.from_dict({"num_inference_steps": 0})
+        load_config({"num_inference_steps": 0})
 
 
 def test_layers_per_block_flag_takes_one_number_or_one_per_level():
@@ -162,12 +157,12 @@ def test_layers_per_block_flag_takes_one_number_or_one_per_level():
 def test_component_rules_are_named_by_config_key(override, key, words):
     """The UNet, scheduler, pipeline, LR schedule and Hub rules are asked of those components, and named by key."""
     with pytest.raises(ConfigError, match=f"'{key}'") as caught:
-        TrainingConfig.from_dict(override)
+        load_config(override)
     assert words in str(caught.value)
 
 
 def test_every_key_has_help_and_a_default_that_validates():
-    for f in dataclasses.fields(TrainingConfig):
-        assert f.metadata.get("help"), f.name
-    TrainingConfig().validate()
+    for name, field in TrainingConfig.model_fields.items():
+        assert field.description, name
+    assert load_config(TrainingConfig().to_dict()) == TrainingConfig()
     assert yaml.safe_load(yaml.safe_dump(TrainingConfig().to_dict())) == TrainingConfig().to_dict()

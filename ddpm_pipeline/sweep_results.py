@@ -1,0 +1,50 @@
+"""A guidance sweep's result (guidance_sweep.json) read back: the chosen call, and the table the model card shows.
+
+Kept apart from the sweep itself (which samples and scores), so that the card and the run's folder read a result
+without importing the evaluator.
+"""
+
+SWEEP_FILE = "guidance_sweep.json"
+
+
+def row_interval(row: dict, result: dict) -> list[float]:
+    """A row's guidance interval; sweeps written before intervals were swept hold one, the saved call's."""
+    return row.get("guidance_interval", result["guidance_interval"])
+
+
+def chosen_interval(result: dict) -> list[float]:
+    return result.get("chosen_interval", result["guidance_interval"])
+
+
+def swept_several_intervals(result: dict) -> bool:
+    return len({tuple(row_interval(row, result)) for row in result["rows"]}) > 1
+
+
+def sweep_table(result: dict) -> str:
+    """The sweep as a Markdown table, the chosen row in bold, for the model card; an interval column where the sweep
+    tried more than one."""
+    several = swept_several_intervals(result)
+    head = ["guidance", *(["interval"] if several else []), "FID", "FID / floor", "clear rate", "digit accuracy"]
+    head += ["coverage", "memorization"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in result["rows"]:
+        low, high = row_interval(row, result)
+        cells = [
+            f"{row['guidance_scale']:g}",
+            *([f"[{low:g} T, {high:g} T)"] if several else []),
+            f"{row['fid']:.1f}",
+            f"{row['fid'] / row['fid_real_floor']:.2f}",
+            f"{row['clear_rate']:.3f}",
+            f"{row['digit_accuracy']:.3f}",
+            f"{row['coverage']:.3f}",
+            f"{row['memorization']:.3f}",
+        ]
+        if row["guidance_scale"] == result["chosen"] and [low, high] == list(chosen_interval(result)):
+            cells = [f"**{cell}**" for cell in cells]
+        lines.append("| " + " | ".join(cells) + " |")
+    real = result["rows"][0]
+    blanks = ["-"] if several else []
+    cells = ["real held-out digits", *blanks, "-", "1", f"{real['real_clear_rate']:.3f}"]
+    cells += [f"{real['real_digit_accuracy']:.3f}", "-", "-"]
+    lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
