@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "CosineDDPMScheduler": "scheduling_ddpm_cosine",
     "CosineDDPMSchedulerOutput": "scheduling_ddpm_cosine",
-    "DDPMMnistPipeline": "pipeline_ddpm_mnist",
+    "DDPMMnistPipeline": "pipeline_loading",
     "DDPMMnistPipelineOutput": "pipeline_ddpm_mnist",
     "MnistUNet": "unet_mnist",
     "MnistUNetOutput": "unet_mnist",

@@ -108,7 +108,7 @@ IMAGE_SUFFIXES = tuple(sorted({s for s, f in PIL.Image.registered_extensions().i
 def _load_pipeline(model: str, dtype: str = "auto"):
     """The pipeline at ``model``, its UNet in ``dtype`` (auto: the fastest one this machine runs natively)."""
     from .hardware import prepare_for_sampling
-    from .pipeline_ddpm_mnist import DDPMMnistPipeline
+    from .pipeline_loading import DDPMMnistPipeline
 
     return prepare_for_sampling(DDPMMnistPipeline.from_pretrained(model), dtype=dtype)
 

@@ -23,7 +23,7 @@ from .constants import DTYPE_CHOICES
 from .evaluation import evaluate_into_folder, evaluate_pipeline, reference_for
 from .hardware import prepare_for_sampling
 from .pictures import sample_grid, trajectory_picture
-from .pipeline_ddpm_mnist import DDPMMnistPipeline
+from .pipeline_loading import DDPMMnistPipeline
 from .run_folder import SAMPLES_FILE, RunFolder
 from .sweep_results import row_interval, sweep_table
 

@@ -4,11 +4,7 @@ This file imports nothing from its own package, so that the Hub copy of it loads
 (`DiffusionPipeline.from_pretrained(repo_id, trust_remote_code=True)`) on a machine without ddpm_pipeline.
 """
 
-import importlib
-import importlib.util
-import json
 import math
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +15,6 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 OUTPUT_TYPES = ("pil", "np", "pt")
-HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_download")
 SAMPLING_DEFAULT_KEYS = ("default_num_inference_steps", "default_guidance_scale", "default_guidance_interval")
 # The default call: steps, the best FID per UNet call of the sampler study that keeps the clear rate at 0.95; scale and
 # interval, the quickstart's guidance sweep over the README command's model trained on both CPU classes (bf16 and
@@ -32,6 +27,7 @@ DEFAULT_GUIDANCE_INTERVAL = (0.4, 1.0)
 
 
 FULL_CHAIN = "full"  # num_inference_steps="full": every step of the training chain
+UNET_SLICE = 8  # images per UNet call when each image has its own generator (see DDPMMnistPipeline._unet)
 
 
 class SamplingArgumentError(ValueError):
@@ -62,6 +58,17 @@ class DDPMMnistPipelineOutput(BaseOutput):
     trajectory_timesteps: list[int] | None = None
 
 
+class TrajectoryRecorder:
+    """A step-end callback that keeps every frame from x_T to x_0 (on the CPU), for ``return_trajectory=True``."""
+
+    def __init__(self, noise: torch.Tensor):
+        self.frames = [noise.cpu()]
+
+    def __call__(self, pipe, step: int, timestep: int, callback_kwargs: dict) -> dict:
+        self.frames.append(callback_kwargs["latents"].cpu())
+        return {}
+
+
 def _scheduler_takes_variance(scheduler) -> bool:
     """Whether ``scheduler.step`` consumes the learned-variance channels rather than only the noise prediction."""
     # by class name, so that the remote-code copy of this file needs no import of our scheduler
@@ -82,6 +89,7 @@ class DDPMMnistPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "unet"
+    _callback_tensor_inputs = ["latents", "model_output"]
 
     def __init__(
         self,
@@ -105,55 +113,6 @@ class DDPMMnistPipeline(DiffusionPipeline):
             default_guidance_scale=float(default_guidance_scale),
             default_guidance_interval=[float(bound) for bound in default_guidance_interval],
         )
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """Load from a local folder or a Hub id through diffusers' own loader.
-
-        Everything ``DiffusionPipeline.from_pretrained`` takes works as it does there: ``torch_dtype`` (also
-        per component, ``{"unet": torch.bfloat16, "default": torch.float32}``), ``variant``, ``device_map``,
-        ``low_cpu_mem_usage``, ``use_safetensors``, ``revision``, ``cache_dir``, ``local_files_only`` and components
-        or ``default_*`` sampling settings passed in. Two things are added around it: a missing or broken part is
-        named (``model_index.json``, the unet, the scheduler, a saved default), and a repository pushed with
-        remote code (``ddpm-mnist push``) loads the installed package's classes instead of running its code.
-        """
-        path = str(pretrained_model_name_or_path)
-        hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
-        index, index_path = _read_model_index(path, hub_kwargs)
-        local = os.path.isdir(path)
-        folder = path if local else os.path.dirname(index_path)  # a Hub repository's snapshot in the cache
-        package = cls.__module__.rsplit(".", 1)[0]
-        for name in ("unet", "scheduler"):
-            if name not in kwargs:
-                _check_component_entry(index, name, index_path, folder if local else None, package)
-        try:
-            return super().from_pretrained(path, **kwargs)
-        except Exception as error:  # diffusers' loader fails in many types: find the part at fault and name it
-            raise _explain_load_error(error, index, index_path, folder, kwargs, package) from error
-
-    @classmethod
-    def download(cls, pretrained_model_name, **kwargs) -> str:
-        """The repository's files for this pipeline, safetensors weights only (no pickle comes from the network).
-
-        diffusers' own ``download`` would import a pushed repository's pipeline code to find its class; this class
-        is known, so the files are fetched with ``huggingface_hub.snapshot_download`` and loaded from the cache.
-        """
-        from huggingface_hub import snapshot_download
-
-        hub = {key: kwargs[key] for key in (*HUB_KWARGS, "proxies") if kwargs.get(key) is not None}
-        return snapshot_download(
-            pretrained_model_name,
-            allow_patterns=["model_index.json", "*/*.json", "*/*.safetensors"],  # configs, weights (and shard indexes)
-            **hub,
-        )
-
-    @classmethod
-    def load_config(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """diffusers' ``load_config``, with the remote-code class names of a pushed ``model_index.json``
-        (``["unet_mnist", "MnistUNet"]``) mapped to the installed package's modules, so that no remote code runs."""
-        loaded = super().load_config(pretrained_model_name_or_path, *args, **kwargs)
-        _use_installed_classes(loaded[0] if isinstance(loaded, tuple) else loaded, cls.__module__.rsplit(".", 1)[0])
-        return loaded
 
     def _prepare_class_labels(self, class_labels, batch_size: int) -> torch.Tensor | None:
         num_classes = self.unet.config.num_class_embeds
@@ -186,7 +145,7 @@ class DDPMMnistPipeline(DiffusionPipeline):
         array = images.cpu().permute(0, 2, 3, 1).float().numpy()
         return array if output_type == "np" else self.numpy_to_pil(array)
 
-    def _predict(self, sample, timestep, class_labels, guidance_scale: float) -> torch.Tensor:
+    def _predict(self, sample, timestep, class_labels, guidance_scale: float, chunk: int | None) -> torch.Tensor:
         """One network call, with classifier-free guidance on the noise channels when labels are given.
 
         The UNet runs in its own dtype (e.g. bfloat16 with ``torch_dtype=torch.bfloat16``); the sample and the
@@ -195,14 +154,15 @@ class DDPMMnistPipeline(DiffusionPipeline):
         model_input = self.scheduler.scale_model_input(sample, timestep).to(self.unet.dtype)
         timesteps = torch.full((sample.shape[0],), int(timestep), device=sample.device, dtype=torch.long)
         if class_labels is None or guidance_scale == 1.0:
-            output = self.unet(model_input, timesteps, class_labels).sample
+            output = self._unet(model_input, timesteps, class_labels, chunk)
         else:
             null = torch.full_like(class_labels, self.unet.config.num_class_embeds)
-            both = self.unet(
+            both = self._unet(
                 torch.cat([model_input, model_input]),
                 torch.cat([timesteps, timesteps]),
                 torch.cat([class_labels, null]),
-            ).sample
+                chunk,
+            )
             conditional, unconditional = both.chunk(2)
             channels = sample.shape[1]
             guided = unconditional[:, :channels] + guidance_scale * (
@@ -213,6 +173,18 @@ class DDPMMnistPipeline(DiffusionPipeline):
         if not _scheduler_takes_variance(self.scheduler):
             output = output[:, : sample.shape[1]]
         return output
+
+    def _unet(self, sample, timesteps, class_labels, chunk: int | None) -> torch.Tensor:
+        """The UNet on the whole batch, or (``chunk``) on slices of exactly ``chunk`` images, the last one padded:
+        kernels pick their arithmetic by batch size, so a fixed size makes each image's numbers its own."""
+        if chunk is None:
+            return self.unet(sample, timesteps, class_labels).sample
+        count, outputs = sample.shape[0], []
+        for start in range(0, count, chunk):
+            index = torch.arange(start, start + chunk, device=sample.device).clamp(max=count - 1)
+            labels = class_labels[index] if class_labels is not None else None
+            outputs.append(self.unet(sample[index], timesteps[index], labels).sample[: count - start])
+        return torch.cat(outputs)
 
     @torch.no_grad()
     def __call__(
@@ -226,6 +198,8 @@ class DDPMMnistPipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_trajectory: bool = False,
         return_dict: bool = True,
+        callback_on_step_end=None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
     ) -> DDPMMnistPipelineOutput | tuple:
         """Generate ``batch_size`` digits by the reverse diffusion process.
 
@@ -236,9 +210,14 @@ class DDPMMnistPipeline(DiffusionPipeline):
             guidance_interval: ``(low, high)``: guide only at timesteps t with low T <= t < high T (Kynkaenniemi et
                 al. 2024); elsewhere the UNet runs once, conditioned. ``(0, 1)`` guides every step.
             num_inference_steps: steps of a respaced chain; ``"full"`` runs the whole training chain.
-            generator: a torch generator (or one per image) for reproducible samples.
+            generator: a torch generator, or one per image: then each image is the same whatever the batch around
+                it (its noise is its own, and the UNet runs on slices of a fixed size).
             output_type: ``"pil"``, ``"np"`` or ``"pt"``.
             return_trajectory: also return every frame from x_T to x_0 with its step.
+            callback_on_step_end: diffusers' per-step hook, ``callback(pipe, i, t, callback_kwargs) -> dict``, called
+                after each step with the tensors named in ``callback_on_step_end_tensor_inputs`` (``"latents"``: the
+                sample x_{t-1}, in [-1, 1]; ``"model_output"``); a ``"latents"`` it returns replaces the sample.
+                diffusers' ``PipelineCallback`` and ``MultiPipelineCallbacks`` work too.
 
         Sampling arguments left out or None take the pipeline's saved defaults (``default_guidance_scale``, ...).
         """
@@ -248,36 +227,60 @@ class DDPMMnistPipeline(DiffusionPipeline):
             num_inference_steps, guidance_scale, guidance_interval
         )
         _check_call_arguments(batch_size, generator, output_type)
+        callbacks = self._checked_callbacks(callback_on_step_end, callback_on_step_end_tensor_inputs)
         device = self._execution_device
         labels = self._prepare_class_labels(class_labels, batch_size)
         labels = labels.to(device) if labels is not None else None
+        chunk = UNET_SLICE if isinstance(generator, list) else None
 
         # 1. x_T ~ N(0, I), and the (respaced) chain of timesteps T-1 > ... > 0
         sample = self._initial_noise(batch_size, generator, device)
         self.scheduler.set_timesteps(int(num_inference_steps), device=device)
         # read back once, as Python numbers (every scheduler's step takes them): no step then waits for the device
         timesteps = self.scheduler.timesteps.tolist()
+        self._num_timesteps = len(timesteps)
+        recorder = TrajectoryRecorder(sample) if return_trajectory else None
+        if recorder is not None:
+            callbacks.append((recorder, ["latents"]))
 
-        # Frames are numbered as in the DDPM paper, where x_t for t = T..1 is noisy and x_0 the sample: the input to
-        # the scheduler's (0-based) timestep t is the paper's x_{t+1}, so a frame's step is the timestep + 1.
-        frames, frame_steps = [], []
-        if return_trajectory:
-            frames.append(sample.cpu())
-            frame_steps.append(int(timesteps[0]) + 1)
         for i, timestep in enumerate(self.progress_bar(timesteps)):
             # 2. predict the noise (and the variance), with guidance inside the interval
             guided = guidance_low * T <= timestep < guidance_high * T
-            model_output = self._predict(sample, timestep, labels, guidance_scale if guided else 1.0)
+            model_output = self._predict(sample, timestep, labels, guidance_scale if guided else 1.0, chunk)
             # 3. x_t -> x_{t-1}: one draw from p_theta(x_{t-1} | x_t) (or the swapped-in scheduler's update)
             sample = self.scheduler.step(model_output, timestep, sample, generator=generator).prev_sample
-            # 4. record the frame: the sample now sits at the next timestep of the chain, or is x_0
-            if return_trajectory:
-                frames.append(sample.cpu())
-                frame_steps.append(int(timesteps[i + 1]) + 1 if i + 1 < len(timesteps) else 0)
+            # 4. the step's callbacks in diffusers' convention: the user's, then the trajectory's
+            for callback, names in callbacks:
+                tensors = {"latents": sample, "model_output": model_output}
+                outputs = callback(self, i, timestep, {name: tensors[name] for name in names}) or {}
+                sample = outputs.pop("latents", sample)
 
-        # 5. [-1, 1] -> [0, 1] images (and frames) in the output type asked for
+        # 5. [-1, 1] -> [0, 1] images (and frames) in the output type asked for. Frames are numbered as in the DDPM
+        # paper, where x_t for t = T..1 is noisy and x_0 the sample: the input to the scheduler's (0-based) timestep t
+        # is the paper's x_{t+1}, so a frame's step is the timestep + 1.
         self.maybe_free_model_hooks()
+        frames = recorder.frames if recorder is not None else []
+        frame_steps = [int(t) + 1 for t in timesteps] + [0] if recorder is not None else []
         return self._output(sample, labels, frames, frame_steps, output_type, return_dict)
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    def _checked_callbacks(self, callback, tensor_inputs) -> list[tuple]:
+        """[(the user's callback, the tensors it asked for)], or []; a PipelineCallback names its own tensors."""
+        if callback is None:
+            return []
+        if hasattr(callback, "tensor_inputs"):  # diffusers' PipelineCallback / MultiPipelineCallbacks
+            tensor_inputs = callback.tensor_inputs
+        tensor_inputs = list(tensor_inputs or ["latents"])
+        unknown = [name for name in tensor_inputs if name not in self._callback_tensor_inputs]
+        if unknown or not callable(callback):
+            raise ValueError(
+                f"callback_on_step_end must be callable as callback(pipe, i, t, callback_kwargs) and ask for tensors "
+                f"among {self._callback_tensor_inputs}; got {callback!r} asking for {tensor_inputs}."
+            )
+        return [(callback, tensor_inputs)]
 
     def _initial_noise(self, batch_size: int, generator, device) -> torch.Tensor:
         """x_T ~ N(0, I) in float32 (the scheduler's arithmetic stays float32 whatever the UNet's dtype)."""
@@ -399,123 +402,3 @@ def _check_guidance_interval(interval, name: str = "guidance_interval") -> tuple
             f"e.g. (0.6, 1.0) to guide only the noisiest 40% of timesteps; got {interval!r}.",
         )
     return low, high
-
-
-def _read_model_index(path_or_repo_id: str, hub_kwargs: dict) -> tuple[dict, str]:
-    """model_index.json of a local folder or a Hub repository, and where it was read, with a clear error when it is
-    missing, unreadable or not a pipeline's."""
-    if os.path.isdir(path_or_repo_id):
-        index_path = os.path.join(path_or_repo_id, "model_index.json")
-        if not os.path.isfile(index_path):
-            raise OSError(f"{path_or_repo_id} has no model_index.json: it is not a saved pipeline.")
-    else:
-        index_path = _download_model_index(path_or_repo_id, hub_kwargs)
-    try:
-        with open(index_path, encoding="utf-8") as handle:
-            index = json.load(handle)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise OSError(f"{index_path} is not a readable model_index.json ({type(error).__name__}: {error}).") from None
-    if not isinstance(index, dict):
-        raise OSError(f"{index_path} must hold a JSON object naming the pipeline's components.")
-    return index, index_path
-
-
-def _download_model_index(path_or_repo_id: str, hub_kwargs: dict) -> str:
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        HFValidationError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    try:
-        return hf_hub_download(path_or_repo_id, "model_index.json", **hub_kwargs)
-    except HFValidationError:
-        raise OSError(
-            f"{path_or_repo_id!r} is not a local folder (there is none at that path) and not a Hub repository id "
-            "(namespace/name) either. Give the folder of a saved pipeline, or a Hub id."
-        ) from None
-    except RepositoryNotFoundError:
-        raise OSError(
-            f"{path_or_repo_id!r} is neither a local folder nor a Hub repository you can access. Check the id "
-            "(namespace/name), log in for a private repository, or give the path of a saved pipeline."
-        ) from None
-    except RevisionNotFoundError:
-        raise OSError(f"{path_or_repo_id!r} has no revision {hub_kwargs.get('revision')!r}.") from None
-    except EntryNotFoundError:
-        raise OSError(f"{path_or_repo_id!r} holds no model_index.json: it is not a saved pipeline.") from None
-    except LocalEntryNotFoundError:
-        raise OSError(
-            f"There is no local folder {path_or_repo_id!r}, and the Hub repository of that name could not be "
-            "reached (offline, or not in the cache). Check the path, or connect and try again."
-        ) from None
-
-
-def _use_installed_classes(index: dict, package: str) -> dict:
-    """Map a pushed repository's remote-code names to the installed package, in place: ``_class_name``
-    ``["pipeline_ddpm_mnist", "DDPMMnistPipeline"]`` becomes ``"DDPMMnistPipeline"`` and a component's
-    ``["unet_mnist", "MnistUNet"]`` becomes ``["<package>.unet_mnist", "MnistUNet"]`` (diffusers would otherwise
-    import the copies in the repository)."""
-    if isinstance(index.get("_class_name"), list) and len(index["_class_name"]) == 2:
-        index["_class_name"] = index["_class_name"][1]
-    for name, entry in index.items():
-        if name.startswith("_") or not _is_library_class_pair(entry) or "." in entry[0]:
-            continue
-        module = f"{package}.{entry[0]}"
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except (ImportError, ValueError):
-            found = False
-        if found:
-            index[name] = [module, entry[1]]
-    return index
-
-
-def _is_library_class_pair(entry) -> bool:
-    return isinstance(entry, list) and len(entry) == 2 and all(isinstance(part, str) for part in entry)
-
-
-def _component_class(index: dict, name: str, index_path: str, package: str):
-    """The class model_index.json names for a component (after the remote-code mapping), or an OSError naming it."""
-    entry = _use_installed_classes(dict(index), package).get(name)
-    if not _is_library_class_pair(entry):
-        raise OSError(f"{index_path} does not name the {name!r} component as [library, class]; got {entry!r}.")
-    for library in (entry[0], package, "diffusers"):
-        try:
-            component_class = getattr(importlib.import_module(library), entry[1], None)
-        except ImportError:
-            component_class = None
-        if component_class is not None:
-            return component_class
-    raise OSError(
-        f"{index_path} names {name} class {entry[1]!r} in {entry[0]!r}, which neither that library, "
-        f"{package} nor diffusers has."
-    )
-
-
-def _check_component_entry(index: dict, name: str, index_path: str, folder: str | None, package: str):
-    """Before diffusers loads anything: the component is named as a class that exists, and its folder is there."""
-    _component_class(index, name, index_path, package)
-    if folder is not None and not os.path.isdir(os.path.join(folder, name)):
-        raise OSError(f"{os.path.join(folder, name)} is missing: a saved pipeline has a {name}/ folder.")
-
-
-def _explain_load_error(error: Exception, index: dict, index_path: str, folder: str, kwargs: dict, package: str):
-    """The error of a failed load, naming the part at fault: each component is loaded alone until one fails; if
-    none does, the fault is in model_index.json (e.g. a saved default)."""
-    for name in ("unet", "scheduler"):
-        if name in kwargs or not os.path.isdir(os.path.join(folder, name)):
-            continue
-        component_class = _component_class(index, name, index_path, package)
-        try:
-            component_class.from_pretrained(folder, subfolder=name)
-        except Exception as part_error:  # noqa: BLE001 - any failure of this part is reported with its type
-            return OSError(
-                f"The {name} in {os.path.join(folder, name)} could not be loaded "
-                f"({type(part_error).__name__}: {part_error})."
-            )
-    if isinstance(error, ValueError):
-        return ValueError(f"{index_path}: {error}")
-    return error

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .pipeline_ddpm_mnist import DDPMMnistPipeline
+from .pipeline_loading import DDPMMnistPipeline
 
 SNAPSHOT_DIR = "weight_snapshots"
 SNAPSHOT_PATTERN = re.compile(r"^step-(\d+)\.safetensors$")

@@ -288,3 +288,86 @@ def test_sampling_errors_carry_the_argument_name(pipe, kwargs, argument):
     with pytest.raises(SamplingArgumentError) as caught:
         pipe(**{"batch_size": 2, "num_inference_steps": 2, **kwargs})
     assert caught.value.argument == argument and argument in str(caught.value)
+
+
+# ---------------------------------------------------------------------- diffusers' step-end callbacks
+def test_callback_on_step_end_sees_every_step_and_can_change_the_sample(pipe):
+    seen = []
+
+    def watch(pipeline, i, t, callback_kwargs):
+        seen.append((i, int(t), sorted(callback_kwargs), callback_kwargs["latents"].shape))
+        return {}
+
+    inputs = ["latents", "model_output"]
+    run(
+        pipe, batch_size=2, num_inference_steps=4, callback_on_step_end=watch, callback_on_step_end_tensor_inputs=inputs
+    )
+    assert [step for step, *_ in seen] == [0, 1, 2, 3]
+    assert [t for _, t, *_ in seen] == pipe.scheduler.timesteps.tolist()
+    assert all(names == ["latents", "model_output"] and shape == (2, 1, 28, 28) for *_, names, shape in seen)
+
+    def blank_at_the_end(pipeline, i, t, callback_kwargs):
+        return {"latents": torch.full_like(callback_kwargs["latents"], -1.0)} if i == 3 else {}
+
+    blanked = run(pipe, batch_size=2, num_inference_steps=4, output_type="pt", callback_on_step_end=blank_at_the_end)
+    assert torch.equal(blanked.images, torch.zeros_like(blanked.images))  # -1 is black after [-1, 1] -> [0, 1]
+
+
+def test_the_trajectory_is_what_a_step_end_callback_sees(pipe):
+    frames = []
+
+    def keep(pipeline, i, t, callback_kwargs):
+        frames.append(callback_kwargs["latents"].clone())
+        return {}
+
+    out = run(pipe, batch_size=2, num_inference_steps=5, output_type="pt", return_trajectory=True,
+              callback_on_step_end=keep)  # fmt: skip
+    assert len(out.trajectory) == len(frames) + 1  # the noise, then one frame per step
+    for frame, latents in zip(out.trajectory[1:], frames, strict=True):
+        assert torch.equal(frame, (latents / 2 + 0.5).clamp(0, 1))
+
+
+def test_diffusers_pipeline_callback_objects_work(pipe):
+    from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+
+    class CountSteps(PipelineCallback):
+        tensor_inputs = ["latents"]
+
+        def __init__(self):
+            super().__init__(cutoff_step_ratio=None, cutoff_step_index=1000)  # diffusers asks for one of them
+            self.calls = 0
+
+        def callback_fn(self, pipeline, step_index, timestep, callback_kwargs):
+            self.calls += 1
+            return callback_kwargs
+
+    first, second = CountSteps(), CountSteps()
+    run(pipe, batch_size=1, num_inference_steps=3, callback_on_step_end=MultiPipelineCallbacks([first, second]))
+    assert first.calls == second.calls == 3
+
+
+@pytest.mark.parametrize("callback, inputs", [("not callable", None), (lambda *a: {}, ["noise_pred"])])
+def test_a_bad_callback_is_refused_by_name(pipe, callback, inputs):
+    with pytest.raises(ValueError, match="callback_on_step_end"):
+        run(pipe, batch_size=1, num_inference_steps=2, callback_on_step_end=callback,
+            callback_on_step_end_tensor_inputs=inputs)  # fmt: skip
+
+
+# ---------------------------------------------------------------------- one generator per image
+@pytest.mark.numerics
+@pytest.mark.parametrize("guidance_scale", [1.0, 3.0])
+def test_an_image_with_its_own_generator_does_not_change_with_the_batch_around_it(pipe, guidance_scale):
+    """diffusers users ask for this: with one generator per image, image k is the same alone, among 4 or among 11
+    (whose UNet batches straddle the fixed slices), however its neighbours were seeded."""
+
+    def images(seeds, labels):
+        generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        out = run(pipe, batch_size=len(seeds), class_labels=labels, num_inference_steps=4, output_type="pt",
+                  guidance_scale=guidance_scale, generator=generators)  # fmt: skip
+        return out.images
+
+    alone = images([7], [3])[0]
+    among_four = images([1, 2, 7, 4], [0, 1, 3, 5])[2]
+    among_eleven = images([*range(20, 29), 7, 30], [*range(9), 3, 9])[9]
+    assert torch.equal(alone, among_four) and torch.equal(alone, among_eleven)
+    assert not torch.equal(alone, images([8], [3])[0])  # and the seed still matters

@@ -17,7 +17,7 @@ from torch.optim.lr_scheduler import ConstantLR, LinearLR, SequentialLR
 from ..batch_plan import BatchPlan, lognormal_timestep_probabilities
 from ..data import DatasetError, load_mnist_dataset, select_digits, to_training_tensors
 from ..hardware import PrecisionChoice
-from ..pipeline_ddpm_mnist import DDPMMnistPipeline
+from ..pipeline_loading import DDPMMnistPipeline
 from ..scheduling_ddpm_cosine import CosineDDPMScheduler
 from ..training_config import WSD, ConfigError, TrainingConfig
 from ..unet_mnist import MnistUNet
