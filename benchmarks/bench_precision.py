@@ -1,6 +1,6 @@
 """What bfloat16 costs or saves on this machine: one training step of the default run, float32 against bf16 autocast.
 
-    python benchmarks/bench_precision.py [--batch_size 32] [--steps 3]
+    python -m benchmarks.bench_precision [--batch_size 32] [--steps 3]
 
 This is the measurement behind ``mixed_precision: auto`` (ddpm_pipeline/hardware.py): on a CPU with native bf16
 (AVX512_BF16 or AMX) the bf16 step is faster; without it PyTorch falls back to slow reference kernels and the bf16
@@ -11,11 +11,12 @@ benchmarks/results/bench_precision{tag}.json with the machine and what ``auto`` 
 
 import argparse
 import sys
-from pathlib import Path
+import tempfile
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.bench_train import build, training_step  # noqa: E402
-from benchmarks.common import device, machine, print_table, seconds_per_call, write_json  # noqa: E402
+from accelerate.state import AcceleratorState
+
+from benchmarks.bench_train import build_ours
+from benchmarks.common import device, machine, print_table, seconds_per_call, write_json
 
 
 def main():
@@ -29,9 +30,10 @@ def main():
     dev = device()
     rows = []
     for precision in ("fp32", "bf16"):
-        network, scheduler, optimizer, x0, labels = build("ours", args.batch_size, dev)
-        step = training_step("ours", network, scheduler, optimizer, x0, labels, precision)
-        seconds = seconds_per_call(step, args.steps, warmup=1)
+        AcceleratorState._reset_state(True)  # one Accelerator per precision in this process
+        with tempfile.TemporaryDirectory() as work_dir:
+            _, step = build_ours(args.batch_size, precision, tune_allocator=True, compiled=False, work_dir=work_dir)
+            seconds = seconds_per_call(step, args.steps, warmup=1)
         rows.append(
             {"precision": precision, "seconds_per_step": seconds, "images_per_second": args.batch_size / seconds}
         )

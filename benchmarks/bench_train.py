@@ -1,6 +1,6 @@
 """Training throughput: our default UNet against the diffusers-course UNet2DModel, same batch and data.
 
-    python benchmarks/bench_train.py [--batch_size 128] [--steps 6] [--no_tune_allocator]
+    python -m benchmarks.bench_train [--batch_size 128] [--steps 6] [--no_tune_allocator]
 
 Each configuration runs in its own process (so peak memory is its own), doing full training steps. Ours is
 train_ddpm.py's own step (`setup_run` + `optimizer_step`: the one objective, clipping, the divergence guard, AdamW,
@@ -19,12 +19,11 @@ import resource
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
+    ROOT,
     ceiling_for,
     ceiling_probe,
     ceilings,
@@ -158,9 +157,9 @@ def measure(name: str, model, step, batch_size: int, steps: int, allocator_tuned
 
 def run_in_subprocess(name: str, args) -> dict:
     """One configuration in its own process, so that its peak memory and page faults are its own."""
-    command = [sys.executable, __file__, "--single", name, "--batch_size", str(args.batch_size)]
+    command = [sys.executable, "-m", "benchmarks.bench_train", "--single", name, "--batch_size", str(args.batch_size)]
     command += ["--steps", str(args.steps), *(["--no_tune_allocator"] if args.no_tune_allocator else [])]
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    result = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT)
     row = json.loads(result.stdout.strip().splitlines()[-1])
     print(f"{name}: {row['images_per_second']:.0f} images/s", file=sys.stderr)
     return row

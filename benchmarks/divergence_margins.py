@@ -1,18 +1,16 @@
 """How far a healthy run stays from the divergence guard's thresholds (ddpm_pipeline/divergence.py).
 
-    python benchmarks/divergence_margins.py outputs/study/.../logs   # a run's TensorBoard folder
+    python -m benchmarks.divergence_margins outputs/study/.../logs   # a run's TensorBoard folder
 
 Replays the guard's tests on the logged loss, gradient norm and weight norm of every step and prints the largest
 ratio each reached, next to the threshold that would stop the run. Writes benchmarks/results/divergence_margins.json.
 """
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import machine, print_table, write_json  # noqa: E402
-from ddpm_pipeline import divergence  # noqa: E402
+from benchmarks.common import machine, print_table, write_json
+from ddpm_pipeline import divergence
 
 
 def read_scalars(log_dir: Path) -> dict[str, list[float]]:

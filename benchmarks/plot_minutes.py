@@ -3,7 +3,7 @@ bench_time_to_quality, if given): one line per model, at the first guidance scal
 legend names it) and at the guidance the sweep's rule picks for each budget (dashed;
 ddpm_pipeline.guidance_sweep.choose: readable, the asked-for digit, then the lowest FID).
 
-    python benchmarks/plot_minutes.py benchmarks/results/study_minutes_zen4.json [--reference FILE] --out PNG
+    python -m benchmarks.plot_minutes benchmarks/results/study_minutes_zen4.json [--reference FILE] --out PNG
 """
 
 import argparse
@@ -14,7 +14,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def curves(rows: list[dict]) -> dict[str, dict[str, list]]:

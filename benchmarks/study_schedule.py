@@ -1,6 +1,6 @@
 """Warmup-stable-decay against cosine at equal budgets: which learning-rate schedule to rely on for long runs.
 
-    python benchmarks/study_schedule.py --steps 1540,4620 [--flags '...'] [--tag _zen4]
+    python -m benchmarks.study_schedule --steps 1540,4620 [--flags '...'] [--tag _zen4]
 
 Every run is `train_ddpm.py` (the product's own path) with the default config plus --flags. Cosine trains one run per
 budget. WSD trains one run of the longest budget and branches a cooldown (20% of each shorter budget) from the
@@ -18,10 +18,16 @@ import shlex
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from benchmarks.common import machine, print_table, train_once, write_json  # noqa: E402
-from benchmarks.study_recipe import score  # noqa: E402
+from benchmarks.common import (
+    ROOT,
+    cooldown_start,
+    machine,
+    print_table,
+    score_model,
+    train_cooldown_branch,
+    train_once,
+    write_json,
+)
 
 COOLDOWN_FRACTION = 0.2
 
@@ -33,15 +39,15 @@ def train_all(budgets: list[int], base: list[str], work: Path) -> dict[tuple[str
     for steps in budgets:
         runs["cosine", steps] = train_once(work / f"cosine_{steps}", [*base, "--max_train_steps", str(steps)])
     longest = max(budgets)
-    branch_points = {steps: steps - round(COOLDOWN_FRACTION * steps) for steps in budgets if steps != longest}
+    branch_points = {steps: cooldown_start(steps, COOLDOWN_FRACTION) for steps in budgets if steps != longest}
     every = math.gcd(*branch_points.values()) if branch_points else 0
     wsd = [*base, "--lr_scheduler", "wsd", "--lr_cooldown_fraction", str(COOLDOWN_FRACTION)]
     keep = ["--checkpointing_steps", str(every), "--checkpoints_total_limit", "1000"]
     runs["wsd", longest] = train_once(work / f"wsd_{longest}", [*wsd, "--max_train_steps", str(longest), *keep])
     for steps, start in branch_points.items():
-        checkpoint = runs["wsd", longest] / f"checkpoint-{start}"
-        branch = ["--cooldown_from", str(checkpoint), "--lr_cooldown_steps", str(steps - start)]
-        runs["wsd", steps] = train_once(work / f"wsd_{steps}_from_{start}", [*wsd, *branch])
+        runs["wsd", steps] = train_cooldown_branch(
+            runs["wsd", longest], steps, start, wsd, work / f"wsd_{steps}_from_{start}"
+        )
     return runs
 
 
@@ -60,7 +66,7 @@ def main():
     for (schedule, steps), folder in sorted(runs.items(), key=lambda item: (item[0][1], item[0][0])):
         info = json.loads((folder / "run_info.json").read_text())
         for scale in (float(g) for g in args.guidance.split(",")):
-            scores = score(folder, (10, scale, (0.4, 0.8)), args.num_samples)
+            scores = score_model(folder, (10, scale, (0.4, 0.8)), args.num_samples)
             row = {"schedule": schedule, "steps": steps, "train_seconds": info["train_seconds"], "guidance": scale}
             rows.append({**row, **scores, "command": info["command"]})
             print(rows[-1], file=sys.stderr)

@@ -8,7 +8,7 @@ import argparse
 import types
 import typing
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import yaml
 
@@ -113,11 +113,17 @@ def _flag_reader(name: str, annotation):
     base = _leaf(annotation)
     takes_list = typing.get_origin(base) is list or any(typing.get_origin(a) is list for a in typing.get_args(base))
     only_list = typing.get_origin(base) is list
+    # text as it is (YAML would read --mixed_precision no as false): strings, and choices among strings
+    text_only = (
+        base is str
+        or (typing.get_origin(base) is Annotated and typing.get_args(base)[0] is str)
+        or (typing.get_origin(base) is Literal and all(isinstance(choice, str) for choice in typing.get_args(base)))
+    )
 
     def read(text: str):
         if optional and text.strip().lower() in ("none", "null", "~"):
             return None
-        if base is str or typing.get_origin(base) is Annotated and typing.get_args(base)[0] is str:
+        if text_only:
             return text
         if takes_list and (only_list or "," in text) and not text.strip().startswith("["):
             text = f"[{text}]"

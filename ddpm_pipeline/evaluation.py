@@ -236,6 +236,24 @@ def evaluate_pipeline(
     return result
 
 
+def headline_figures(result: dict) -> dict:
+    """The figures a comparison reads from an evaluation (``evaluate_pipeline`` or ``score_samples``): FID and its
+    real-vs-real floor, their ratio, clear rate and digit accuracy beside the real digits', and where measured,
+    coverage and memorization."""
+    figures = {key: result[key] for key in ("fid", "fid_real_floor", "clear_rate", "digit_accuracy")}
+    figures["fid_over_floor"] = result["fid"] / result["fid_real_floor"]
+    figures["real_clear_rate"], figures["real_digit_accuracy"] = (
+        result["real_clear_rate"],
+        result["real_digit_accuracy"],
+    )
+    if "coverage" in result:
+        figures["coverage"] = result["coverage"]
+    if "memorization" in result:
+        figures["memorization_median"] = result["memorization"]["median_ratio"]
+        figures["memorization_below_0.5"] = result["memorization"]["share_below_0.5"]
+    return figures
+
+
 def evaluate_into_folder(pipe, folder, reference: str, **settings) -> dict:
     """``evaluate_pipeline`` at the pipeline's default call against ``reference``'s held-out digits (its name recorded
     beside the figures), written to FOLDER/evaluation.json, which the model card reads: the one writer of that file,

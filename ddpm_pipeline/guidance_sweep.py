@@ -20,7 +20,7 @@ import argparse
 from pathlib import Path
 
 from .constants import DTYPE_CHOICES
-from .evaluation import evaluate_into_folder, evaluate_pipeline, reference_for
+from .evaluation import evaluate_into_folder, evaluate_pipeline, headline_figures, reference_for
 from .hardware import prepare_for_sampling
 from .pictures import sample_grid, trajectory_picture
 from .pipeline_loading import DDPMMnistPipeline
@@ -151,17 +151,14 @@ def sweep(
 
 def _row(scale: float, interval, result: dict) -> dict:
     """One setting's figures beside the real digits' (the rule reads both)."""
+    figures = headline_figures(result)
     return {
         "guidance_scale": scale,
         "guidance_interval": [float(bound) for bound in interval],
-        "fid": result["fid"],
-        "fid_real_floor": result["fid_real_floor"],
-        "clear_rate": result["clear_rate"],
-        "digit_accuracy": result["digit_accuracy"],
-        "coverage": result["coverage"],
-        "memorization": result["memorization"]["median_ratio"],
-        "real_clear_rate": result["real_clear_rate"],
-        "real_digit_accuracy": result["real_digit_accuracy"],
+        **{key: figures[key] for key in ("fid", "fid_real_floor", "clear_rate", "digit_accuracy", "coverage")},
+        "memorization": figures["memorization_median"],
+        "real_clear_rate": figures["real_clear_rate"],
+        "real_digit_accuracy": figures["real_digit_accuracy"],
     }
 
 

@@ -166,3 +166,10 @@ def test_every_key_has_help_and_a_default_that_validates():
         assert field.description, name
     assert load_config(TrainingConfig().to_dict()) == TrainingConfig()
     assert yaml.safe_load(yaml.safe_dump(TrainingConfig().to_dict())) == TrainingConfig().to_dict()
+
+
+def test_choice_flags_are_read_as_text_not_yaml():
+    """YAML reads no, yes, on and off as booleans; a flag that chooses among words keeps the word."""
+    assert parse_training_config(["--mixed_precision", "no"]).mixed_precision == "no"
+    assert parse_training_config(["--logger", "none"]).logger == "none"
+    assert parse_training_config(["--sampling_order", "2"]).sampling_order == 2
