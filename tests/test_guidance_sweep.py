@@ -28,7 +28,7 @@ def test_the_lowest_fid_among_readable_scales_wins():
 
 
 def test_readable_but_wrong_digits_lose_to_a_scale_that_draws_the_asked_for_ones():
-    """The flagship's sweep (2026-12-02): at 1.5 the digits were readable but 0.989 right, at 1.75 0.994 right."""
+    """The flagship's sweep: at 1.5 the digits were readable but 0.989 right, at 1.75 0.994 right."""
     rows = [row(1.5, 15.1, 0.967, 0.975, 0.989), row(1.75, 17.1, 0.974, 0.975, 0.994), row(2.0, 19.3, 0.979)]
     assert choose(rows)["guidance_scale"] == 1.75
     # the floor is absolute: real digits the classifier reads 0.98 right do not lower it to 0.975
@@ -87,7 +87,7 @@ def test_saving_a_choice_redraws_the_pictures_and_scores_the_new_default_call(tm
 
 def test_intervals_are_choices_too_and_the_table_names_them():
     """Guidance that reaches T makes readable digits where a larger scale does not (the quickstart trained in float32
-    with AVX2 kernels, 2026-12-02: clear 0.942 at 4 on [0.4 T, 0.8 T), 0.968 at 3 on [0.4 T, 1.0 T))."""
+    with AVX2 kernels: clear 0.942 at 4 on [0.4 T, 0.8 T), 0.968 at 3 on [0.4 T, 1.0 T))."""
     from ddpm_pipeline.sweep_results import sweep_table
 
     narrow, wide = [0.4, 0.8], [0.4, 1.0]

@@ -54,7 +54,7 @@ def resume(run: Run):
     saved = read_training_state(checkpoint)
     check_same_global_batch(run, saved, checkpoint)
     state.global_step = state.resumed_from_step = saved["global_step"]
-    state.earlier_seconds = saved.get("train_seconds")  # checkpoints before 2026-12-02 did not record it
+    state.earlier_seconds = saved.get("train_seconds")  # older checkpoints did not record it
     if state.global_step:
         state.last_picture_epoch = run.parts.plan.epoch_of(state.global_step * run.accumulation)
     if run.budget is not None:
