@@ -1,9 +1,11 @@
-"""Preemption and shared clusters: SIGTERM/SIGUSR1 stop a run with a whole checkpoint, a full disk keeps `latest` on
-the last whole checkpoint, and two runs never share an output folder."""
+"""Every way a run is asked to stop (Ctrl-C, SIGHUP, SIGTERM, SIGUSR1) ends with a whole checkpoint and a command
+that continues it; a full disk keeps `latest` on the last whole checkpoint; two runs never share an output folder."""
 
 import errno
 import json
 import os
+import random
+import shlex
 import signal
 import socket
 import subprocess
@@ -14,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from ddpm_pipeline.checkpointing import list_checkpoints
-from ddpm_pipeline.preemption import EXIT_PREEMPTED, LOCK_FILE, OutputDirInUse, RunLock
+from ddpm_pipeline.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED, LOCK_FILE, OutputDirInUse, RunLock, StopRequest
 from ddpm_pipeline.training import step as training_step
 from ddpm_pipeline.training.main import main as train_main
 from tests.conftest import tiny_args
@@ -24,36 +26,80 @@ def weights(folder):
     return load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
 
 
-@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGUSR1])
-def test_a_stop_signal_saves_the_step_and_the_requeued_run_continues_exactly(
-    tmp_path, monkeypatch, capsys, signal_number
+STOPS = [(signal.SIGINT, EXIT_INTERRUPTED), (signal.SIGTERM, EXIT_PREEMPTED), (signal.SIGUSR1, EXIT_PREEMPTED),
+         (signal.SIGHUP, EXIT_PREEMPTED)]  # fmt: skip
+
+
+def printed_command(message: str) -> list[str]:
+    """The flags of the command a stopped run printed (after `... train_ddpm.py`)."""
+    line = next(line for line in message.splitlines() if "train_ddpm.py" in line)
+    words = shlex.split(line)
+    return words[words.index("train_ddpm.py") + 1 :]
+
+
+@pytest.mark.parametrize("signal_number, exit_code", STOPS, ids=[s.name for s, _ in STOPS])
+def test_every_stop_signal_saves_the_step_and_the_printed_command_continues_exactly(
+    tmp_path, monkeypatch, capsys, signal_number, exit_code
 ):
-    """The signal arrives during step 5 (sent by the process to itself, as a scheduler would): the step finishes, a
-    whole checkpoint of it is written, the run exits with EXIT_PREEMPTED and the command to requeue; that command
-    trains the same weights as a run that was never stopped."""
-    common = ["--max_train_steps", "8", "--checkpointing_steps", "100"]
+    """The signal arrives during a random step of a run with periodic checkpoints off (sent by the process to itself,
+    as a terminal or a scheduler would): the step finishes, a whole checkpoint of it is written, the lock is released,
+    the run exits with the signal's code (130 for Ctrl-C) and prints a command; that command trains the same weights
+    as a run that was never stopped."""
+    common = ["--max_train_steps", "8", "--checkpointing_steps", "0"]
     straight = tmp_path / "straight"
     assert train_main(tiny_args(straight, *common)) == 0
+    at = random.Random(signal_number).randint(2, 7)
     real_loss, calls = training_step.training_losses, {"n": 0}
 
     def signalled(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 5:
+        if calls["n"] == at:
             os.kill(os.getpid(), signal_number)
         return real_loss(*args, **kwargs)
 
     monkeypatch.setattr(training_step, "training_losses", signalled)
     stopped = tmp_path / "stopped"
-    assert train_main(tiny_args(stopped, *common)) == EXIT_PREEMPTED
+    assert train_main(tiny_args(stopped, *common)) == exit_code
     message = capsys.readouterr().err
-    assert signal.Signals(signal_number).name in message and "step 5 is saved" in message
-    assert [p.name for p in list_checkpoints(stopped)] == ["checkpoint-5"]
+    assert signal.Signals(signal_number).name in message and f"step {at} is saved" in message
+    assert "Traceback" not in message and "KeyboardInterrupt" not in message
+    assert [p.name for p in list_checkpoints(stopped)] == [f"checkpoint-{at}"]
+    assert not (stopped / LOCK_FILE).exists()  # the lock went with the run
     assert signal.getsignal(signal_number) in (signal.SIG_DFL, signal.default_int_handler)  # handlers restored
     monkeypatch.undo()
-    assert train_main(tiny_args(stopped, *common, "--resume_from_checkpoint", "latest")) == 0
+    command = printed_command(message)
+    assert command[-2:] == ["--resume_from_checkpoint", "latest"]
+    assert train_main(command) == 0
     a, b = weights(straight), weights(stopped)
     assert all(torch.equal(a[name], b[name]) for name in a)
-    assert not (stopped / LOCK_FILE).exists()  # the lock went with the run
+
+
+def test_a_second_ctrl_c_says_the_save_is_under_way_and_a_third_abandons_it(capsys):
+    stop = StopRequest()
+    stop._record(signal.SIGINT, None)
+    assert stop.asked and stop.exit_code == EXIT_INTERRUPTED and capsys.readouterr().err == ""
+    stop.saving = True
+    stop._record(signal.SIGINT, None)
+    said = capsys.readouterr().err
+    assert "checkpoint is being saved" in said and "once more to abandon" in said
+    with pytest.raises(KeyboardInterrupt, match="last whole checkpoint stays"):
+        stop._record(signal.SIGINT, None)
+
+
+def test_a_stop_during_set_up_saves_nothing_and_says_so(tmp_path, monkeypatch, capsys):
+    from ddpm_pipeline.training import loop
+
+    real_build = loop.build_components
+
+    def interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the data loads
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "build_components", interrupted)
+    assert train_main(tiny_args(tmp_path / "run", "--max_train_steps", "4")) == EXIT_INTERRUPTED
+    message = capsys.readouterr().err
+    assert "during set-up: nothing was trained or saved" in message and "Traceback" not in message
+    assert not list_checkpoints(tmp_path / "run") and not (tmp_path / "run" / LOCK_FILE).exists()
 
 
 def test_a_full_disk_keeps_latest_on_the_last_whole_checkpoint(tmp_path, monkeypatch, capsys):
