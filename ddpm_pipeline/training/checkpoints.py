@@ -58,7 +58,7 @@ def resume(run: Run):
     if state.global_step:
         state.last_picture_epoch = run.parts.plan.epoch_of(state.global_step * run.accumulation)
     if run.budget is not None:
-        run.budget.spent = state.earlier_seconds or 0.0
+        run.budget.spent = saved.get("budget_seconds_spent", state.earlier_seconds or 0.0)
         if saved.get("max_train_steps", UNKNOWN_LENGTH) < UNKNOWN_LENGTH:  # planned: re-planned on if not final yet
             state.total_steps = run.budget.planned_steps = saved["max_train_steps"]
             final = "final" if saved.get("time_budget_fixed") else "planned so far"
@@ -122,6 +122,8 @@ def save_checkpoint(run: Run):
         "time_budget_fixed": run.budget is not None and run.budget.final(state.global_step),
         "train_seconds": run.training_seconds(),
     }
+    if run.budget is not None:
+        extra["budget_seconds_spent"] = run.budget.elapsed
     path = save_checkpoint_atomically(
         parts.accelerator, run.output_dir, state.global_step, extra, total_limit=run.config.checkpoints_total_limit
     )
