@@ -234,6 +234,10 @@ class TrainingConfig(BaseModel):
         if self.cooldown_from:
             if not self.lr_cooldown_steps:
                 self._fail("cooldown_from", "say how long the cooldown is: --lr_cooldown_steps N.")
+            if self.cooldown_from == "latest":
+                self._fail("cooldown_from", "name the checkpoint of the run to branch from (e.g. "
+                           "outputs/long/checkpoint-6000); to continue a stopped branch, add --resume_from_checkpoint "
+                           "latest to the branch's own command.")  # fmt: skip
             if self.time_budget:
                 self._fail("cooldown_from", "a cooldown branch has its own length: leave out --time_budget.")
             if Path(self.cooldown_from).resolve().parent == Path(self.output_dir).resolve():

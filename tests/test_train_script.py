@@ -514,3 +514,58 @@ def test_wsd_survives_runs_no_longer_than_their_warm_up(total):
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     build_lr_scheduler(config, optimizer, total, at_step=total)
     assert 0.0 <= optimizer.param_groups[0]["lr"] <= config.learning_rate
+
+
+def test_a_preempted_cooldown_branch_resumes_by_its_printed_command_or_by_latest_alone(tmp_path, monkeypatch, capsys):
+    """SIGTERM during a cooldown branch: the command it prints (its own flags and --resume_from_checkpoint latest)
+    trains the weights of a branch that was never stopped; so does `--resume_from_checkpoint latest` without the
+    branch's flags (its checkpoint holds them); a flag that contradicts the checkpoint is refused, naming both."""
+    import shlex
+    import signal
+
+    common = ["--lr_scheduler", "wsd", "--lr_warmup_steps", "2"]
+    main_run = tmp_path / "main"
+    long_run = ["--max_train_steps", "12", "--checkpointing_steps", "4", "--checkpoints_total_limit", "3"]
+    assert train_main(tiny_args(main_run, *common, *long_run)) == 0
+    branch_flags = [*common, "--cooldown_from", str(main_run / "checkpoint-4"), "--lr_cooldown_steps", "6"]
+    straight = tmp_path / "straight"
+    assert train_main(tiny_args(straight, *branch_flags)) == 0
+    assert json.loads((straight / "run_info.json").read_text())["global_step"] == 10
+
+    real, calls = training_step.training_losses, {"n": 0}
+
+    def stopped(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the branch's third step: step 7
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    for name, resume in [("printed", None), ("latest_alone", ["--resume_from_checkpoint", "latest"])]:
+        calls["n"] = 0
+        monkeypatch.setattr(training_step, "training_losses", stopped)
+        branch = tmp_path / name
+        assert train_main(tiny_args(branch, *branch_flags)) == 75
+        message = capsys.readouterr().err
+        monkeypatch.undo()
+        if resume is None:
+            words = shlex.split(next(line for line in message.splitlines() if "train_ddpm.py" in line))
+            resume_args = words[words.index("train_ddpm.py") + 1 :]
+        else:
+            resume_args = tiny_args(branch, *resume)
+            contradiction = tiny_args(branch, *resume, "--lr_cooldown_steps", "9")
+            assert train_main(contradiction) == 2
+            said = capsys.readouterr().err
+            assert "lr_cooldown_steps 6" in said and "--lr_cooldown_steps 9" in said
+        assert train_main(resume_args) == 0, capsys.readouterr().err
+        assert json.loads((branch / "run_info.json").read_text())["global_step"] == 10
+        a, b = unet_weights(straight), unet_weights(branch)
+        assert all(torch.equal(a[key], b[key]) for key in a), name
+
+
+def test_cooldown_from_latest_is_refused_with_what_to_give(tmp_path, capsys):
+    flags = ["--lr_scheduler", "wsd", "--lr_cooldown_steps", "4", "--cooldown_from", "latest"]
+    assert train_main(tiny_args(tmp_path / "run", *flags)) == 2
+    message = capsys.readouterr().err
+    assert (
+        "'cooldown_from'" in message and "checkpoint-6000" in message and "--resume_from_checkpoint latest" in message
+    )

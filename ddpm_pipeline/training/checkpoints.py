@@ -5,6 +5,7 @@ from pathlib import Path
 
 from ..checkpointing import CheckpointError, read_training_state, resolve_checkpoint, save_checkpoint_atomically
 from ..divergence import all_finite
+from ..training_config import TrainingConfig
 from .components import build_lr_scheduler
 from .recovery import UNKNOWN_LENGTH, TrainingDivergedError, divergence_message
 from .state import Run
@@ -12,14 +13,49 @@ from .state import Run
 logger = logging.getLogger(__name__)
 
 
-def planned_length(config, steps_per_epoch: int) -> int | None:
-    """The run's length in steps before any checkpoint is read: max_train_steps, else the epochs; a cooldown branch
-    is its checkpoint's step plus the cooldown; None for a --time_budget run (its speed decides)."""
-    if config.cooldown_from:
-        checkpoint = resolve_checkpoint(config.output_dir, config.cooldown_from, None, config.model_signature())
-        return read_training_state(checkpoint)["global_step"] + config.lr_cooldown_steps
+# What a run's checkpoints record of its command, and a resume takes from them where its own command is silent: the
+# run's length and learning-rate schedule (a cooldown branch's and a budgeted run's included).
+RUN_SETTINGS = ("time_budget", "lr_scheduler", "lr_warmup_steps", "lr_cooldown_steps", "lr_cooldown_fraction",
+                "cooldown_from")  # fmt: skip
+
+
+def own_checkpoint(config: TrainingConfig) -> tuple[Path | None, dict | None]:
+    """The checkpoint of this run that --resume_from_checkpoint names (``latest``: the newest that verifies, or none
+    yet), verified, with its state."""
+    if not config.resume_from_checkpoint:
+        return None, None
+    checkpoint = resolve_checkpoint(config.output_dir, config.resume_from_checkpoint, None, config.model_signature())
+    return (checkpoint, read_training_state(checkpoint)) if checkpoint is not None else (None, None)
+
+
+def with_recorded_settings(config: TrainingConfig, checkpoint: Path, saved: dict) -> TrainingConfig:
+    """``config`` with the length and schedule its checkpoint recorded, for every such key the command leaves out;
+    a key the command sets to another value is refused, naming both."""
+    recorded = saved.get("run_settings")
+    if not recorded:  # checkpoints of older versions: the command's own settings
+        return config
+    given = config.model_fields_set
+    for key, value in recorded.items():
+        if key in given and getattr(config, key) != value:
+            raise CheckpointError(
+                f"{checkpoint} belongs to a run with {key} {value!r}; this command gives --{key} "
+                f"{getattr(config, key)!r}. Leave --{key} out to continue that run as it was planned, or start a new "
+                "run in another --output_dir (a wsd run can branch a cooldown of its own with --cooldown_from)."
+            )
+    return config.with_values(**{key: value for key, value in recorded.items() if key not in given})
+
+
+def planned_length(config: TrainingConfig, steps_per_epoch: int, saved: dict | None = None) -> int | None:
+    """The run's length in steps: a cooldown branch's is its branch point's step plus the cooldown (as its own
+    checkpoint, ``saved``, recorded it once it has one); None for a --time_budget run (its speed decides); else
+    max_train_steps, or the epochs."""
     if config.time_budget is not None:
         return None
+    if config.cooldown_from:
+        if saved is not None and "max_train_steps" in saved:
+            return saved["max_train_steps"]
+        checkpoint = resolve_checkpoint(config.output_dir, config.cooldown_from, None, config.model_signature())
+        return read_training_state(checkpoint)["global_step"] + config.lr_cooldown_steps
     return config.max_train_steps or config.num_epochs * steps_per_epoch
 
 
@@ -32,16 +68,23 @@ def rebuild_lr_schedule(run: Run):
 
 
 def resume(run: Run):
-    """Load the checkpoint asked for, verified (``latest`` may find none yet), and continue from its step with this
-    config's learning-rate schedule (and, for a --time_budget run, the length and time its checkpoint recorded)."""
+    """Continue from this run's own checkpoint (--resume_from_checkpoint, found at set-up), or a cooldown branch's
+    first checkpoint (--cooldown_from), verified, with this config's learning rate (and, for a --time_budget run, the
+    length and time its checkpoint recorded)."""
     config, state, accelerator = run.config, run.state, run.parts.accelerator
-    source = config.cooldown_from or config.resume_from_checkpoint
-    if not source:
-        return
-    checkpoint = resolve_checkpoint(run.output_dir, source, state.total_steps, config.model_signature())
+    checkpoint = run.resumes_from
+    if checkpoint is None and config.cooldown_from:
+        checkpoint = resolve_checkpoint(run.output_dir, config.cooldown_from, None, config.model_signature())
     if checkpoint is None:
-        logger.info("No checkpoint in %s verifies yet; starting from scratch.", run.output_dir)
+        if config.resume_from_checkpoint:
+            logger.info("No checkpoint in %s verifies yet; starting from scratch.", run.output_dir)
         return
+    step = read_training_state(checkpoint)["global_step"]
+    if state.total_steps is not None and step > state.total_steps:
+        raise CheckpointError(
+            f"{checkpoint} is at step {step}, beyond this run's {state.total_steps} steps; resume with "
+            f"--max_train_steps {step} or more, or leave the length flags out to continue the run as it was planned."
+        )
     try:
         accelerator.load_state(str(checkpoint))
     except Exception as error:
@@ -121,6 +164,7 @@ def save_checkpoint(run: Run):
         "num_processes": parts.accelerator.num_processes,
         "time_budget_fixed": run.budget is not None and run.budget.final(state.global_step),
         "train_seconds": run.training_seconds(),
+        "run_settings": {key: getattr(run.config, key) for key in RUN_SETTINGS},
     }
     if run.budget is not None:
         extra["budget_seconds_spent"] = run.budget.elapsed

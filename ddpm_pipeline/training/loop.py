@@ -20,11 +20,13 @@ from ..preemption import OutputDirInUse, RunLock, StopRequest
 from ..training_config import ConfigError, TrainingConfig
 from .checkpoints import (
     checkpoint_due,
+    own_checkpoint,
     planned_length,
     rebuild_lr_schedule,
     resume,
     save_checkpoint,
     save_checkpoint_when_safe,
+    with_recorded_settings,
 )
 from .components import build_components, cooldown_length
 from .finish import epoch_for_pictures, finish, save_epoch_pictures, save_weight_snapshot
@@ -119,15 +121,18 @@ def setup_run(config: TrainingConfig, parts, stop: StopRequest | None = None, ar
     if stop is not None and stop.asked:
         raise TrainingStopped(f"{stop.signal_name} received during set-up: nothing was trained or saved.",
                               stop.exit_code)  # fmt: skip
+    checkpoint, saved = own_checkpoint(config)
+    if checkpoint is not None:  # the run's length and schedule as its checkpoint recorded them
+        config = with_recorded_settings(config, checkpoint, saved)
     steps_per_epoch = max(1, parts.plan.micro_batches_per_epoch // config.gradient_accumulation_steps)
-    total = planned_length(config, steps_per_epoch)
+    total = planned_length(config, steps_per_epoch, saved)
     budget = None
     if config.time_budget is not None:
         budget = TimeBudget(
             config.time_budget_seconds(), config.lr_warmup_steps, lambda steps: cooldown_length(config, steps)
         )
     run = Run(config=config, parts=parts, state=RunState(total_steps=total, lr_scheduler=None), budget=budget,
-              stop=stop, argv=argv)  # fmt: skip
+              stop=stop, argv=argv, resumes_from=checkpoint)  # fmt: skip
     # Stepped by hand once per optimizer step (not prepared: Accelerate would step it once per process). Not saved in
     # checkpoints: it is a function of the config, the run's length and the step, built again on resume. A budgeted
     # run's warm-up rates do not depend on its length: any length will do until the speed is measured.

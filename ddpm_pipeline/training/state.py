@@ -35,6 +35,7 @@ class Run:
     budget: TimeBudget | None = None  # --time_budget
     stop: StopRequest | None = None  # a stop signal, recorded while the run trains
     argv: list[str] | None = None  # the flags of this run, for the model card and the command that continues it
+    resumes_from: Path | None = None  # this run's own checkpoint that it continues from (--resume_from_checkpoint)
 
     @property
     def output_dir(self) -> Path:
