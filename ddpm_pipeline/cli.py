@@ -9,99 +9,23 @@ dtype this machine has natively (``--dtype``). Every flag is checked, and every 
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-import PIL.Image
-
-from .constants import DTYPE_CHOICES, FULL_CHAIN, REFERENCES, SCHEDULERS
+from .constants import DTYPE_CHOICES, REFERENCES, SCHEDULERS
+from .flag_types import (
+    GREY_IMAGE_SUFFIXES,
+    digit_list,
+    finite_float,
+    inference_steps,
+    non_negative_int,
+    parse_guidance_interval,
+    positive_int,
+    step_list,
+    writable_file,
+)
 from .hub import HubError, push_output_dir
-
-
-# ---------------------------------------------------------------------- flag types (errors name the flag)
-def whole_number_at_least(minimum: int, requirement: str):
-    """A flag type: a whole number of at least ``minimum``; ``requirement`` says so in the error."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"takes a whole number, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{requirement}, got {value}")
-        return value
-
-    return parse
-
-
-positive_int = whole_number_at_least(1, "must be at least 1")
-non_negative_int = whole_number_at_least(0, "must be 0 or more")
-
-
-def inference_steps(text: str):
-    """A step count, or `full` for the whole training chain."""
-    if text.strip().lower() in ("full", "none"):
-        return FULL_CHAIN
-    return positive_int(text)
-
-
-def finite_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"takes a number, got {text!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-    return value
-
-
-def parse_guidance_interval(text: str) -> tuple[float, ...]:
-    """--guidance_interval LOW,HIGH as floats; the pipeline checks that 0 <= LOW < HIGH <= 1."""
-    try:
-        return tuple(float(bound) for bound in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"takes two fractions LOW,HIGH, e.g. 0.6,1; got {text!r}") from None
-
-
-def digit_list(text: str) -> list[int]:
-    try:
-        digits = [int(d) for d in text.split(",") if d.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"takes digits separated by commas, e.g. 0,1,7; got {text!r}") from None
-    if not digits or any(not 0 <= d <= 9 for d in digits):
-        raise argparse.ArgumentTypeError(f"must list digits between 0 and 9, e.g. 0,1,7; got {text!r}")
-    return digits
-
-
-def step_list(text: str) -> list[int]:
-    try:
-        return [int(s) for s in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"takes step numbers separated by commas, e.g. 1000,500,0; got {text!r}"
-        ) from None
-
-
-def writable_file(*suffixes: str):
-    """An output path whose folder exists (or can be made) and whose extension is one of ``suffixes``."""
-
-    def check(text: str) -> Path:
-        path = Path(text)
-        if path.suffix.lower() not in suffixes:
-            raise argparse.ArgumentTypeError(f"must end in {' or '.join(suffixes)}, got {text!r}")
-        if path.is_dir():
-            raise argparse.ArgumentTypeError(f"{text!r} is a folder; give a file name")
-        existing = next((p for p in path.parents if p.exists()), Path("."))
-        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-            raise argparse.ArgumentTypeError(f"cannot write {text!r}: {str(existing)!r} is not a writable folder")
-        return path
-
-    return check
-
-
-IMAGE_SUFFIXES = tuple(sorted({s for s, f in PIL.Image.registered_extensions().items() if f in PIL.Image.SAVE}))
 
 
 # ---------------------------------------------------------------------- commands
@@ -166,11 +90,11 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _sample(args, return_trajectory=False):
-    """Load --model and draw --num_images samples of the --digits asked for, as numpy arrays."""
+def _sample(args, return_trajectory=False, pipe=None):
+    """Load --model (unless given) and draw --num_images samples of the --digits asked for, as numpy arrays."""
     import torch
 
-    pipe = _load_pipeline(args.model, args.dtype)
+    pipe = pipe or _load_pipeline(args.model, args.dtype)
     digits = args.digits
     labels = [digits[i % len(digits)] for i in range(args.num_images)] if digits else None
     return pipe(
@@ -194,11 +118,19 @@ def cmd_sample(args):
 def cmd_trajectory(args):
     from .visualization import make_trajectory_figure, save_trajectory_gif
 
-    out = _sample(args, return_trajectory=True)
+    pipe = _load_pipeline(args.model, args.dtype)
+    T = pipe.scheduler.config.num_train_timesteps
+    if args.frames and max(args.frames) > T:
+        raise ValueError(f"--frames: this model's chain runs from step {T} (noise) to 0; got {max(args.frames)}.")
+    out = _sample(args, return_trajectory=True, pipe=pipe)
     frames = None
     if args.frames:
         steps = out.trajectory_timesteps
         frames = [min(range(len(steps)), key=lambda i: abs(steps[i] - wanted)) for wanted in args.frames]
+        for wanted, frame in zip(args.frames, frames, strict=True):
+            if steps[frame] != wanted:  # a respaced chain has no frame at every step: say which one is shown
+                print(f"--frames: step {wanted} is not on the {len(steps) - 1}-step chain; showing step {steps[frame]}",
+                      file=sys.stderr)  # fmt: skip
     figure = make_trajectory_figure(out.trajectory, out.trajectory_timesteps, frames)
     _write(args.out, figure.save)
     if args.gif:
@@ -278,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--num_images", type=positive_int, default=36)
     sample.add_argument("--digits", type=digit_list, help="digits to ask for, e.g. 0,1,7 (conditional models)")
     sample.add_argument("--label", action="store_true", help="caption each cell with its requested digit")
-    sample.add_argument("--out", type=writable_file(*IMAGE_SUFFIXES), default=Path("samples.png"))
+    sample.add_argument("--out", type=writable_file(*GREY_IMAGE_SUFFIXES), default=Path("samples.png"))
     sample.set_defaults(handler=cmd_sample)
 
     trajectory = command("trajectory", "samples from noise to digit, frames labelled by step")
@@ -286,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     trajectory.add_argument("--num_images", type=positive_int, default=4)
     trajectory.add_argument("--digits", type=digit_list, help="digits to ask for, e.g. 3,8")
     trajectory.add_argument("--frames", type=step_list, help="steps to show, e.g. 1000,500,0 (default: ~10)")
-    trajectory.add_argument("--out", type=writable_file(*IMAGE_SUFFIXES), default=Path("trajectory.png"))
+    trajectory.add_argument("--out", type=writable_file(*GREY_IMAGE_SUFFIXES), default=Path("trajectory.png"))
     trajectory.add_argument("--gif", type=writable_file(".gif"), help="also write every frame as an animated GIF")
     trajectory.set_defaults(handler=cmd_trajectory)
 

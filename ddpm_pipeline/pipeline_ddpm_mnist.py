@@ -105,8 +105,13 @@ class DDPMMnistPipeline(DiffusionPipeline):
         self.register_modules(unet=unet, scheduler=scheduler)
         if default_num_inference_steps is None:  # saved by versions where None meant the full chain
             default_num_inference_steps = FULL_CHAIN
+        # the saved call must run on this scheduler's chain (a loader names model_index.json beside the key)
         check_sampling_arguments(
-            default_num_inference_steps, default_guidance_scale, default_guidance_interval, prefix="default_"
+            default_num_inference_steps,
+            default_guidance_scale,
+            default_guidance_interval,
+            num_train_timesteps=getattr(getattr(scheduler, "config", None), "num_train_timesteps", None),
+            prefix="default_",
         )
         self.register_to_config(
             default_num_inference_steps=default_num_inference_steps,

@@ -83,6 +83,10 @@ class RunLock:
         self.path = Path(output_dir) / LOCK_FILE
 
     def acquire(self) -> "RunLock":
+        if self.path.exists() and not self.path.is_file():
+            raise OutputDirInUse(
+                f"{self.path} is not a lock file (a run writes one there while it trains): remove it and run again."
+            )
         holder = self._holder()
         if holder is not None and self._alive(holder):
             raise OutputDirInUse(
@@ -103,10 +107,13 @@ class RunLock:
             self.path.unlink(missing_ok=True)
 
     def _holder(self) -> dict | None:
+        """The lock's holder; None for no lock, or one that is unreadable or not a lock's (taken over: no run that
+        holds a folder writes such a file)."""
         try:
-            return json.loads(self.path.read_text())
+            holder = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return None
+        return holder if isinstance(holder, dict) else None
 
     @staticmethod
     def _alive(holder: dict) -> bool:

@@ -65,6 +65,9 @@ class TrainingConfig(BaseModel):
     dataset_split: Text = setting("train", "split to train on")
     image_column: Text = setting("image", "name of the image column")
     label_column: Text = setting("label", "name of the label column")
+    skip_unreadable_images: bool = setting(
+        False, "train_data_dir: leave out (and count) image files that cannot be read, instead of stopping"
+    )
     digits: list[int] | None = setting(None, "digits to keep, e.g. [1] or [0, 1]; unset = all")
     resolution: int = setting(28, "image size the data is resized to", ge=4, le=256)
     # ---- model

