@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from .redaction import redact_text
+from .repo_ids import repo_id_problem
 from .run_folder import RunFolder
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -41,16 +42,7 @@ class HubError(RuntimeError):
 
 
 def validate_repo_id(repo_id: str) -> str:
-    """huggingface_hub's own rules for a repository id, and a namespace (a push must know whose repository it is)."""
-    # huggingface_hub is imported where the Hub is used, so that `ddpm-mnist --help` and a bad id answer at once
-    from huggingface_hub.utils import HFValidationError
-    from huggingface_hub.utils import validate_repo_id as hub_rules
-
-    try:
-        hub_rules(repo_id)
-        problem = None if repo_id.count("/") == 1 else "it has no namespace"
-    except HFValidationError as error:
-        problem = str(error).split("\n")[0]
+    problem = repo_id_problem(repo_id)
     if problem:
         raise HubError(
             f"Repository id {repo_id!r} is not of the form namespace/name (e.g. your-username/ddpm-mnist): {problem}."

@@ -18,7 +18,6 @@ import typing
 from pathlib import Path
 from typing import Annotated, Literal
 
-from huggingface_hub.utils import HFValidationError, validate_repo_id
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .constants import (
@@ -29,6 +28,7 @@ from .constants import (
     MIXED_PRECISION_CHOICES,
     PREDICTION_TYPES,
 )
+from .repo_ids import repo_id_problem
 
 MAX_SEED = 2**32 - 1  # accelerate's set_seed also seeds numpy, which takes seeds below 2^32
 DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|secs|seconds?|m|min|mins|minutes?|h|hours?)")
@@ -216,13 +216,7 @@ class TrainingConfig(BaseModel):
     @classmethod
     def _hub_model_id(cls, repo_id):
         """huggingface_hub's own rules for a repository id, and a namespace: a push needs to know whose it is."""
-        if repo_id is None:
-            return None
-        try:
-            validate_repo_id(repo_id)
-            problem = None if repo_id.count("/") == 1 else "it has no namespace"
-        except HFValidationError as error:
-            problem = str(error).split("\n")[0]
+        problem = repo_id_problem(repo_id) if repo_id is not None else None
         if problem:
             raise ValueError(_invalid("hub_model_id", repo_id, f"give namespace/name (e.g. your-username/ddpm-mnist); "
                                       f"{problem}."))  # fmt: skip

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from ddpm_pipeline.checkpointing import list_checkpoints, read_training_state
-from ddpm_pipeline.preemption import EXIT_PREEMPTED
+from ddpm_pipeline.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED
 from ddpm_pipeline.training.main import main as train_main
 from tests.conftest import ROOT, tiny_args
 
@@ -81,11 +81,16 @@ def test_two_nodes_on_loopback_match_one_process(tmp_path):
     assert "two nodes x 1 process == 1 process x batch 16" in result.stdout
 
 
-def test_sigterm_to_one_rank_of_a_two_process_run_saves_it_whole_and_resumes_exactly(tmp_path):
-    """SIGTERM reaches rank 1 only (a scheduler may signal any task first): through the step's all-reduce both ranks
-    stop after the same step, write one whole checkpoint and exit with EXIT_PREEMPTED; the requeued command on 2
-    processes gives the uninterrupted run's weights bit for bit, and 1 process with the same global batch continues
-    the same batches."""
+@pytest.mark.parametrize(
+    "signal_number, exit_code", [(signal.SIGTERM, EXIT_PREEMPTED), (signal.SIGINT, EXIT_INTERRUPTED)]
+)
+def test_a_stop_signal_to_one_rank_of_a_two_process_run_saves_it_whole_and_resumes_exactly(
+    tmp_path, signal_number, exit_code
+):
+    """The signal reaches rank 1 only (a scheduler may signal any task first): through the step's all-reduce both
+    ranks stop after the same step, write one whole checkpoint and exit with the signal's code; the requeued command
+    on 2 processes gives the uninterrupted run's weights bit for bit, and 1 process with the same global batch
+    continues the same batches."""
     stopped = tmp_path / "stopped"
     job = launch_two(stopped, "--checkpointing_steps", "20")
     deadline = time.monotonic() + 240
@@ -93,10 +98,10 @@ def test_sigterm_to_one_rank_of_a_two_process_run_saves_it_whole_and_resumes_exa
         time.sleep(0.05)  # training is under way once its first checkpoint is written
     pid = rank_pid(stopped, 1)
     assert pid is not None, "rank 1 is not running"
-    os.kill(pid, signal.SIGTERM)
+    os.kill(pid, signal_number)
     output, _ = job.communicate(timeout=240)
-    assert f"exitcode  : {EXIT_PREEMPTED}" in output or f"exit code {EXIT_PREEMPTED}" in output, output[-3000:]
-    assert "SIGTERM received" in output or "a stop signal received" in output, output[-3000:]
+    assert f"exitcode  : {exit_code}" in output or f"exit code {exit_code}" in output, output[-3000:]
+    assert f"{signal.Signals(signal_number).name} received" in output, output[-3000:]
     saved = list_checkpoints(stopped)[-1]  # the stop's checkpoint
     manifest = read_training_state(saved)
     assert 20 < manifest["global_step"] < 150, "the signal came too late to test a stop mid-run"

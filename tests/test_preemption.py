@@ -125,13 +125,22 @@ def test_a_full_disk_keeps_latest_on_the_last_whole_checkpoint(tmp_path, monkeyp
     assert train_main(tiny_args(out, "--max_train_steps", "6", "--resume_from_checkpoint", "latest")) == 0
 
 
-def test_a_second_run_on_a_locked_output_dir_is_refused_and_a_dead_runs_lock_is_taken_over(tmp_path, capsys):
+def test_a_second_run_on_a_locked_output_dir_is_refused_and_a_dead_runs_lock_is_taken_over(
+    tmp_path, monkeypatch, capsys
+):
+    """The lock comes first: a busy folder is refused before the accelerator (process group), data or model are set
+    up, so the answer takes seconds on a loaded machine, not the set-up's half minute."""
+    from ddpm_pipeline.training import loop
+
     out = tmp_path / "run"
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         out.mkdir()
         (out / LOCK_FILE).write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(), "started": "x"}))
-        assert train_main(tiny_args(out, "--max_train_steps", "2")) == 2
+        with monkeypatch.context() as patched:
+            for name in ("setup_accelerator", "build_components"):
+                patched.setattr(loop, name, lambda *a, _name=name, **k: pytest.fail(f"{_name} ran before the lock"))
+            assert train_main(tiny_args(out, "--max_train_steps", "2")) == 2
         message = capsys.readouterr().err
         assert f"in use by another run (process {sleeper.pid} on {socket.gethostname()}" in message
         assert not list(out.glob("checkpoint-*")) and not (out / "model_index.json").exists()

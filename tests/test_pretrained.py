@@ -129,13 +129,13 @@ UINT8_LEVELS = 1  # largest difference of a pixel's 8-bit level
 MEAN_TOLERANCE = 2e-4  # largest mean absolute difference over all pixels, in [0, 1] units
 
 
-def shipped_samples() -> np.ndarray:
+def shipped_samples(guidance_scale: float = 2.0) -> np.ndarray:
     pipe = DDPMMnistPipeline.from_pretrained(PRETRAINED)  # float32, default layout: no hardware-dependent choice
     pipe.set_progress_bar_config(disable=True)
     out = pipe(
         batch_size=8,
         class_labels=list(range(8)),
-        guidance_scale=2.0,
+        guidance_scale=guidance_scale,
         guidance_interval=(0.3, 0.8),
         num_inference_steps=10,
         generator=torch.Generator().manual_seed(0),
@@ -161,17 +161,7 @@ def test_shipped_model_samples_are_unchanged():
 def test_the_golden_comparison_catches_a_real_change():
     """The tolerance is no blanket: the same call one guidance step away, or another seed, fails it."""
     recorded = np.load(RECORDED)["samples"]
-    pipe = DDPMMnistPipeline.from_pretrained(PRETRAINED)
-    pipe.set_progress_bar_config(disable=True)
-    other = pipe(
-        batch_size=8,
-        class_labels=list(range(8)),
-        guidance_scale=2.1,
-        guidance_interval=(0.3, 0.8),
-        num_inference_steps=10,
-        generator=torch.Generator().manual_seed(0),
-        output_type="pt",
-    ).images.numpy()
+    other = shipped_samples(guidance_scale=2.1)
     assert np.abs(to_uint8(other) - to_uint8(recorded)).max() > UINT8_LEVELS
 
 

@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import torch
-from accelerate.utils import broadcast
+from accelerate.utils import broadcast, gather_object
 from tqdm.auto import tqdm
 
-from ..preemption import OutputDirInUse, RunLock, StopRequest
+from ..preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED, OutputDirInUse, RunLock, StopRequest
 from ..training_config import ConfigError, TrainingConfig
 from .checkpoints import (
     checkpoint_due,
@@ -220,9 +220,13 @@ def log_step(run: Run, result: StepResult, progress):
 
 
 def stop_and_save(run: Run):
-    """Every rank finished this step; save it whole and stop with the signal's exit code and the command that
-    continues the run."""
+    """Every rank finished this step; save it whole and stop with the signal's exit code (the same on every rank:
+    the first signal any rank received) and the command that continues the run."""
     run.stop.saving = True
+    name = run.stop.signal_name
+    if run.parts.accelerator.num_processes > 1:  # one more collective, once: which signal it was
+        name = next((n for n in gather_object([name]) if n is not None), name)
     save_checkpoint(run)
     run.stop.saving = False
-    raise TrainingStopped(stop_message(run, run.stop.signal_name), run.stop.exit_code)
+    exit_code = EXIT_INTERRUPTED if name == "SIGINT" else EXIT_PREEMPTED
+    raise TrainingStopped(stop_message(run, name), exit_code)
