@@ -4,6 +4,7 @@ Slow (a minute or more each: every launch starts Python, torch and diffusers in 
 run: `python -m pytest -m slow`.
 """
 
+import json
 import os
 import shutil
 import signal
@@ -121,4 +122,67 @@ def test_a_stop_signal_to_one_rank_of_a_two_process_run_saves_it_whole_and_resum
     assert train_main(args) == 0
     c = weights(moved)
     for name in a:  # the same batches; the gradient is summed in another order
+        torch.testing.assert_close(a[name], c[name], atol=1e-4, rtol=1e-3, msg=name)
+
+
+def test_two_processes_match_one_process(tmp_path, capsys):
+    """2 ranks x batch 8 with gloo == 1 rank x batch 16: same batches, noise and timesteps, so the same weights. The
+    two ranks train for a --time_budget: both take rank 0's length, and the run equals a 1-process run told that
+    length from the start (the warm-up, where the speed is measured, does not depend on it)."""
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+    common = ["--cond_drop_prob", "0.3", "--lr_warmup_steps", "6"]
+    two = tmp_path / "two"
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        str(free_port()),
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--num_machines",
+        "1",
+    ]
+    result = subprocess.run(
+        launch
+        + [str(ROOT / "train_ddpm.py"), *tiny_args(two, "--train_batch_size", "8", "--time_budget", "1.2s", *common)]
+        + ["--checkpointing_steps", "4", "--checkpoints_total_limit", "1"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 process(es)" in result.stderr + result.stdout
+    info = json.loads((two / "run_info.json").read_text())
+    steps = info["global_step"]
+    assert info["command"].startswith("accelerate launch train_ddpm.py")
+    planned = result.stderr.rsplit("Time budget", 1)[-1]  # the last plan or re-plan
+    assert steps >= 6 and (f"so {steps} steps in all" in planned or f"to {steps} steps" in planned)
+    one = tmp_path / "one"
+    assert train_main(tiny_args(one, "--train_batch_size", "16", "--max_train_steps", str(steps), *common)) == 0
+    a, b = weights(two), weights(one)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-4, rtol=1e-3, msg=name)
+
+    # the last checkpoint is whole: every rank's random states are in its manifest
+    checkpoint = list_checkpoints(two)[-1]
+    manifest = json.loads((checkpoint / "training_state.json").read_text())
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= set(manifest["files"])
+    assert (manifest["global_batch"], manifest["num_processes"]) == (16, 2)
+    # resumed on 1 process: the same global batch continues with the same batches; another one is refused by name
+    moved = tmp_path / "moved"
+    shutil.copytree(checkpoint, moved / checkpoint.name)
+    resume = [*common, "--resume_from_checkpoint", "latest"]  # the length and budget come from the checkpoint
+    assert train_main(tiny_args(moved, "--train_batch_size", "8", *resume)) == 2
+    assert "global batch 16 (2 process(es) x 8); this run's is 8 (1 x 8)" in capsys.readouterr().err
+    assert train_main(tiny_args(moved, "--train_batch_size", "16", *resume)) == 0
+    a, c = weights(two), weights(moved)
+    for name in a:
         torch.testing.assert_close(a[name], c[name], atol=1e-4, rtol=1e-3, msg=name)

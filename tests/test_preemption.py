@@ -37,17 +37,25 @@ def printed_command(message: str) -> list[str]:
     return words[words.index("train_ddpm.py") + 1 :]
 
 
+COMMON = ["--max_train_steps", "8", "--checkpointing_steps", "0"]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """The run the stopped ones must end up equal to."""
+    out = tmp_path_factory.mktemp("straight") / "run"
+    assert train_main(tiny_args(out, *COMMON)) == 0
+    return out
+
+
 @pytest.mark.parametrize("signal_number, exit_code", STOPS, ids=[s.name for s, _ in STOPS])
 def test_every_stop_signal_saves_the_step_and_the_printed_command_continues_exactly(
-    tmp_path, monkeypatch, capsys, signal_number, exit_code
+    straight, tmp_path, monkeypatch, capsys, signal_number, exit_code
 ):
     """The signal arrives during a random step of a run with periodic checkpoints off (sent by the process to itself,
     as a terminal or a scheduler would): the step finishes, a whole checkpoint of it is written, the lock is released,
     the run exits with the signal's code (130 for Ctrl-C) and prints a command; that command trains the same weights
     as a run that was never stopped."""
-    common = ["--max_train_steps", "8", "--checkpointing_steps", "0"]
-    straight = tmp_path / "straight"
-    assert train_main(tiny_args(straight, *common)) == 0
     at = random.Random(signal_number).randint(2, 7)
     real_loss, calls = training_step.training_losses, {"n": 0}
 
@@ -59,7 +67,7 @@ def test_every_stop_signal_saves_the_step_and_the_printed_command_continues_exac
 
     monkeypatch.setattr(training_step, "training_losses", signalled)
     stopped = tmp_path / "stopped"
-    assert train_main(tiny_args(stopped, *common)) == exit_code
+    assert train_main(tiny_args(stopped, *COMMON)) == exit_code
     message = capsys.readouterr().err
     assert signal.Signals(signal_number).name in message and f"step {at} is saved" in message
     assert "Traceback" not in message and "KeyboardInterrupt" not in message

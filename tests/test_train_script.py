@@ -4,8 +4,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import PIL.Image
@@ -20,7 +18,7 @@ from ddpm_pipeline.pipeline_ddpm_mnist import DEFAULT_GUIDANCE_SCALE
 from ddpm_pipeline.training import command, loop, processes
 from ddpm_pipeline.training import step as training_step
 from ddpm_pipeline.training.main import main as train_main
-from tests.conftest import ROOT, TINY_CONFIG, tiny_args
+from tests.conftest import TINY_CONFIG, tiny_args
 
 
 def unet_weights(output_dir):
@@ -157,68 +155,6 @@ def test_the_advice_names_the_launcher_the_run_was_started_with(monkeypatch):
     assert (
         command.recorded_command(["--hub_token", "hf_x", "--seed", "1"]) == "accelerate launch train_ddpm.py --seed 1"
     )
-
-
-def test_two_processes_match_one_process(tmp_path, capsys):
-    """2 ranks x batch 8 with gloo == 1 rank x batch 16: same batches, noise and timesteps, so the same weights. The
-    two ranks train for a --time_budget: both take rank 0's length, and the run equals a 1-process run told that
-    length from the start (the warm-up, where the speed is measured, does not depend on it)."""
-    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
-    common = ["--cond_drop_prob", "0.3", "--lr_warmup_steps", "6"]
-    two = tmp_path / "two"
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--main_process_port",
-        str(_free_port()),
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--num_machines",
-        "1",
-    ]
-    result = subprocess.run(
-        launch
-        + [str(ROOT / "train_ddpm.py"), *tiny_args(two, "--train_batch_size", "8", "--time_budget", "1.2s", *common)]
-        + ["--checkpointing_steps", "4", "--checkpoints_total_limit", "1"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "2 process(es)" in result.stderr + result.stdout
-    info = json.loads((two / "run_info.json").read_text())
-    steps = info["global_step"]
-    assert info["command"].startswith("accelerate launch train_ddpm.py")
-    assert steps >= 6 and f"so {steps} steps in all" in result.stderr
-    one = tmp_path / "one"
-    assert train_main(tiny_args(one, "--train_batch_size", "16", "--max_train_steps", str(steps), *common)) == 0
-    a, b = unet_weights(two), unet_weights(one)
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], atol=1e-4, rtol=1e-3, msg=name)
-
-    # the last checkpoint is whole: every rank's random states are in its manifest
-    checkpoint = list_checkpoints(two)[-1]
-    manifest = json.loads((checkpoint / "training_state.json").read_text())
-    assert {"random_states_0.pkl", "random_states_1.pkl"} <= set(manifest["files"])
-    assert (manifest["global_batch"], manifest["num_processes"]) == (16, 2)
-    # resumed on 1 process: the same global batch continues with the same batches; another one is refused by name
-    moved = tmp_path / "moved"
-    shutil.copytree(checkpoint, moved / checkpoint.name)
-    resume = [*common, "--resume_from_checkpoint", "latest", "--max_train_steps", str(steps)]
-    assert train_main(tiny_args(moved, "--train_batch_size", "8", *resume)) == 2
-    assert "global batch 16 (2 process(es) x 8); this run's is 8 (1 x 8)" in capsys.readouterr().err
-    assert train_main(tiny_args(moved, "--train_batch_size", "16", *resume)) == 0
-    a, c = unet_weights(two), unet_weights(moved)
-    for name in a:
-        torch.testing.assert_close(a[name], c[name], atol=1e-4, rtol=1e-3, msg=name)
 
 
 def flip_one_byte(path: Path, offset_from_end: int = 100):
@@ -399,12 +335,12 @@ def test_a_budget_is_kept_when_the_machine_changes_pace_halfway(tmp_path, monkey
 
 
 def test_a_preempted_budgeted_run_resumed_by_its_printed_command_is_the_same_run(tmp_path, monkeypatch, capsys):
-    """SIGTERM during step 21 of a 1 s budget (a steady clock): the command the run prints continues it to the
+    """SIGTERM during step 11 of a 0.6 s budget (a steady clock): the command the run prints continues it to the
     weights and length of a run that was never stopped; the checkpoint carries the budget's spent seconds and plan."""
     import shlex
     import signal
 
-    flags = ["--time_budget", "1s", "--lr_warmup_steps", "6", "--checkpointing_steps", "0"]
+    flags = ["--time_budget", "0.6s", "--lr_warmup_steps", "6", "--checkpointing_steps", "0"]
     PacedClock(lambda t: 0.02).install(monkeypatch)
     straight = tmp_path / "straight"
     assert train_main(tiny_args(straight, *flags)) == 0
@@ -413,18 +349,18 @@ def test_a_preempted_budgeted_run_resumed_by_its_printed_command_is_the_same_run
     clock = PacedClock(lambda t: 0.02).install(monkeypatch)
     real = training_step.training_losses
 
-    def stopped_in_step_21(*args, **kwargs):
-        if round(clock.now / 0.02) == 20:
+    def stopped_in_step_11(*args, **kwargs):
+        if round(clock.now / 0.02) == 10:
             os.kill(os.getpid(), signal.SIGTERM)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(training_step, "training_losses", stopped_in_step_21)
+    monkeypatch.setattr(training_step, "training_losses", stopped_in_step_11)
     stopped = tmp_path / "stopped"
     assert train_main(tiny_args(stopped, *flags)) == 75
     message = capsys.readouterr().err
     command = shlex.split(next(line for line in message.splitlines() if "train_ddpm.py" in line))
     state = json.loads((list_checkpoints(stopped)[0] / "training_state.json").read_text())
-    assert state["global_step"] == 21 and state["budget_seconds_spent"] == pytest.approx(0.42)
+    assert state["global_step"] == 11 and state["budget_seconds_spent"] == pytest.approx(0.22)
     assert state["max_train_steps"] == steps
     monkeypatch.undo()
     PacedClock(lambda t: 0.02).install(monkeypatch)  # the resumed process's own clock, from zero
