@@ -23,12 +23,17 @@ def redact_text(text, token: str | None = None) -> str:
 
 def redact_argv(argv: list[str]) -> list[str]:
     """Command-line arguments without secret flags and their values (``--hub_token X`` or ``--hub_token=X``)."""
+    return drop_flags(argv, SECRET_FLAGS)
+
+
+def drop_flags(argv: list[str], flags) -> list[str]:
+    """``argv`` without the ``flags`` named and their values (``--flag VALUE`` or ``--flag=VALUE``)."""
     kept, skip = [], False
     for arg in argv:
         if skip:
             skip = False
             continue
-        if arg.split("=", 1)[0] in SECRET_FLAGS:
+        if arg.split("=", 1)[0] in flags:
             skip = "=" not in arg
             continue
         kept.append(arg)

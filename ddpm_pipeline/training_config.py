@@ -28,6 +28,7 @@ from .constants import (
     MIXED_PRECISION_CHOICES,
     PREDICTION_TYPES,
 )
+from .redaction import redact_config
 from .repo_ids import repo_id_problem
 
 MAX_SEED = 2**32 - 1  # accelerate's set_seed also seeds numpy, which takes seeds below 2^32
@@ -275,9 +276,7 @@ class TrainingConfig(BaseModel):
 
     def to_dict(self, redact_secrets: bool = True) -> dict:
         values = self.model_dump()
-        if redact_secrets:
-            values["hub_token"] = None  # a token never reaches a saved config
-        return values
+        return redact_config(values) if redact_secrets else values  # a token never reaches a saved config
 
     # ------------------------------------------------------------------ what the components are built from
     def unet_kwargs(self) -> dict:

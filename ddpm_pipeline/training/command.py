@@ -3,6 +3,8 @@
 import os
 import shlex
 
+from ..redaction import drop_flags, redact_argv
+
 
 def recorded_command(argv: list[str] | None, replace: dict[str, str] | None = None, drop=()) -> str | None:
     """The command line of a run (``argv``: its flags), with any --hub_token value left out, the flags in ``drop``
@@ -10,16 +12,7 @@ def recorded_command(argv: list[str] | None, replace: dict[str, str] | None = No
     if argv is None:
         return None
     replace = replace or {}
-    kept, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-            continue
-        name = arg.split("=", 1)[0]
-        if name == "--hub_token" or name in replace or name in drop:
-            skip = "=" not in arg
-            continue
-        kept.append(arg)
+    kept = drop_flags(redact_argv(argv), [*replace, *drop])
     for flag, value in replace.items():
         kept += [flag, value]
     return " ".join([launcher(), *map(shlex.quote, kept)])
