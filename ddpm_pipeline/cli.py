@@ -1,4 +1,4 @@
-"""The `ddpm-mnist` command: evaluate, sample, trajectory, push.
+"""The `ddpm-mnist` command: evaluate, sample, trajectory, generate, push.
 
 torch, diffusers and the pipeline are imported by the commands that sample, so that `push` and `--help` start in
 well under a second.
@@ -24,6 +24,7 @@ from .flag_types import (
     positive_int,
     step_list,
     writable_file,
+    writable_folder,
 )
 from .hub import HubError, push_output_dir
 
@@ -137,6 +138,17 @@ def cmd_trajectory(args):
         _write(args.gif, lambda path: save_trajectory_gif(out.trajectory, out.trajectory_timesteps, path))
 
 
+def cmd_generate(args):
+    from .synthetic_data import generate_dataset, generation_call
+
+    pipe = _load_pipeline(args.model, args.dtype)
+    pipe.set_progress_bar_config(disable=True)  # one bar for the whole data set, not one per batch
+    digits = args.digits or list(range(10))
+    call = generation_call(pipe, args.model, args.num_images, digits, args.seed, args.batch_size)
+    out = generate_dataset(pipe, args.out, call)
+    print(f"wrote {args.num_images} digits to {out} (datasets.load_dataset({str(out)!r}))")
+
+
 def cmd_push(args):
     url = push_output_dir(args.output_dir, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo)
     print(f"pushed {args.output_dir} to {url}")
@@ -221,6 +233,16 @@ def build_parser() -> argparse.ArgumentParser:
     trajectory.add_argument("--out", type=writable_file(*GREY_IMAGE_SUFFIXES), default=Path("trajectory.png"))
     trajectory.add_argument("--gif", type=writable_file(".gif"), help="also write every frame as an animated GIF")
     trajectory.set_defaults(handler=cmd_trajectory)
+
+    generate = command("generate", "a labelled data set of synthetic digits, in batches a kill does not lose")
+    generate.add_argument("--model", required=True, help="a local pipeline folder or a Hub id")
+    generate.add_argument("--num_images", type=positive_int, default=60000)
+    generate.add_argument("--digits", type=digit_list, help="digits to make, balanced (default: all ten)")
+    generate.add_argument("--out", type=writable_folder, required=True, help="the data set's folder")
+    generate.add_argument("--batch_size", type=positive_int, default=500, help="images per batch and parquet shard")
+    generate.add_argument("--seed", type=non_negative_int, default=0)
+    generate.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help="the UNet's dtype (auto: native)")
+    generate.set_defaults(handler=cmd_generate)
 
     push = command("push", "push a training output folder to the Hub")
     push.add_argument("output_dir")

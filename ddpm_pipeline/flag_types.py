@@ -5,6 +5,7 @@ import argparse
 import io
 import math
 import os
+import warnings
 from pathlib import Path
 
 import PIL.Image
@@ -104,7 +105,9 @@ def step_list(text: str) -> list[int]:
 def _writes_grey(extension: str) -> bool:
     """Whether Pillow can write a one-channel (mode "L") image in the format of ``extension``."""
     try:
-        PIL.Image.new("L", (8, 8)).save(io.BytesIO(), format=PIL.Image.registered_extensions()[extension])
+        with warnings.catch_warnings():  # a format Pillow will drop one day still writes today
+            warnings.simplefilter("ignore", DeprecationWarning)
+            PIL.Image.new("L", (8, 8)).save(io.BytesIO(), format=PIL.Image.registered_extensions()[extension])
     except Exception:  # noqa: BLE001 - any failure: this format does not take a grey image
         return False
     return True
@@ -162,3 +165,14 @@ def guidance_intervals(text: str) -> list[tuple[float, float]]:
             raise argparse.ArgumentTypeError(f"{item!r} needs 0 <= LOW < HIGH <= 1 (fractions of the T steps)")
         intervals.append((low, high))
     return intervals
+
+
+def writable_folder(text: str) -> Path:
+    """An output folder: absent (it will be made) or a folder, below a folder this user may write in."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a file; give a folder")
+    existing = next((p for p in [path, *path.parents] if p.exists()), Path("."))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"cannot write in {str(existing)!r}")
+    return path

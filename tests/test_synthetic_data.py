@@ -1,0 +1,86 @@
+"""ddpm-mnist generate: a balanced, labelled data set that datasets loads, written in batches a kill does not lose."""
+
+import json
+
+import datasets
+import numpy as np
+import pytest
+
+from ddpm_pipeline import cli
+from ddpm_pipeline.synthetic_data import RECORD_FILE
+from tests.conftest import tiny_pipeline
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "pipe"
+    pipe = tiny_pipeline()
+    pipe.register_to_config(default_num_inference_steps=3)
+    pipe.save_pretrained(path)
+    return path
+
+
+def generate(model, out, *flags):
+    return cli.main(["generate", "--model", str(model), "--out", str(out), "--batch_size", "8", *flags])
+
+
+def pixels(folder):
+    rows = datasets.load_dataset(str(folder))["train"]
+    return np.stack([np.asarray(image) for image in rows["image"]]), rows["label"]
+
+
+def test_a_balanced_labelled_data_set_that_datasets_loads(model, tmp_path):
+    out = tmp_path / "digits"
+    assert generate(model, out, "--num_images", "20", "--digits", "3,7") == 0
+    images, labels = pixels(out)
+    assert images.shape == (20, 28, 28) and labels == [3, 7] * 10
+    assert len(list((out / "data").glob("train-*.parquet"))) == 3  # 8 + 8 + 4
+    card = (out / "README.md").read_text()
+    assert "--digits 3,7" in card and "3 steps" in card and "data/train-*.parquet" in card
+    assert json.loads((out / RECORD_FILE).read_text())["digits"] == [3, 7]
+
+
+def test_a_killed_run_continues_to_the_same_digits(model, tmp_path, monkeypatch):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert generate(model, straight, "--num_images", "20") == 0
+    from ddpm_pipeline import pipeline_ddpm_mnist
+
+    real, calls = pipeline_ddpm_mnist.DDPMMnistPipeline.__call__, {"n": 0}
+
+    def killed_in_the_second_batch(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # as a kill would end it: mid-batch, nothing of that batch written
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline_ddpm_mnist.DDPMMnistPipeline, "__call__", killed_in_the_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        generate(model, killed, "--num_images", "20")
+    monkeypatch.undo()
+    assert [p.name for p in sorted((killed / "data").iterdir())] == ["train-00000.parquet"]  # no partial shard
+    assert generate(model, killed, "--num_images", "20") == 0
+    a, b = pixels(straight), pixels(killed)
+    assert np.array_equal(a[0], b[0]) and a[1] == b[1]
+
+
+def test_another_call_in_the_same_folder_is_refused(model, tmp_path, capsys):
+    out = tmp_path / "digits"
+    assert generate(model, out, "--num_images", "8") == 0
+    assert generate(model, out, "--num_images", "8", "--seed", "1") == 2
+    message = capsys.readouterr().err
+    assert "seed: 0 there, 1 now" in message and "another --out" in message
+
+
+@pytest.mark.parametrize("flags, flag", [(["--num_images", "0"], "--num_images"), (["--digits", "1,12"], "--digits"),
+                                         (["--batch_size", "x"], "--batch_size")])  # fmt: skip
+def test_bad_generate_flags(model, tmp_path, capsys, flags, flag):
+    with pytest.raises(SystemExit) as caught:
+        generate(model, tmp_path / "out", *flags)
+    assert caught.value.code == 2 and flag in capsys.readouterr().err
+
+
+def test_an_out_that_is_a_file_is_refused(model, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit):
+        generate(model, tmp_path / "file")
+    assert "--out" in capsys.readouterr().err
