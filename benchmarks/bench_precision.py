@@ -17,12 +17,13 @@ from accelerate.state import AcceleratorState
 
 from benchmarks.bench_train import build_ours
 from benchmarks.common import device, machine, print_table, seconds_per_call, write_json
+from ddpm_pipeline.flag_types import positive_int
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch_size", type=int, default=32, help="the default run's batch")
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--batch_size", type=positive_int, default=32, help="the default run's batch")
+    parser.add_argument("--steps", type=positive_int, default=3)
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
     from ddpm_pipeline.hardware import choose_precision

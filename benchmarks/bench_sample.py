@@ -22,6 +22,7 @@ import torch
 
 from benchmarks.common import device, machine, print_table, synchronize, write_json
 from ddpm_pipeline.constants import SCHEDULERS
+from ddpm_pipeline.flag_types import non_negative_int, positive_int, step_counts
 
 STEPS = (1000, 250, 50, 25, 10)
 
@@ -90,17 +91,21 @@ def main():
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="pretrained/ddpm-mnist")
-    parser.add_argument("--quality_samples", type=int, default=1000, help="0 = time only")
+    parser.add_argument("--quality_samples", type=non_negative_int, default=1000, help="0 = time only")
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help="auto = what ddpm-mnist sample uses")
-    parser.add_argument("--steps", default=",".join(map(str, STEPS)))
+    parser.add_argument("--steps", type=step_counts, default=list(STEPS), help="step counts, e.g. 10,6")
     parser.add_argument("--schedulers", default="ddpm", help=f"comma-separated, from {SCHEDULERS}")
     parser.add_argument(
         "--guidance", type=parse_guidance, default=None, help="SCALE:LOW,HIGH;... (default: the model's)"
     )
     parser.add_argument("--default_call", action="store_true", help="also the model's saved default call")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the quality samples (FID moves by 1-2 with it)")
+    parser.add_argument(
+        "--seed", type=non_negative_int, default=0, help="seed of the quality samples (FID moves by 1-2 with it)"
+    )
     parser.add_argument("--tag", default="", help="suffix for the JSON file name")
-    parser.add_argument("--skip_long_quality", type=int, default=1000, help="quality at this many steps: ddpm only")
+    parser.add_argument(
+        "--skip_long_quality", type=positive_int, default=1000, help="quality at this many steps: ddpm only"
+    )
     args = parser.parse_args()
     schedulers = [name.strip() for name in args.schedulers.split(",")]
     if any(name not in SCHEDULERS for name in schedulers):
@@ -115,7 +120,7 @@ def main():
         order = pipe.scheduler.config.get("sampling_order", 1)
         rows[-1]["scheduler"] = f"default call ({'ddpm2' if order == 2 else 'ddpm'})"
     guidance = args.guidance or [(None, None)]
-    for steps in [int(s) for s in args.steps.split(",") if s]:
+    for steps in args.steps:
         for name in schedulers:
             for scale, interval in guidance:
                 rows.append(measure(pipe, name, steps, scale, interval, args, reference))

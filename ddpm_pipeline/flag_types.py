@@ -176,3 +176,22 @@ def writable_folder(text: str) -> Path:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise argparse.ArgumentTypeError(f"cannot write in {str(existing)!r}")
     return path
+
+
+def positive_list(text: str) -> list[float]:
+    """Positive numbers separated by commas (minutes, widths, scales of a study)."""
+    values = []
+    for item in text.split(","):
+        try:
+            value = float(item)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"takes numbers separated by commas, e.g. 7,15,30; got {text!r}") from None
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"takes finite numbers above 0; {item!r} is not one")
+        values.append(value)
+    return values
+
+
+def step_counts(text: str) -> list[int]:
+    """Sampling step counts separated by commas, each at least 1."""
+    return [positive_int(item) for item in text.split(",") if item.strip()] or positive_int(text)

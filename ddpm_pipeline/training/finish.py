@@ -85,7 +85,8 @@ def finish(run: Run):
     # Free the data-parallel wrapper (its gradient reducer holds the process group) while every process is still
     # there, then leave the group together: a reducer freed after a peer had gone hung in gloo's destructor.
     run.parts.unet = run.parts.optimizer = None
-    accelerator.free_memory()
+    if accelerator.num_processes > 1:  # (its full garbage collection costs a quarter second: only where needed)
+        accelerator.free_memory()
     accelerator.wait_for_everyone()
     accelerator.end_training()
 
