@@ -56,20 +56,28 @@ def positive_float(text: str) -> float:
     return value
 
 
-def scale_list(text: str) -> list[float]:
-    """Guidance scales separated by commas, each a finite number >= 0 (1 = no guidance)."""
-    scales = []
-    for item in text.split(","):
-        try:
-            value = float(item)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"takes guidance scales separated by commas, e.g. 1.5,2,2.5; got {text!r}"
-            ) from None
-        if not math.isfinite(value) or value < 0:
-            raise argparse.ArgumentTypeError(f"takes finite scales >= 0 (1 = no guidance); {item!r} is not one")
-        scales.append(value)
-    return scales
+def number_list(accepts, requirement: str, example: str):
+    """A flag type: finite numbers separated by commas, each one ``accepts`` (``requirement`` says which)."""
+
+    def parse(text: str) -> list[float]:
+        values = []
+        for item in text.split(","):
+            try:
+                value = float(item)
+            except ValueError:
+                raise argparse.ArgumentTypeError(
+                    f"takes numbers separated by commas, e.g. {example}; got {text!r}"
+                ) from None
+            if not math.isfinite(value) or not accepts(value):
+                raise argparse.ArgumentTypeError(f"takes {requirement}; {item!r} is not one")
+            values.append(value)
+        return values
+
+    return parse
+
+
+scale_list = number_list(lambda value: value >= 0, "finite guidance scales >= 0 (1 = no guidance)", "1.5,2,2.5")
+positive_list = number_list(lambda value: value > 0, "finite numbers above 0", "7,15,30")
 
 
 def parse_guidance_interval(text: str) -> tuple[float, ...]:
@@ -176,20 +184,6 @@ def writable_folder(text: str) -> Path:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise argparse.ArgumentTypeError(f"cannot write in {str(existing)!r}")
     return path
-
-
-def positive_list(text: str) -> list[float]:
-    """Positive numbers separated by commas (minutes, widths, scales of a study)."""
-    values = []
-    for item in text.split(","):
-        try:
-            value = float(item)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"takes numbers separated by commas, e.g. 7,15,30; got {text!r}") from None
-        if not math.isfinite(value) or value <= 0:
-            raise argparse.ArgumentTypeError(f"takes finite numbers above 0; {item!r} is not one")
-        values.append(value)
-    return values
 
 
 def step_counts(text: str) -> list[int]:
