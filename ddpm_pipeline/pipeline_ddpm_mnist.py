@@ -243,15 +243,18 @@ class DDPMMnistPipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(int(num_inference_steps), device=device)
         # read back once, as Python numbers (every scheduler's step takes them): no step then waits for the device
         timesteps = self.scheduler.timesteps.tolist()
-        self._num_timesteps = len(timesteps)
+        # diffusers' step-end callbacks may change the guidance (pipe._guidance_scale) or stop early (pipe._interrupt)
+        self._num_timesteps, self._guidance_scale, self._interrupt = len(timesteps), guidance_scale, False
         recorder = TrajectoryRecorder(sample) if return_trajectory else None
         if recorder is not None:
             callbacks.append((recorder, ["latents"]))
 
         for i, timestep in enumerate(self.progress_bar(timesteps)):
+            if self._interrupt:
+                continue
             # 2. predict the noise (and the variance), with guidance inside the interval
             guided = guidance_low * T <= timestep < guidance_high * T
-            model_output = self._predict(sample, timestep, labels, guidance_scale if guided else 1.0, chunk)
+            model_output = self._predict(sample, timestep, labels, self._guidance_scale if guided else 1.0, chunk)
             # 3. x_t -> x_{t-1}: one draw from p_theta(x_{t-1} | x_t) (or the swapped-in scheduler's update)
             sample = self.scheduler.step(model_output, timestep, sample, generator=generator).prev_sample
             # 4. the step's callbacks in diffusers' convention: the user's, then the trajectory's
@@ -271,6 +274,14 @@ class DDPMMnistPipeline(DiffusionPipeline):
     @property
     def num_timesteps(self) -> int:
         return self._num_timesteps
+
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
 
     def _checked_callbacks(self, callback, tensor_inputs) -> list[tuple]:
         """[(the user's callback, the tensors it asked for)], or []; a PipelineCallback names its own tensors."""

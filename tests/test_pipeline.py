@@ -371,3 +371,25 @@ def test_an_image_with_its_own_generator_does_not_change_with_the_batch_around_i
     among_eleven = images([*range(20, 29), 7, 30], [*range(9), 3, 9])[9]
     assert torch.equal(alone, among_four) and torch.equal(alone, among_eleven)
     assert not torch.equal(alone, images([8], [3])[0])  # and the seed still matters
+
+
+def test_step_end_callbacks_can_change_the_guidance_and_interrupt_as_in_diffusers(pipe):
+    """diffusers' conventions for callbacks: pipe._guidance_scale is the guidance each step reads (dynamic CFG), and
+    pipe._interrupt stops the remaining steps."""
+
+    def stronger(pipeline, i, t, callback_kwargs):
+        pipeline._guidance_scale += 1.0
+        return {}
+
+    run(pipe, batch_size=1, num_inference_steps=4, guidance_scale=2.0, callback_on_step_end=stronger)
+    assert pipe.guidance_scale == 2.0 + pipe.num_timesteps
+
+    steps = []
+
+    def stop_after_two(pipeline, i, t, callback_kwargs):
+        steps.append(i)
+        pipeline._interrupt = i == 1
+        return {}
+
+    run(pipe, batch_size=1, num_inference_steps=6, callback_on_step_end=stop_after_two)
+    assert steps == [0, 1] and pipe.interrupt
