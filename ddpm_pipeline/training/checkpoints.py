@@ -45,17 +45,20 @@ def with_recorded_settings(config: TrainingConfig, checkpoint: Path, saved: dict
     return config.with_values(**{key: value for key, value in recorded.items() if key not in given})
 
 
-def planned_length(config: TrainingConfig, steps_per_epoch: int, saved: dict | None = None) -> int | None:
-    """The run's length in steps: a cooldown branch's is its branch point's step plus the cooldown (as its own
-    checkpoint, ``saved``, recorded it once it has one); None for a --time_budget run (its speed decides); else
-    max_train_steps, or the epochs."""
+def branch_point(config: TrainingConfig) -> tuple[Path, dict]:
+    """The checkpoint a cooldown branch starts from (--cooldown_from), verified, with its state."""
+    checkpoint = resolve_checkpoint(config.output_dir, config.cooldown_from, None, config.model_signature())
+    return checkpoint, read_training_state(checkpoint)
+
+
+def planned_length(config: TrainingConfig, steps_per_epoch: int, start: dict | None = None, own=False) -> int | None:
+    """The run's length in steps: a cooldown branch's is its branch point's step plus the cooldown (``start`` is the
+    state of the checkpoint it starts from: its branch point, or once it has checkpoints of its ``own``, the length
+    they recorded); None for a --time_budget run (its speed decides); else max_train_steps, or the epochs."""
     if config.time_budget is not None:
         return None
     if config.cooldown_from:
-        if saved is not None and "max_train_steps" in saved:
-            return saved["max_train_steps"]
-        checkpoint = resolve_checkpoint(config.output_dir, config.cooldown_from, None, config.model_signature())
-        return read_training_state(checkpoint)["global_step"] + config.lr_cooldown_steps
+        return start["max_train_steps"] if own else start["global_step"] + config.lr_cooldown_steps
     return config.max_train_steps or config.num_epochs * steps_per_epoch
 
 
@@ -68,18 +71,16 @@ def rebuild_lr_schedule(run: Run):
 
 
 def resume(run: Run):
-    """Continue from this run's own checkpoint (--resume_from_checkpoint, found at set-up), or a cooldown branch's
-    first checkpoint (--cooldown_from), verified, with this config's learning rate (and, for a --time_budget run, the
-    length and time its checkpoint recorded)."""
+    """Continue from the checkpoint found at set-up (this run's own, or a cooldown branch's branch point), verified,
+    with this config's learning rate (and, for a --time_budget run, the length and time its checkpoint recorded)."""
     config, state, accelerator = run.config, run.state, run.parts.accelerator
     checkpoint = run.resumes_from
-    if checkpoint is None and config.cooldown_from:
-        checkpoint = resolve_checkpoint(run.output_dir, config.cooldown_from, None, config.model_signature())
     if checkpoint is None:
         if config.resume_from_checkpoint:
             logger.info("No checkpoint in %s verifies yet; starting from scratch.", run.output_dir)
         return
-    step = read_training_state(checkpoint)["global_step"]
+    saved = read_training_state(checkpoint)
+    step = saved["global_step"]
     if state.total_steps is not None and step > state.total_steps:
         raise CheckpointError(
             f"{checkpoint} is at step {step}, beyond this run's {state.total_steps} steps; resume with "
@@ -94,7 +95,6 @@ def resume(run: Run):
         ) from error
     if run.parts.ema is not None:  # Accelerate loads custom states onto the CPU; the EMA belongs with the model
         run.parts.ema.to(device=accelerator.device)
-    saved = read_training_state(checkpoint)
     check_same_global_batch(run, saved, checkpoint)
     state.global_step = state.resumed_from_step = saved["global_step"]
     state.earlier_seconds = saved.get("train_seconds")  # older checkpoints did not record it

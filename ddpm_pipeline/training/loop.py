@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from ..preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED, OutputDirInUse, RunLock, StopRequest
 from ..training_config import ConfigError, TrainingConfig
 from .checkpoints import (
+    branch_point,
     checkpoint_due,
     own_checkpoint,
     planned_length,
@@ -122,10 +123,13 @@ def setup_run(config: TrainingConfig, parts, stop: StopRequest | None = None, ar
         raise TrainingStopped(f"{stop.signal_name} received during set-up: nothing was trained or saved.",
                               stop.exit_code)  # fmt: skip
     checkpoint, saved = own_checkpoint(config)
-    if checkpoint is not None:  # the run's length and schedule as its checkpoint recorded them
+    own = checkpoint is not None
+    if own:  # the run's length and schedule as its checkpoint recorded them
         config = with_recorded_settings(config, checkpoint, saved)
+    elif config.cooldown_from:  # a cooldown branch's first start: from the run it branches from
+        checkpoint, saved = branch_point(config)
     steps_per_epoch = max(1, parts.plan.micro_batches_per_epoch // config.gradient_accumulation_steps)
-    total = planned_length(config, steps_per_epoch, saved)
+    total = planned_length(config, steps_per_epoch, saved, own)
     budget = None
     if config.time_budget is not None:
         budget = TimeBudget(

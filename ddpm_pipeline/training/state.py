@@ -35,7 +35,7 @@ class Run:
     budget: TimeBudget | None = None  # --time_budget
     stop: StopRequest | None = None  # a stop signal, recorded while the run trains
     argv: list[str] | None = None  # the flags of this run, for the model card and the command that continues it
-    resumes_from: Path | None = None  # this run's own checkpoint that it continues from (--resume_from_checkpoint)
+    resumes_from: Path | None = None  # the checkpoint it continues from: its own, or a cooldown branch's branch point
 
     @property
     def output_dir(self) -> Path:
