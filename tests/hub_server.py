@@ -2,7 +2,9 @@
 
 It stores exactly the bytes the client sends (content-addressed blobs in a temp folder, one snapshot per commit),
 serves them back by revision, and checks bearer tokens: writes need a token with write access to the namespace,
-reads of a private repository need its owner's token. Standard library only.
+reads of a private repository need its owner's token. Model, Space and dataset repositories are kept apart: a model
+under its id (``ns/name``), the others as the Hub's URLs name them (``spaces/ns/name``, ``datasets/ns/name``).
+Standard library only.
 """
 
 import base64
@@ -17,6 +19,14 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import yaml
 
+REPO_TYPES = "(models|spaces|datasets)"
+
+
+def repo_key(kind: str | None, repo_id: str) -> str:
+    """How the server files a repository: ``ns/name`` for a model, ``spaces/ns/name`` or ``datasets/ns/name``."""
+    kind = (kind or "model").rstrip("s")
+    return repo_id if kind == "model" else f"{kind}s/{repo_id}"
+
 
 def git_blob_sha1(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
@@ -29,7 +39,7 @@ class FakeHub:
         self.root = Path(root)
         (self.root / "blobs").mkdir(parents=True, exist_ok=True)
         self.tokens = tokens
-        self.repos: dict[str, dict] = {}  # repo_id -> {"private", "commits": [(oid, {path: sha256})]}
+        self.repos: dict[str, dict] = {}  # repo_key -> {"private", "commits": [(oid, {path: sha256})]}
         self.requests: list[tuple[str, str]] = []
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -121,7 +131,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         if self._has_bad_token():
             self._error(401, "Unauthorized", "Invalid credentials in Authorization header", head)
             return None
-        if repo is None or (repo["private"] and user != repo_id.split("/")[0]):
+        if repo is None or (repo["private"] and user != repo_id.split("/")[-2]):
             self._error(404, "RepoNotFound", f"Repository not found: {repo_id}", head)
             return None
         return repo
@@ -142,7 +152,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         if user is None:
             self._error(401, "Unauthorized", "Invalid username or password.")
             return False
-        if role != "write" or repo_id.split("/")[0] != user:
+        if role != "write" or repo_id.split("/")[-2] != user:
             self._error(403, "Forbidden", f"You don't have write access to {repo_id}.")
             return False
         return True
@@ -168,18 +178,20 @@ class HubRequestHandler(BaseHTTPRequestHandler):
                 return self._validate_yaml()
             if method == "GET" and path == "/api/whoami-v2":
                 return self._whoami()
-            match = re.fullmatch(r"/api/models/([^/]+/[^/]+)/(preupload|commit)/(.+)", path)
+            match = re.fullmatch(rf"/api/{REPO_TYPES}/([^/]+/[^/]+)/(preupload|commit)/(.+)", path)
             if method == "POST" and match:
-                return self._preupload(match[1]) if match[2] == "preupload" else self._commit(match[1], match[3])
-            match = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(/.*)?", path)
+                key = repo_key(match[1], match[2])
+                return self._preupload(key) if match[3] == "preupload" else self._commit(key, match[4])
+            match = re.fullmatch(rf"/api/{REPO_TYPES}/([^/]+/[^/]+)/tree/([^/]+)(/.*)?", path)
             if method == "GET" and match:
-                return self._tree(match[1], match[2], (match[3] or "").strip("/"), parse_qs(parsed.query))
-            match = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/(.+))?", path)
+                key = repo_key(match[1], match[2])
+                return self._tree(key, match[3], (match[4] or "").strip("/"), parse_qs(parsed.query))
+            match = re.fullmatch(rf"/api/{REPO_TYPES}/([^/]+/[^/]+)(?:/revision/(.+))?", path)
             if method == "GET" and match:
-                return self._model_info(match[1], match[2] or "main")
-            match = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
+                return self._model_info(repo_key(match[1], match[2]), match[3] or "main")
+            match = re.fullmatch(r"/(?:(spaces|datasets)/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
             if method in ("GET", "HEAD") and match:
-                return self._resolve(match[1], match[2], match[3], head=method == "HEAD")
+                return self._resolve(repo_key(match[1], match[2]), match[3], match[4], head=method == "HEAD")
             self._error(404, "NotFound", f"No route for {method} {path}", head=method == "HEAD")
         except Exception as error:  # a fixture bug must show up as a 500, not a hung client
             self._error(500, "InternalError", repr(error), head=method == "HEAD")
@@ -198,15 +210,19 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             user, _ = self._user()
             namespace = user
         repo_id = name if "/" in name else f"{namespace}/{name}"
-        if not self._check_write(repo_id):
+        kind = payload.get("type") or "model"
+        if kind == "space" and not payload.get("sdk"):
+            return self._error(400, "BadRequest", "A Space needs an sdk (gradio, docker or static).")
+        key = repo_key(kind, repo_id)
+        if not self._check_write(key):
             return
-        url = f"{self.hub.endpoint}/{repo_id}"
+        url = f"{self.hub.endpoint}/{key}"
         with self.hub.lock:
-            if repo_id in self.hub.repos:
-                return self._send(409, {"error": "You already created this model repo", "url": url})
-            oid = hashlib.sha1(f"init {repo_id} {time.time()}".encode()).hexdigest()
+            if key in self.hub.repos:
+                return self._send(409, {"error": f"You already created this {kind} repo", "url": url})
+            oid = hashlib.sha1(f"init {key} {time.time()}".encode()).hexdigest()
             private = bool(payload.get("private")) or payload.get("visibility") in ("private", "protected")
-            self.hub.repos[repo_id] = {"private": private, "commits": [(oid, {})]}
+            self.hub.repos[key] = {"private": private, "commits": [(oid, {})], "sdk": payload.get("sdk")}
         self._send(200, {"url": url, "name": repo_id, "id": repo_id})
 
     def _validate_yaml(self):
@@ -268,9 +284,10 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             200,
             {
                 "_id": oid,
-                "id": repo_id,
-                "modelId": repo_id,
-                "author": repo_id.split("/")[0],
+                "id": "/".join(repo_id.split("/")[-2:]),
+                "modelId": "/".join(repo_id.split("/")[-2:]),
+                "author": repo_id.split("/")[-2],
+                "sdk": repo.get("sdk"),
                 "sha": oid,
                 "private": repo["private"],
                 "disabled": False,

@@ -5,6 +5,7 @@ The client reads HF_ENDPOINT when it is imported, so every client call runs in a
 
 import concurrent.futures
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
+import yaml
 
 from ddpm_pipeline.hub import HubError, validate_repo_id
 from tests.conftest import tiny_pipeline
@@ -233,7 +235,7 @@ def test_push_auth_errors_are_clear(hub, tmp_path, saved_pipeline, token, repo, 
     result = push(out, env, repo)
     assert result.returncode != 0
     assert message in result.stderr and "Traceback" not in result.stderr
-    assert "untouched" in result.stderr
+    assert "Nothing was lost" in result.stderr
     if token:
         assert token not in result.stderr
     assert (out / "model_index.json").is_file()
@@ -341,3 +343,85 @@ def test_model_card_describes_the_saved_pipeline_not_literals(tmp_path):
 
     bare = render_model_card({"class_conditional": True}, repo_id="alice/tiny-ddpm")
     assert f"{DEFAULT_NUM_INFERENCE_STEPS} respaced steps" in bare and f"guidance {DEFAULT_GUIDANCE_SCALE} " in bare
+
+
+LIST_FILES = """
+import json, sys
+from huggingface_hub import HfApi
+print(json.dumps(HfApi().list_repo_files(sys.argv[1], repo_type=sys.argv[2])))
+"""
+
+
+def test_push_the_demo_as_a_space_beside_the_model(hub, tmp_path, saved_pipeline):
+    out, _ = saved_pipeline
+    env = client_env(hub, tmp_path)
+    result = push(out, env, "alice/tiny-ddpm", "--space_id", "alice/tiny-ddpm-demo")
+    assert result.returncode == 0, result.stderr[-3000:]
+    listed = run([sys.executable, "-c", LIST_FILES, "alice/tiny-ddpm-demo", "space"], env)
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    files = set(json.loads(listed.stdout))
+    assert {"app.py", "requirements.txt", "README.md", "ddpm_pipeline/demo.py", "ddpm_pipeline/hub.py"} <= files
+    assert not [name for name in files if name.endswith((".safetensors", ".bin", ".pyc"))]  # code, not weights
+    stored = hub.files("spaces/alice/tiny-ddpm-demo")
+    assert stored["app.py"] == (ROOT / "space" / "app.py").read_bytes()
+    metadata = yaml.safe_load(stored["README.md"].decode().split("---")[1])
+    assert metadata["sdk"] == "gradio" and metadata["app_file"] == "app.py"
+    assert metadata["models"] == ["alice/tiny-ddpm"]  # the Space shows the model pushed with it
+    assert hub.repos["spaces/alice/tiny-ddpm-demo"]["sdk"] == "gradio"
+    assert "alice/tiny-ddpm" in hub.repos  # the model too, as before
+    assert not [path for path, data in stored.items() if TOKEN.encode() in data]
+
+
+def test_a_bad_space_id_is_refused_before_anything_is_pushed(hub, tmp_path, saved_pipeline):
+    out, _ = saved_pipeline
+    result = push(out, client_env(hub, tmp_path), "alice/tiny-ddpm", "--space_id", "no-namespace")
+    assert result.returncode == 2 and "namespace/name" in result.stderr
+    assert hub.repos == {}
+
+
+def test_generate_pushes_the_data_set_that_datasets_loads_from_the_hub(hub, tmp_path):
+    model = tmp_path / "model"
+    pipe = tiny_pipeline()
+    pipe.register_to_config(default_num_inference_steps=3)
+    pipe.save_pretrained(model)
+    out = tmp_path / "digits"
+    env = client_env(hub, tmp_path)
+    flags = ["--num_images", "12", "--batch_size", "8", "--digits", "2,5"]
+    generate = [sys.executable, "-m", "ddpm_pipeline.cli", "generate", "--model", str(model), "--out", str(out)]
+    result = run([*generate, *flags, "--push_to_hub", "--hub_dataset_id", "alice/digits"], env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    stored = hub.files("datasets/alice/digits")
+    local = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert stored == local and "data/train-00001.parquet" in stored
+    load = "import datasets, json; rows = datasets.load_dataset('alice/digits')['train']; print(json.dumps(list("
+    load += "rows['label'])))"
+    loaded = run([sys.executable, "-c", load], env)
+    assert loaded.returncode == 0 and "malformed" not in loaded.stderr, loaded.stderr[-3000:]
+    assert json.loads(loaded.stdout.splitlines()[-1]) == [2, 5] * 6
+
+
+def test_a_distilled_student_pushes_with_its_own_scheduler_code_and_loads_without_the_package(hub, tmp_path):
+    from ddpm_pipeline.distillation.student import student_pipeline
+
+    out = tmp_path / "student"
+    teacher = tiny_pipeline()
+    student = student_pipeline(teacher.unet, 50, {"1": [49], "2": [49, 24]}, default_steps=2)
+    student.save_pretrained(out)
+    env = client_env(hub, tmp_path)
+    result = push(out, env, "alice/tiny-fast")
+    assert result.returncode == 0, result.stderr[-3000:]
+    stored = hub.files("alice/tiny-fast")
+    assert (
+        stored["scheduler/scheduling_distilled.py"] == (ROOT / "ddpm_pipeline" / "scheduling_distilled.py").read_bytes()
+    )
+    index = json.loads(stored["model_index.json"])
+    assert index["scheduler"] == ["scheduling_distilled", "DistilledLCMScheduler"]
+    script = "import sys\nsys.modules['ddpm_pipeline'] = None\n" + SAMPLE_SCRIPT.format(
+        imports="from diffusers import DiffusionPipeline",
+        loader="DiffusionPipeline.from_pretrained('alice/tiny-fast', trust_remote_code=True)",
+    ).replace("num_inference_steps=4", "num_inference_steps=2")
+    remote = run([sys.executable, "-c", script, str(tmp_path / "remote.npy")], env, tmp_path)
+    assert remote.returncode == 0, remote.stderr[-3000:]
+    expected = student(batch_size=3, class_labels=[0, 1, 2], num_inference_steps=2, output_type="np",
+                       generator=__import__("torch").Generator().manual_seed(0)).images  # fmt: skip
+    np.testing.assert_array_equal(np.load(tmp_path / "remote.npy"), expected)
