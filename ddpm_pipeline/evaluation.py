@@ -241,16 +241,25 @@ CAS_EPOCHS = 4  # the evaluator's own classifier recipe on 45,000 digits (metric
 
 
 def classification_accuracy_score(
-    pipe, num_images: int, reference_name: str = "embedded", seed: int = 0, epochs: int = CAS_EPOCHS
+    pipe,
+    num_images: int,
+    reference_name: str = "embedded",
+    seed: int = 0,
+    epochs: int = CAS_EPOCHS,
+    synthetic: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict:
     """Classification Accuracy Score (Ravuri & Vinyals 2019): the evaluator's classifier architecture trained by its
     own recipe on ``num_images`` generated digits alone (balanced, labelled by the digit asked for), and again on as
     many real training digits; both tested on the reference's real held-out digits. Generated digits as good as real
-    ones for training score the same."""
+    ones for training score the same. The generated digits are sampled from ``pipe`` at its default call, or given
+    (``synthetic``: images in [-1, 1] and labels, e.g. a data set from `ddpm-mnist generate`)."""
     if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 10:
         raise ValueError(f"cas needs at least 10 generated digits (one per class), got {num_images!r}.")
     reference = reference_for(reference_name)
-    samples, requested = generate(pipe, num_images, None, None, seed)
+    if synthetic is None:
+        samples, requested = generate(pipe, num_images, None, None, seed)
+    else:
+        samples, requested = synthetic[0][:num_images], synthetic[1][:num_images]
     real_images, real_labels = real_training_digits(reference_name)
     chosen = torch.randperm(len(real_images), generator=torch.Generator().manual_seed(seed))[:num_images]
     scores = {"num_images": num_images, "epochs": epochs, "reference": reference_name}

@@ -8,16 +8,21 @@ re-run with another call is refused. The card (README.md) says how the digits we
 DIR)` reads the folder.
 """
 
+import io
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from .data import scale_to_model_range
+
 RECORD_FILE = "generation.json"
 SHARD_DIGITS = 5  # data/train-00000.parquet ...
 SEED_STRIDE = 1_000_003  # batch b of seed s draws from seed s * SEED_STRIDE + b
+PARTIAL_SHARDS = shutil.ignore_patterns("*.partial-*")  # a shard being written (left behind by a kill)
 
 
 class GenerationError(ValueError):
@@ -62,13 +67,52 @@ def generate_dataset(pipe, out: Path, call: dict, progress: bool = True) -> Path
             labels = [digits[i % len(digits)] for i in range(start, stop)]
             generator = torch.Generator().manual_seed(call["seed"] * SEED_STRIDE + batch)
             images = pipe(batch_size=stop - start, class_labels=labels, generator=generator).images
-            partial = shard.with_name(f"{shard.name}.partial-{os.getpid()}")
+            partial = shard.with_name(f"{shard.name}.partial-{os.getpid()}")  # PARTIAL_SHARDS
             datasets.Dataset.from_dict({"image": images, "label": labels}, features=features).to_parquet(str(partial))
             os.replace(partial, shard)
         bar.update(stop - start)
     bar.close()
     (out / "README.md").write_text(dataset_card(call))
     return out
+
+
+def load_generated_digits(folder: Path, model: str, num_images: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The first ``num_images`` digits of a finished generation in ``folder`` (in [-1, 1]) with their labels and
+    the call that made them, checked to be ``model``'s: a score read from them is that model's."""
+    import numpy as np
+    import PIL.Image
+    import pyarrow.parquet
+
+    record = Path(folder) / RECORD_FILE
+    if not record.is_file():
+        raise GenerationError(f"{folder} holds no generation ({RECORD_FILE}): write one with `ddpm-mnist generate`.")
+    call = json.loads(record.read_text())
+    if not _same_model(call["model"], model):
+        raise GenerationError(
+            f"{folder} holds digits of {call['model']!r}, not of {model!r}: score the model that made them."
+        )
+    written = len(list((Path(folder) / "data").glob("train-*.parquet")))  # batches are written in order
+    available = min(written * call["batch_size"], call["num_images"])
+    if available < num_images:
+        raise GenerationError(
+            f"{folder} holds {available:,} digits, fewer than the {num_images:,} asked for: finish its generation "
+            "with the same `ddpm-mnist generate` command, or ask for fewer."
+        )
+    images, labels = [], []
+    for shard in sorted((Path(folder) / "data").glob("train-*.parquet")):  # read directly: no cache to go stale
+        table = pyarrow.parquet.read_table(shard).to_pydict()
+        images += [np.asarray(PIL.Image.open(io.BytesIO(image["bytes"]))) for image in table["image"]]
+        labels += table["label"]
+        if len(images) >= num_images:
+            break
+    pixels = torch.from_numpy(np.stack(images[:num_images]))[:, None]  # uint8, as the real digits are read
+    return scale_to_model_range(pixels), torch.tensor(labels[:num_images]), call
+
+
+def _same_model(recorded: str, model: str) -> bool:
+    if os.path.isdir(recorded) and os.path.isdir(model):
+        return os.path.samefile(recorded, model)
+    return recorded == model
 
 
 def check_same_call(out: Path, call: dict):
@@ -104,10 +148,7 @@ dataset_info:
     dtype:
       class_label:
         names:
-{"".join(f"          '{d}': '{d}'{chr(10)}" for d in range(10))}  splits:
-  - name: train
-    num_examples: {call["num_images"]}
-task_categories:
+{"".join(f"          '{d}': '{d}'{chr(10)}" for d in range(10))}task_categories:
 - image-classification
 tags:
 - synthetic

@@ -84,3 +84,47 @@ def test_an_out_that_is_a_file_is_refused(model, tmp_path, capsys):
     with pytest.raises(SystemExit):
         generate(model, tmp_path / "file")
     assert "--out" in capsys.readouterr().err
+
+
+def test_a_classification_accuracy_score_reads_the_first_digits_of_a_generation(model, tmp_path, monkeypatch):
+    from ddpm_pipeline import evaluation
+    from ddpm_pipeline.synthetic_data import load_generated_digits
+
+    out = tmp_path / "digits-4-9"  # datasets' cache tells local folders apart by name (and sizes, times)
+    assert generate(model, out, "--num_images", "20", "--digits", "4,9") == 0
+    images, labels, call = load_generated_digits(out, str(model), 12)
+    stored, stored_labels = pixels(out)
+    assert images.shape == (12, 1, 28, 28) and labels.tolist() == stored_labels[:12] == [4, 9] * 6
+    np.testing.assert_allclose(images[:, 0].numpy(), stored[:12] / 127.5 - 1, atol=1e-6)
+    assert call["num_images"] == 20 and call["digits"] == [4, 9]
+
+    trained_on = []  # what each of CAS's two classifiers is fitted to: the generation's digits, then real ones
+
+    def fit(images, labels, epochs, **kwargs):
+        trained_on.append((images, labels))
+        return evaluation.load_classifier()
+
+    monkeypatch.setattr(evaluation, "fit_classifier", fit)
+    monkeypatch.setattr(evaluation, "generate", lambda *args, **kwargs: pytest.fail("sampled instead of reading"))
+    score = evaluation.classification_accuracy_score(None, 12, "embedded", synthetic=(images, labels))
+    assert trained_on[0][0] is not None and torch_equal(trained_on[0][0], images) and len(trained_on[1][0]) == 12
+    assert score["synthetic_accuracy"] == score["real_accuracy"]  # the same (shipped) classifier read both
+
+
+def torch_equal(a, b) -> bool:
+    return bool((a == b).all())
+
+
+def test_a_generation_of_another_model_or_too_few_digits_is_refused(model, tmp_path, capsys):
+    from ddpm_pipeline.synthetic_data import GenerationError, load_generated_digits
+
+    out = tmp_path / "digits"
+    assert generate(model, out, "--num_images", "10") == 0
+    with pytest.raises(GenerationError, match="not of 'someone/else'"):
+        load_generated_digits(out, "someone/else", 10)
+    with pytest.raises(GenerationError, match="holds 10 digits, fewer than the 11 asked for"):
+        load_generated_digits(out, str(model), 11)
+    with pytest.raises(GenerationError, match="holds no generation"):
+        load_generated_digits(tmp_path, str(model), 10)
+    assert cli.main(["evaluate", "--model", str(model), "--cas_data", str(out)]) == 2
+    assert "give --cas N too" in capsys.readouterr().err
