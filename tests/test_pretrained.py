@@ -115,6 +115,9 @@ def test_the_shipped_card_and_evaluation_describe_the_shipped_pipeline():
     card = render_model_card(config, run_info, evaluation, config.get("hub_model_id"), sweep=sweep, settings=settings)
     fix = "regenerate it: python -m ddpm_pipeline.run_folder pretrained/ddpm-mnist"
     assert (PRETRAINED / "README.md").read_text() == card, fix
+    cas = evaluation["cas"]  # the classification accuracy score has its line
+    assert f"trained on {cas['num_images']:,} generated / real digits" in card
+    assert f"{cas['synthetic_accuracy']:.4g} / {cas['real_accuracy']:.4g}" in card
 
 
 # ------------------------------------------------------------------ the same samples on every CPU
