@@ -75,18 +75,25 @@ class _ArgumentParser(argparse.ArgumentParser):
     """argparse, raising ConfigError instead of exiting, so that a bad flag is answered like a bad config value."""
 
     def error(self, message):
-        raise ConfigError(f"{message}. `train_ddpm.py --help` lists every flag.")
+        raise ConfigError(f"{message}. `{self.prog} --help` lists every flag.")
 
 
-def build_argument_parser() -> argparse.ArgumentParser:
-    """A flag for every key, showing the value a bare run uses. A flag's text is read as YAML would read the value
-    (`--digits 0,1` and `--digits [0,1]` both work); no prefix abbreviations (--learning_rat is an error)."""
+def build_argument_parser(
+    config_class=TrainingConfig,
+    prog: str = "train_ddpm.py",
+    description: str = "Train a DDPM on MNIST.",
+    example: str = "configs/tiny.yaml",
+) -> argparse.ArgumentParser:
+    """A flag for every key of ``config_class``, showing the value a bare run uses. A flag's text is read as YAML
+    would read the value (`--digits 0,1` and `--digits [0,1]` both work); no prefix abbreviations (--learning_rat is
+    an error)."""
     parser = _ArgumentParser(
-        description="Train a DDPM on MNIST. Values come from the defaults below, then --config (YAML), then flags.",
+        prog=prog,
+        description=f"{description} Values come from the defaults below, then --config (YAML), then flags.",
         allow_abbrev=False,
     )
-    parser.add_argument("--config", default=None, help="YAML file overriding some defaults (e.g. configs/tiny.yaml)")
-    for name, field in TrainingConfig.model_fields.items():
+    parser.add_argument("--config", default=None, help=f"YAML file overriding some defaults (e.g. {example})")
+    for name, field in config_class.model_fields.items():
         annotation = field.annotation
         parser.add_argument(
             f"--{name}",
@@ -138,10 +145,16 @@ def _flag_reader(name: str, annotation):
 
 def parse_training_config(argv: list[str] | None = None) -> TrainingConfig:
     """Defaults, then the --config file if given, then the flags; validated, with the output folder checked."""
-    args = vars(build_argument_parser().parse_args(argv))
+    return parse_config(build_argument_parser(), TrainingConfig, argv)
+
+
+def parse_config(parser: argparse.ArgumentParser, config_class, argv: list[str] | None = None):
+    """A config of ``config_class`` from ``parser``'s flags over its --config file over the defaults; validated, with
+    the output folder checked."""
+    args = vars(parser.parse_args(argv))
     config_path = args.pop("config")
     file_values = read_yaml_config(config_path) if config_path else {}
-    config = TrainingConfig.from_dict({**file_values, **args})
+    config = config_class.from_dict({**file_values, **args})
     config.check_output_dir()
     return config
 

@@ -310,6 +310,12 @@ class DDPMMnistPipeline(DiffusionPipeline):
         steps, scale, interval = self.resolve_sampling(num_inference_steps, guidance_scale, guidance_interval)
         T = self.scheduler.config.num_train_timesteps
         interval = check_sampling_arguments(steps, scale, interval, num_train_timesteps=T)
+        if self.scheduler.config.get("distilled_timesteps") is not None and scale != 1.0:
+            raise SamplingArgumentError(
+                "guidance_scale",
+                f"guidance_scale={scale}: this is a distilled student, whose weights already hold its teacher's "
+                "guidance; it was not distilled for guidance on top. Call it with guidance_scale=1 (its default).",
+            )
         return T if steps == FULL_CHAIN else steps, scale, interval
 
     def _output(self, sample, labels, frames, frame_steps, output_type, return_dict):

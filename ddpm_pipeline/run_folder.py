@@ -13,6 +13,7 @@ import yaml
 
 from .model_card import render_model_card, sampling_settings
 from .redaction import redact_config
+from .student_card import render_student_card
 from .sweep_results import SWEEP_FILE
 
 CONFIG_FILE = "train_config.yaml"
@@ -102,6 +103,9 @@ class RunFolder:
 
     def write_card(self, repo_id: str | None = None, config: dict | None = None) -> Path:
         """README.md from what the folder holds (``config`` instead of its train_config.yaml, if given)."""
+        run_info = self.run_info() or {}
+        if run_info.get("teacher"):  # a distilled student
+            return self._write(CARD_FILE, render_student_card(run_info, self.evaluation(), repo_id))
         config = self.config() if config is None else redact_config(config)
         card = render_model_card(
             config,

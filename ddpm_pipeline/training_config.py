@@ -54,9 +54,31 @@ def setting(default, help: str, **constraints):
     return Field(default, description=help, **constraints)
 
 
-class TrainingConfig(BaseModel):
+class StrictConfig(BaseModel):
+    """A config of exact types (YAML's and the flags' values), frozen, whose errors name the key and the fix."""
+
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_written_as_text(cls, value, info):
+        """YAML reads 1e-4 (no dot) as a string: a float key takes it as the number it spells."""
+        if isinstance(value, str) and _accepts_float(cls.model_fields[info.field_name].annotation):
+            try:
+                return float(value)
+            except ValueError:
+                return value
+        return value
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "config"):
+        try:
+            return cls.model_validate(values)
+        except ValidationError as error:
+            raise ConfigError(explain(error, values, source)) from None
+
+
+class TrainingConfig(StrictConfig):
     # ---- run
     output_dir: Text = setting("outputs/ddpm-mnist", "where the pipeline, pictures, logs and checkpoints go")
     seed: int = setting(0, "seed for weights, data order, noise and timesteps", ge=0, le=MAX_SEED)
@@ -184,17 +206,6 @@ class TrainingConfig(BaseModel):
     push_every_save: bool = setting(False, "also push at every saved sample-grid epoch")
 
     # ------------------------------------------------------------------ one key's rules beyond its type and range
-    @field_validator("*", mode="before")
-    @classmethod
-    def _numbers_written_as_text(cls, value, info):
-        """YAML reads 1e-4 (no dot) as a string: a float key takes it as the number it spells."""
-        if isinstance(value, str) and _accepts_float(cls.model_fields[info.field_name].annotation):
-            try:
-                return float(value)
-            except ValueError:
-                return value
-        return value
-
     @field_validator("digits")
     @classmethod
     def _digits(cls, digits):
@@ -262,13 +273,6 @@ class TrainingConfig(BaseModel):
     @classmethod
     def field_names(cls) -> list[str]:
         return list(cls.model_fields)
-
-    @classmethod
-    def from_dict(cls, values: dict, source: str = "config") -> "TrainingConfig":
-        try:
-            return cls.model_validate(values)
-        except ValidationError as error:
-            raise ConfigError(explain(error, values, source)) from None
 
     def with_values(self, **values) -> "TrainingConfig":
         """A validated copy with some keys changed (the config itself never changes)."""
