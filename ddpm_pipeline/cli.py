@@ -163,7 +163,9 @@ def cmd_generate(args):
     pipe = _load_pipeline(args.model, args.dtype)
     pipe.set_progress_bar_config(disable=True)  # one bar for the whole data set, not one per batch
     digits = args.digits or list(range(10))
-    call = generation_call(pipe, args.model, args.num_images, digits, args.seed, args.batch_size)
+    call = generation_call(
+        pipe, args.model, args.num_images, digits, args.seed, args.batch_size, _sampling_arguments(args)
+    )
     out = generate_dataset(pipe, args.out, call)
     print(f"wrote {args.num_images} digits to {out} (datasets.load_dataset({str(out)!r}))")
     if args.push_to_hub:
@@ -305,13 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
     trajectory.set_defaults(handler=cmd_trajectory)
 
     generate = command("generate", "a labelled data set of synthetic digits, in batches a kill does not lose")
-    generate.add_argument("--model", required=True, help="a local pipeline folder or a Hub id")
+    _sampling_flags(generate)
     generate.add_argument("--num_images", type=positive_int, default=60000)
     generate.add_argument("--digits", type=digit_list, help="digits to make, balanced (default: all ten)")
     generate.add_argument("--out", type=writable_folder, required=True, help="the data set's folder")
     generate.add_argument("--batch_size", type=positive_int, default=500, help="images per batch and parquet shard")
-    generate.add_argument("--seed", type=non_negative_int, default=0)
-    generate.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help="the UNet's dtype (auto: native)")
     generate.add_argument("--push_to_hub", action="store_true", help="then push the folder as a Hub data set")
     _hub_flags(generate, "--hub_dataset_id", "the data set's repository, namespace/name")
     generate.set_defaults(handler=cmd_generate)

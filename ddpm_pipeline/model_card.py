@@ -77,9 +77,9 @@ def _evaluation_section(evaluation: dict | None) -> str:
     cas = evaluation.get("cas")
     if cas:
         rows += (
-            f"\n| classification accuracy score: a classifier trained on {cas['num_images']:,} generated / real digits, "
-            f"tested on {cas['reference']}'s held-out digits | {cas['synthetic_accuracy']:.4g} / "
-            f"{cas['real_accuracy']:.4g} |"
+            "\n| classification accuracy score: a classifier trained on "
+            f"{cas['num_images']:,} generated / real digits, tested on {cas['reference']}'s held-out digits "
+            f"| {cas['synthetic_accuracy']:.4g} / {cas['real_accuracy']:.4g} |"
         )
     return f"\n## Evaluation\n\n| metric | value |\n|---|---|\n{rows}\n"
 

@@ -1,5 +1,8 @@
 """Labelled synthetic digits as a `datasets` data set: `ddpm-mnist generate --model M --num_images N --out DIR`.
 
+The digits come from the model's default call, or the call the sampling flags ask for (e.g. less guidance: more varied
+digits).
+
 The digits are balanced over the ones asked for (image i asks for ``digits[i % len(digits)]``) and made in batches,
 each from a generator seeded by (seed, batch), so a batch's digits do not depend on the batches before it. Each batch
 is written as its own parquet shard, renamed into place when whole: a run that is killed keeps every finished batch,
@@ -29,9 +32,15 @@ class GenerationError(ValueError):
     """A generation that cannot go on as asked (another call in the same folder)."""
 
 
-def generation_call(pipe, model: str, num_images: int, digits: list[int], seed: int, batch_size: int) -> dict:
-    """Everything that decides the digits: the model and its default call, the labels, the seed and the batches."""
-    steps, scale, interval = pipe.resolve_sampling()
+def generation_call(
+    pipe, model: str, num_images: int, digits: list[int], seed: int, batch_size: int, sampling: dict | None = None
+) -> dict:
+    """Everything that decides the digits: the model and its call (``sampling``'s settings, the rest its default
+    call's), the labels, the seed and the batches."""
+    sampling = sampling or {}
+    steps, scale, interval = pipe.resolve_sampling(
+        sampling.get("num_inference_steps"), sampling.get("guidance_scale"), sampling.get("guidance_interval")
+    )
     return {
         "model": str(model),
         "num_images": num_images,
@@ -66,7 +75,14 @@ def generate_dataset(pipe, out: Path, call: dict, progress: bool = True) -> Path
         if not shard.is_file():  # a finished batch of an earlier run stays as it is
             labels = [digits[i % len(digits)] for i in range(start, stop)]
             generator = torch.Generator().manual_seed(call["seed"] * SEED_STRIDE + batch)
-            images = pipe(batch_size=stop - start, class_labels=labels, generator=generator).images
+            images = pipe(
+                batch_size=stop - start,
+                class_labels=labels,
+                generator=generator,
+                num_inference_steps=call["num_inference_steps"],
+                guidance_scale=call["guidance_scale"],
+                guidance_interval=call["guidance_interval"],
+            ).images
             partial = shard.with_name(f"{shard.name}.partial-{os.getpid()}")  # PARTIAL_SHARDS
             datasets.Dataset.from_dict({"image": images, "label": labels}, features=features).to_parquet(str(partial))
             os.replace(partial, shard)
@@ -160,13 +176,14 @@ tags:
 
 {call["num_images"]:,} 28x28 digits made by the DDPM at `{call["model"]}`, balanced over the digits {digits} (image i
 asks for the i-th of them in turn; its label is the digit asked for). Each batch of {call["batch_size"]} was sampled
-with the model's default call ({call["num_inference_steps"]} steps, classifier-free guidance {call["guidance_scale"]}
+with {call["num_inference_steps"]} steps, classifier-free guidance {call["guidance_scale"]}
 where {low} T <= t < {high} T; UNet in {call["dtype"]}) from a generator seeded with seed x {SEED_STRIDE} + batch, seed
 {call["seed"]}. The same command makes the same digits on the same machine.
 
 ```bash
 ddpm-mnist generate --model {call["model"]} --num_images {call["num_images"]} --digits {digit_flag} \\
-    --seed {call["seed"]} --batch_size {call["batch_size"]} --out DIR
+    --seed {call["seed"]} --batch_size {call["batch_size"]} --num_inference_steps {call["num_inference_steps"]} \\
+    --guidance_scale {call["guidance_scale"]} --guidance_interval {low},{high} --out DIR
 ```
 
 ```python

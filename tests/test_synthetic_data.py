@@ -128,3 +128,13 @@ def test_a_generation_of_another_model_or_too_few_digits_is_refused(model, tmp_p
         load_generated_digits(tmp_path, str(model), 10)
     assert cli.main(["evaluate", "--model", str(model), "--cas_data", str(out)]) == 2
     assert "give --cas N too" in capsys.readouterr().err
+
+
+def test_the_sampling_flags_choose_the_call_and_are_recorded(model, tmp_path):
+    default, unguided = tmp_path / "default-call", tmp_path / "unguided"
+    assert generate(model, default, "--num_images", "8") == 0
+    assert generate(model, unguided, "--num_images", "8", "--guidance_scale", "1", "--num_inference_steps", "2") == 0
+    call = json.loads((unguided / RECORD_FILE).read_text())
+    assert (call["guidance_scale"], call["num_inference_steps"]) == (1.0, 2)
+    assert "--guidance_scale 1.0" in (unguided / "README.md").read_text()
+    assert not np.array_equal(pixels(default)[0], pixels(unguided)[0])
