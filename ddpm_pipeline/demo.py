@@ -82,7 +82,7 @@ class Sampler:
         request = parse_request(self.models, model, digits, count, seed)
         pipe = self.pipelines[request.model]
         labels = [request.digits[i % len(request.digits)] for i in range(request.count)]
-        calls = _count_images_through(pipe.unet)
+        calls = ImageCounter(pipe.unet)
         started = time.perf_counter()
         with calls:
             out = pipe(
@@ -100,7 +100,7 @@ class Sampler:
         return grid, str(gif), timing_line(request.count, seconds, calls.images / request.count, pipe)
 
 
-class _count_images_through:
+class ImageCounter:
     """Counts the images that pass through a module while active (a guided step sends each image twice)."""
 
     def __init__(self, module: torch.nn.Module):

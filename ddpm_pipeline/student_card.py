@@ -87,7 +87,8 @@ def render_student_card(run_info: dict, evaluation: dict | None = None, repo_id:
 def _distillation_line(run_info: dict) -> str:
     minutes = run_info.get("distill_seconds", 0) / 60
     where = f" on {run_info.get('cpu', 'a CPU')} (PyTorch CPU capability {run_info.get('cpu_capability', '?')}, "
-    where += f"{run_info.get('threads', '?')} threads)"
+    threads = run_info.get("threads", "?")
+    where += f"{threads} thread{'' if threads == 1 else 's'})"
     if run_info.get("gpu"):
         where = f" on {run_info['gpu']}"
     command = f" with `{run_info['command']}`" if run_info.get("command") else ""

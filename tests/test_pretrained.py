@@ -16,6 +16,7 @@ from ddpm_pipeline.metrics.classifier import load_classifier
 ROOT = Path(__file__).resolve().parent.parent
 PRETRAINED = ROOT / "pretrained" / "ddpm-mnist"  # the flagship: configs/mnist-flagship.yaml
 QUICKSTART = ROOT / "pretrained" / "ddpm-mnist-quickstart"  # the README's first command
+FAST = ROOT / "pretrained" / "ddpm-mnist-fast"  # the flagship distilled: configs/distill-fast.yaml
 
 
 @pytest.mark.parametrize("folder", [PRETRAINED, QUICKSTART], ids=["flagship", "quickstart"])
@@ -35,6 +36,50 @@ def test_shipped_files(folder):
     assert "accelerate launch train_ddpm.py" in card and "minutes" in card
     evaluation = json.loads((folder / "evaluation.json").read_text())
     assert evaluation["num_samples"] == 1000
+
+
+def test_the_fast_student_ships_whole_and_its_card_is_what_the_code_writes():
+    from ddpm_pipeline.distillation.config import DistillationConfig
+    from ddpm_pipeline.student_card import render_student_card
+
+    for name in [
+        "model_index.json",
+        "README.md",
+        "samples.png",
+        "evaluation.json",
+        "run_info.json",
+        "distill_config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "scheduler/scheduler_config.json",
+    ]:
+        assert (FAST / name).is_file(), name  # fmt: skip
+    assert not list(FAST.rglob("*.bin")) and not list(FAST.glob("checkpoint-*"))
+    assert not (FAST / "teacher_paths").exists()
+    run_info = json.loads((FAST / "run_info.json").read_text())
+    evaluation = json.loads((FAST / "evaluation.json").read_text())
+    card = render_student_card(run_info, evaluation)
+    assert (FAST / "README.md").read_text() == card, "regenerate it: python -m ddpm_pipeline.run_folder " + str(FAST)
+    assert run_info["teacher"] == "pretrained/ddpm-mnist" and "distill-fast.yaml" in run_info["command"]
+    # the recorded settings are the shipped config's (written to another output folder)
+    recorded = json.loads((FAST / "distill_config.json").read_text())
+    from ddpm_pipeline.config_sources import read_yaml_config
+
+    expected = DistillationConfig.from_dict(read_yaml_config(ROOT / "configs" / "distill-fast.yaml")).to_dict()
+    assert {**recorded, "output_dir": None} == {**expected, "output_dir": None}
+    assert evaluation["num_inference_steps"] == 4 and evaluation["num_samples"] == 1000
+
+
+def test_the_fast_student_samples_its_default_call_in_four_network_calls():
+    pipe = DDPMMnistPipeline.from_pretrained(FAST)
+    pipe.set_progress_bar_config(disable=True)
+    seen = []
+    hook = pipe.unet.register_forward_pre_hook(lambda module, args: seen.append(len(args[0])))
+    labels = [i % 10 for i in range(36)]
+    out = pipe(class_labels=labels, output_type="pt", generator=torch.Generator().manual_seed(0))
+    hook.remove()
+    assert sum(seen) == 4 * 36
+    _, probabilities = load_classifier().embed_and_classify(out.images * 2 - 1)
+    assert scores.digit_accuracy(probabilities, torch.tensor(labels)) >= 0.8  # 0.90 at 1,000 samples
 
 
 def test_the_flagship_config_is_the_shipped_flagships_recipe():

@@ -25,7 +25,7 @@ from ..evaluation import evaluate_into_folder
 from ..hardware import choose_precision, machine_summary, prepare_for_sampling
 from ..pipeline_loading import DDPMMnistPipeline
 from ..run_folder import RunFolder
-from ..training.processes import on_main_process, share_from_main
+from ..training.processes import available_cores, on_main_process, share_from_main
 from ..training.recovery import TrainingDivergedError
 from ..training.time_budget import now
 from ..unet_mnist import MnistUNet
@@ -61,6 +61,8 @@ def distill(config: DistillationConfig, command: str | None = None) -> Path:
     output_dir = Path(config.output_dir)
     precision = choose_precision(config.mixed_precision)
     accelerator = Accelerator(mixed_precision=precision.mixed_precision)
+    if accelerator.device.type == "cpu":  # `accelerate launch` exports OMP_NUM_THREADS=1: share the cores instead
+        torch.set_num_threads(config.num_cpu_threads or max(1, available_cores() // accelerator.num_processes))
     set_seed(config.seed)
     teacher = prepare_for_sampling(DDPMMnistPipeline.from_pretrained(config.teacher), accelerator.device)
     T = teacher.scheduler.config.num_train_timesteps

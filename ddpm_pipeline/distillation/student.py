@@ -1,5 +1,7 @@
 """The student: the teacher's UNet with one output per pixel (v, no variance), and the pipeline that samples it."""
 
+import math
+
 import torch
 
 from ..pipeline_loading import DDPMMnistPipeline
@@ -29,7 +31,13 @@ def predicted_x0(student_output: torch.Tensor, sample: torch.Tensor, alpha_bar: 
 def student_pipeline(unet: MnistUNet, num_train_timesteps: int, chains: dict, default_steps: int) -> DDPMMnistPipeline:
     """The student as a DDPMMnistPipeline: its distilled chains, and a default call of ``default_steps`` steps
     without guidance (the teacher's guidance is in its weights)."""
-    scheduler = DistilledLCMScheduler(num_train_timesteps=num_train_timesteps, distilled_timesteps=chains)
+    # LCMScheduler's grid of timesteps (every T / original_inference_steps) holds every chain's timesteps
+    grid = math.gcd(num_train_timesteps, *(t + 1 for chain in chains.values() for t in chain))
+    scheduler = DistilledLCMScheduler(
+        num_train_timesteps=num_train_timesteps,
+        distilled_timesteps=chains,
+        original_inference_steps=num_train_timesteps // grid,
+    )
     pipe = DDPMMnistPipeline(
         unet=unet,
         scheduler=scheduler,

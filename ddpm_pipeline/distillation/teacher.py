@@ -2,9 +2,10 @@
 
 The teacher samples as an ODE: diffusers' DDIM with eta 0 (deterministic: a point of a path has one end) on a trailing
 chain that starts at T - 1, with the teacher's own classifier-free guidance (its saved scale, inside its saved
-interval) and x_0 clipped to [-1, 1]. The points at the student's timesteps and the path's end are kept. Paths are
-made in batches, each from a generator seeded by (seed, batch), and saved as one safetensors shard per batch, renamed
-into place when whole: a killed run keeps its finished batches and the same command continues them to the same bytes.
+interval), x_0 clipped to [-1, 1] and the noise that the clipped x_0 implies as the direction. The points at the
+student's timesteps and the path's end are kept. Paths are made in batches, each from a generator seeded by (seed,
+batch), and saved as one safetensors shard per batch, renamed into place when whole: a killed run keeps its finished
+batches and the same command continues them to the same bytes.
 """
 
 import json
@@ -49,10 +50,13 @@ def guided_ode_paths(teacher, noise, labels, chain: list[int], keep: list[int]):
             eps = unconditional + scale * (conditional - unconditional)
         else:
             eps = teacher.unet(model_input, timesteps, labels).sample.float()[:, :channels]
-        # diffusers' DDIMScheduler.step (eta 0, clip_sample, the unclipped noise as the direction), in its float32
-        # arithmetic: near t = T, where sqrt(abar) ~ 1e-5, x_0's estimate amplifies the last bit of the prediction
+        # diffusers' DDIMScheduler.step (eta 0, clip_sample, use_clipped_model_output) in its float32 arithmetic.
+        # The direction is the noise the clipped x_0 implies: near t = T, where sqrt(abar) ~ 1e-5, x_0's estimate
+        # is mostly clipped, and the raw noise prediction would step off the path (measured at 20 steps, 1,000
+        # samples: FID 1.74x its floor, clear rate 0.93, against 8.9x and 0.66 with the raw noise)
         alpha, alpha_next = alphas[t], alphas[chain[i + 1]] if i + 1 < len(chain) else torch.tensor(1.0)
         x0 = ((sample - (1 - alpha) ** 0.5 * eps) / alpha**0.5).clamp(-1, 1)
+        eps = (sample - alpha**0.5 * x0) / (1 - alpha) ** 0.5
         sample = alpha_next**0.5 * x0 + (1 - alpha_next) ** 0.5 * eps
     return kept, sample
 
@@ -70,6 +74,7 @@ def paths_call(teacher, teacher_id: str, config, keep: list[int]) -> dict:
         "guidance_scale": scale,
         "guidance_interval": list(interval),
         "teacher_dtype": str(teacher.unet.dtype).removeprefix("torch."),
+        "sampler": "DDIM, eta 0, clip_sample, use_clipped_model_output",
     }
 
 
