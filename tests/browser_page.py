@@ -98,8 +98,13 @@ class DemoPage:
         return images[0].get_attribute("src") if images else None
 
     def message(self) -> str:
-        """The text of the message the page shows (an error toast)."""
-        return self._wait_for(".toast-body").text
+        """The text of the message the page shows (an error toast), once it has its text."""
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        def shown(driver):
+            return " ".join(toast.text for toast in driver.find_elements("css selector", ".toast-body")).strip()
+
+        return WebDriverWait(self.driver, WAIT_SECONDS).until(shown)
 
     def timing(self) -> str:
         return self._find("#timing").text
