@@ -25,7 +25,8 @@ def generate(model, out, *flags):
 
 
 def pixels(folder):
-    rows = datasets.load_dataset(str(folder))["train"]
+    # rebuilt every time: datasets' cache can hand back an earlier run's folder of the same name
+    rows = datasets.load_dataset(str(folder), download_mode="force_redownload")["train"]
     return np.stack([np.asarray(image) for image in rows["image"]]), rows["label"]
 
 
