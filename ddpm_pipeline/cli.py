@@ -81,7 +81,10 @@ def cmd_evaluate(args):
             from .synthetic_data import load_generated_digits
 
             *synthetic, call = load_generated_digits(args.cas_data, args.model, args.cas)
-        result["cas"] = classification_accuracy_score(pipe, args.cas, args.reference, args.seed, synthetic=synthetic)
+        sampling = {} if args.cas_data else {"scheduler": args.scheduler, **_sampling_arguments(args)}
+        result["cas"] = classification_accuracy_score(
+            pipe, args.cas, args.reference, args.seed, synthetic=synthetic, **sampling
+        )
         if args.cas_data:
             result["cas"]["generated_by"] = {"folder": str(args.cas_data), **call}
     result["model"], result["reference"] = args.model, args.reference

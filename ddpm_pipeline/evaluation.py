@@ -249,22 +249,36 @@ def classification_accuracy_score(
     seed: int = 0,
     epochs: int = CAS_EPOCHS,
     synthetic: tuple[torch.Tensor, torch.Tensor] | None = None,
+    scheduler: str | None = None,
+    num_inference_steps: int | str | None = None,
+    guidance_scale: float | None = None,
+    guidance_interval: tuple[float, float] | None = None,
 ) -> dict:
     """Classification Accuracy Score (Ravuri & Vinyals 2019): the evaluator's classifier architecture trained by its
     own recipe on ``num_images`` generated digits alone (balanced, labelled by the digit asked for), and again on as
     many real training digits; both tested on the reference's real held-out digits. Generated digits as good as real
-    ones for training score the same. The generated digits are sampled from ``pipe`` at its default call, or given
-    (``synthetic``: images in [-1, 1] and labels, e.g. a data set from `ddpm-mnist generate`)."""
+    ones for training score the same. The generated digits are sampled from ``pipe`` at the call given (sampling
+    settings left None are its saved default call, recorded in the result), or given (``synthetic``: images in [-1, 1]
+    and labels, e.g. a data set from `ddpm-mnist generate`, which records its own call)."""
     if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 10:
         raise ValueError(f"cas needs at least 10 generated digits (one per class), got {num_images!r}.")
     reference = reference_for(reference_name)
+    scores = {"num_images": num_images, "epochs": epochs, "reference": reference_name}
     if synthetic is None:
-        samples, requested = generate(pipe, num_images, None, None, seed)
+        steps, scale, interval = pipe.resolve_sampling(num_inference_steps, guidance_scale, guidance_interval)
+        sampler = with_scheduler(pipe, scheduler)
+        samples, requested = generate(sampler, num_images, steps, scale, seed, guidance_interval=interval)
+        scores["sampled_with"] = {
+            "scheduler": scheduler or type(pipe.scheduler).__name__,
+            "num_inference_steps": steps,
+            "guidance_scale": scale,
+            "guidance_interval": [float(bound) for bound in interval],
+            "seed": seed,
+        }
     else:
         samples, requested = synthetic[0][:num_images], synthetic[1][:num_images]
     real_images, real_labels = real_training_digits(reference_name)
     chosen = torch.randperm(len(real_images), generator=torch.Generator().manual_seed(seed))[:num_images]
-    scores = {"num_images": num_images, "epochs": epochs, "reference": reference_name}
     for name, (images, labels) in {
         "synthetic": (samples, requested),
         "real": (real_images[chosen], real_labels[chosen]),

@@ -177,6 +177,7 @@ def test_classification_accuracy_score_tells_real_like_digits_from_noise(monkeyp
     import torch
 
     from ddpm_pipeline import evaluation
+    from tests.conftest import tiny_pipeline
 
     images, labels = evaluation.real_training_digits("embedded")
     others = torch.randperm(
@@ -189,7 +190,7 @@ def test_classification_accuracy_score_tells_real_like_digits_from_noise(monkeyp
     scores = {}
     for name, make in stand_ins.items():
         monkeypatch.setattr(evaluation, "generate", lambda pipe, n, *args, _make=make, **kwargs: _make(n))
-        scores[name] = evaluation.classification_accuracy_score(None, 512, "embedded", epochs=3)
+        scores[name] = evaluation.classification_accuracy_score(tiny_pipeline(), 512, "embedded", epochs=3)
     assert scores["real-like"]["real_accuracy"] > 0.5
     assert abs(scores["real-like"]["gap"]) < 0.15
     assert scores["noise"]["synthetic_accuracy"] < 0.25 < scores["noise"]["real_accuracy"]

@@ -139,3 +139,32 @@ def test_the_sampling_flags_choose_the_call_and_are_recorded(model, tmp_path):
     assert (call["guidance_scale"], call["num_inference_steps"]) == (1.0, 2)
     assert "--guidance_scale 1.0" in (unguided / "README.md").read_text()
     assert not np.array_equal(pixels(default)[0], pixels(unguided)[0])
+
+
+def test_a_sampled_classification_accuracy_score_uses_the_evaluations_call(model, tmp_path, monkeypatch):
+    """`evaluate --cas N` with sampling flags samples its N digits at those flags (not the saved default call) and
+    records the call it used."""
+    from ddpm_pipeline import evaluation
+
+    calls = []  # (steps, guidance, interval) of each generate: the evaluation's samples, then CAS's digits
+    real_generate = evaluation.generate
+
+    def spy(pipe, num, steps=None, scale=None, seed=0, batch_size=250, guidance_interval=None):
+        calls.append((num, steps, scale, tuple(guidance_interval)))
+        return real_generate(pipe, num, steps, scale, seed, batch_size, guidance_interval)
+
+    monkeypatch.setattr(evaluation, "generate", spy)
+    monkeypatch.setattr(evaluation, "fit_classifier", lambda *args, **kwargs: evaluation.load_classifier())
+    out = tmp_path / "evaluation.json"
+    flags = ["--num_samples", "4", "--nll_images", "0", "--cas", "10", "--out", str(out)]
+    flags += ["--num_inference_steps", "2", "--guidance_scale", "1", "--guidance_interval", "0.2,0.9"]
+    assert cli.main(["evaluate", "--model", str(model), *flags]) == 0
+    assert calls == [(4, 2, 1.0, (0.2, 0.9)), (10, 2, 1.0, (0.2, 0.9))]
+    recorded = json.loads(out.read_text())["cas"]["sampled_with"]
+    assert recorded == {
+        "scheduler": "CosineDDPMScheduler",
+        "num_inference_steps": 2,
+        "guidance_scale": 1.0,
+        "guidance_interval": [0.2, 0.9],
+        "seed": 0,
+    }
