@@ -2,6 +2,7 @@
 diffusers' LCMScheduler, a whole run, its exact resume after a time budget, and the student's refusals."""
 
 import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -45,16 +46,18 @@ class ClippedDDIM(DDIMScheduler):
         return super().step(*args, use_clipped_model_output=True, **kwargs)
 
 
-def test_the_teachers_paths_are_diffusers_ddim_with_its_guidance(teacher):
+@pytest.mark.parametrize("guidance", [None, (3.0, [0.4, 1.0])], ids=["teachers-saved", "named"])
+def test_the_teachers_paths_are_diffusers_ddim_with_its_guidance(teacher, guidance):
     pipe = DDPMMnistPipeline.from_pretrained(teacher)
     pipe.set_progress_bar_config(disable=True)
     chain = ddim_chain(50, 10)
     noise = torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     labels = torch.arange(6)
-    kept, end = guided_ode_paths(pipe, noise, labels, chain, [49, 24])
+    kept, end = guided_ode_paths(pipe, noise, labels, chain, [49, 24], guidance)
     ddim = ClippedDDIM.from_config(pipe.scheduler.config, timestep_spacing="trailing")
-    oracle = DDPMMnistPipeline(unet=pipe.unet, scheduler=ddim, default_guidance_scale=2.0,
-                               default_guidance_interval=[0.2, 0.8])  # fmt: skip
+    scale, interval = guidance or (2.0, [0.2, 0.8])
+    oracle = DDPMMnistPipeline(unet=pipe.unet, scheduler=ddim, default_guidance_scale=scale,
+                               default_guidance_interval=interval)  # fmt: skip
     oracle.set_progress_bar_config(disable=True)
     points = []
     out = oracle(batch_size=6, class_labels=labels, num_inference_steps=10, output_type="pt",
@@ -125,6 +128,17 @@ def test_a_tiny_distillation_gives_a_student_that_samples_in_its_steps_only(teac
     assert "consistency distillation" in info and str(teacher) in info
 
 
+def test_the_paths_guidance_can_differ_from_the_teachers_and_is_recorded(teacher, tmp_path):
+    saved, named = tmp_path / "saved", tmp_path / "named"
+    assert distil(teacher, saved) == 0
+    assert distil(teacher, named, "--teacher_guidance_scale", "3", "--teacher_guidance_interval", "0.4,1") == 0
+    record = json.loads((named / "teacher_paths" / "paths.json").read_text())
+    assert (record["guidance_scale"], record["guidance_interval"]) == (3.0, [0.4, 1.0])
+    assert json.loads((saved / "teacher_paths" / "paths.json").read_text())["guidance_scale"] == 2.0
+    assert weights_digest(saved) != weights_digest(named)
+    assert '"guidance_scale": 3.0' in (named / "run_info.json").read_text()
+
+
 def test_a_run_stopped_by_its_time_budget_resumes_to_the_same_student(teacher, tmp_path, monkeypatch):
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     assert distil(teacher, straight) == 0
@@ -143,6 +157,7 @@ def test_a_run_stopped_by_its_time_budget_resumes_to_the_same_student(teacher, t
         (["--student_steps", "3"], "does not divide teacher_steps"),
         (["--default_steps", "2", "--student_steps", "1,4"], "default_steps (2) must be one of"),
         (["--time_budget", "soon"], "not a duration"),
+        (["--teacher_guidance_interval", "0.8,0.4"], "teacher_guidance_interval [0.8, 0.4] must be two fractions"),
         (["--learning_rate", "0"], "learning_rate"),
         (["--nonsense", "1"], "unrecognized arguments"),
     ],

@@ -21,6 +21,12 @@ class DistillationConfig(StrictConfig):
     num_paths: int = setting(20000, "teacher paths from noise to digit (balanced over the digits)", ge=10)
     teacher_steps: int = setting(20, "DDIM steps of the teacher's paths (trailing spacing, eta 0)", ge=1, le=1000)
     teacher_batch_size: int = setting(500, "paths per batch (and per saved shard)", ge=1)
+    teacher_guidance_scale: float | None = setting(
+        None, "the paths' classifier-free guidance (default: the teacher's saved scale)", ge=0
+    )
+    teacher_guidance_interval: list[float] | None = setting(
+        None, "guide the paths where low T <= t < high T (default: the teacher's saved interval)"
+    )
     # ---- the student
     student_steps: list[int] = setting(STUDENT_STEPS, "step counts the student is distilled for", min_length=1)
     default_steps: int = setting(4, "the student's saved default call", ge=1)
@@ -53,6 +59,13 @@ class DistillationConfig(StrictConfig):
                 )
         if self.default_steps not in self.student_steps:
             problems.append(f"default_steps ({self.default_steps}) must be one of student_steps {self.student_steps}")
+        if self.teacher_guidance_interval is not None:
+            interval = self.teacher_guidance_interval
+            if len(interval) != 2 or not 0 <= interval[0] < interval[1] <= 1:
+                problems.append(
+                    f"teacher_guidance_interval {interval} must be two fractions of T, low < high, within [0, 1] "
+                    "(e.g. [0.4, 1.0])"
+                )
         if self.time_budget is not None and parse_duration(self.time_budget) is None:
             problems.append(f"time_budget {self.time_budget!r} is not a duration like 40m, 1h or 90s")
         if problems:

@@ -1,8 +1,8 @@
 """The teacher's guided paths from noise to digit, which the student learns to shortcut.
 
 The teacher samples as an ODE: diffusers' DDIM with eta 0 (deterministic: a point of a path has one end) on a trailing
-chain that starts at T - 1, with the teacher's own classifier-free guidance (its saved scale, inside its saved
-interval), x_0 clipped to [-1, 1] and the noise that the clipped x_0 implies as the direction. The points at the
+chain that starts at T - 1, with classifier-free guidance (the teacher's saved scale and interval unless the config
+names others), x_0 clipped to [-1, 1] and the noise that the clipped x_0 implies as the direction. The points at the
 student's timesteps and the path's end are kept. Paths are made in batches, each from a generator seeded by (seed,
 batch), and saved as one safetensors shard per batch, renamed into place when whole: a killed run keeps its finished
 batches and the same command continues them to the same bytes.
@@ -30,12 +30,13 @@ def ddim_chain(num_train_timesteps: int, steps: int) -> list[int]:
 
 
 @torch.no_grad()
-def guided_ode_paths(teacher, noise, labels, chain: list[int], keep: list[int]):
-    """Run the teacher's guided DDIM from ``noise`` (float32, at ``chain[0]``) along ``chain``; returns the points at
-    the timesteps ``keep`` ({t: x_t}) and the end x_0, all float32."""
+def guided_ode_paths(teacher, noise, labels, chain: list[int], keep: list[int], guidance=None):
+    """Run the teacher's guided DDIM from ``noise`` (float32, at ``chain[0]``) along ``chain``, with guidance
+    ``(scale, (low, high))`` (default: the teacher's saved); returns the points at the timesteps ``keep`` ({t: x_t})
+    and the end x_0, all float32."""
     alphas = teacher.scheduler.alphas_cumprod.to(torch.float32)
     T = teacher.scheduler.config.num_train_timesteps
-    _, scale, (low, high) = teacher.resolve_sampling()
+    scale, (low, high) = guidance or teacher.resolve_sampling()[1:]
     channels = noise.shape[1]
     null = torch.full_like(labels, teacher.unet.config.num_class_embeds)
     sample, kept = noise.clone(), {}
@@ -63,7 +64,7 @@ def guided_ode_paths(teacher, noise, labels, chain: list[int], keep: list[int]):
 
 def paths_call(teacher, teacher_id: str, config, keep: list[int]) -> dict:
     """Everything that decides the paths' bytes (a re-run with another call is refused)."""
-    steps, scale, interval = teacher.resolve_sampling()
+    _, scale, interval = teacher.resolve_sampling(None, config.teacher_guidance_scale, config.teacher_guidance_interval)
     return {
         "teacher": teacher_id,
         "num_paths": config.num_paths,
@@ -100,7 +101,8 @@ def make_paths(teacher, folder: Path, call: dict, progress: bool = True) -> Path
                      teacher.unet.config.sample_size)  # fmt: skip
             noise = torch.randn(shape, generator=generator)
             labels = torch.arange(start, stop) % num_classes
-            kept, end = guided_ode_paths(teacher, noise, labels, call["chain"], call["keep"])
+            guidance = (call["guidance_scale"], call["guidance_interval"])
+            kept, end = guided_ode_paths(teacher, noise, labels, call["chain"], call["keep"], guidance)
             tensors = {f"x_{t}": kept[t].half() for t in call["keep"]} | {"x_end": end.half(), "labels": labels}
             partial = shard.with_name(f"{shard.name}.partial-{os.getpid()}")
             save_file(tensors, str(partial))
