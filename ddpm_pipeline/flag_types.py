@@ -64,6 +64,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def fraction_flag(text: str) -> float:
+    """A rate or margin between 0 and 1."""
+    value = finite_float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text!r}")
+    return value
+
+
 def number_list(accepts, requirement: str, example: str):
     """A flag type: finite numbers separated by commas, each one ``accepts`` (``requirement`` says which)."""
 
@@ -86,6 +94,12 @@ def number_list(accepts, requirement: str, example: str):
 
 scale_list = number_list(lambda value: value >= 0, "finite guidance scales >= 0 (1 = no guidance)", "1.5,2,2.5")
 positive_list = number_list(lambda value: value > 0, "finite numbers above 0", "7,15,30")
+_whole_numbers = number_list(lambda value: value >= 1 and value == int(value), "whole numbers of at least 1", "10,20")
+
+
+def inference_step_list(text: str) -> list[int]:
+    """--steps 10,20: respaced sampling step counts, each a whole number of at least 1."""
+    return [int(value) for value in _whole_numbers(text)]
 
 
 def parse_guidance_interval(text: str) -> tuple[float, ...]:

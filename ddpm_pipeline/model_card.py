@@ -10,7 +10,7 @@ import yaml
 
 from .constants import DEFAULT_GUIDANCE_INTERVAL, DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_INFERENCE_STEPS, FULL_CHAIN
 from .redaction import SECRET_KEYS
-from .sweep_results import chosen_interval, sweep_table, swept_several_intervals
+from .sweep_results import chosen_interval, chosen_steps, sweep_table, swept_several_intervals, swept_several_steps
 
 CARD_TEMPLATE = """---
 {metadata}---
@@ -89,7 +89,9 @@ def _sweep_section(result: dict | None) -> str:
     if not result:
         return ""
     low, high = chosen_interval(result)
-    if swept_several_intervals(result):
+    if swept_several_steps(result):
+        call = "the default call at each step count, scale and guidance interval"
+    elif swept_several_intervals(result):
         call = f"the default call ({result['num_inference_steps']} steps) at each scale and guidance interval"
     else:
         call = (
@@ -99,10 +101,15 @@ def _sweep_section(result: dict | None) -> str:
     return (
         f"\n## How the default guidance was chosen\n\n`python -m ddpm_pipeline.guidance_sweep` scored {call} "
         f"({result.get('dtype', 'auto dtype')}), {result['num_samples']} samples against the {result['reference']} "
-        f"held-out digits, and kept the {result['rule']}: **{result['chosen']:g}** on [{low:g} T, {high:g} T)."
+        f"held-out digits, and kept the {result['rule']}: **{result['chosen']:g}** on [{low:g} T, {high:g} T)"
+        f"{_chosen_steps(result)}."
         f"{_chosen_with(result)}\n\n"
         f"{sweep_table(result)}\n"
     )
+
+
+def _chosen_steps(result: dict) -> str:
+    return f" at {chosen_steps(result)} steps" if swept_several_steps(result) else ""
 
 
 def _chosen_with(result: dict) -> str:

@@ -87,18 +87,23 @@ class RunFolder:
         path.parent.mkdir(parents=True, exist_ok=True)
         grid.save(path)
 
-    def set_default_guidance(self, scale: float, interval: list[float] | None = None):
-        """Make ``scale`` (and ``interval``) the saved default call: model_index.json, and train_config.yaml if any."""
+    def set_default_call(self, scale: float, interval: list[float] | None = None, steps: int | None = None):
+        """Make ``scale`` (and ``interval``, ``steps``) the saved default call: model_index.json, and
+        train_config.yaml if any."""
         index = self._json(INDEX_FILE)
         index["default_guidance_scale"] = scale
         if interval is not None:
             index["default_guidance_interval"] = [float(bound) for bound in interval]
+        if steps is not None:
+            index["default_num_inference_steps"] = steps
         self._write(INDEX_FILE, json.dumps(index, indent=2, sort_keys=True) + "\n")
         if (self.path / CONFIG_FILE).is_file():
             config = self.config()
             config["guidance_scale"] = scale
             if interval is not None:
                 config["guidance_interval"] = [float(bound) for bound in interval]
+            if steps is not None:
+                config["num_inference_steps"] = steps
             self.write_config(config)
 
     def write_card(self, repo_id: str | None = None, config: dict | None = None) -> Path:

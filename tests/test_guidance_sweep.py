@@ -163,3 +163,47 @@ def test_the_card_says_how_the_runs_chosen_with_were_trained(tmp_path):
     info.update(mixed_precision="bf16", machine={"cpu": "AMD EPYC", "cpu_capability": "AVX512"})
     (tmp_path / "run_info.json").write_text(json.dumps(info))
     assert "bf16" in describe_training(tmp_path) and "held" not in describe_training(tmp_path)
+
+
+def test_step_counts_are_choices_too_and_the_choice_becomes_the_default_call(tmp_path):
+    tiny_pipeline().save_pretrained(tmp_path)
+    main([str(tmp_path), "--steps", "2,4", "--scales", "1,3", "--num_samples", "20", "--save"])
+    result = json.loads((tmp_path / SWEEP_FILE).read_text())
+    assert [(r["num_inference_steps"], r["guidance_scale"]) for r in result["rows"]] == [(2, 1), (2, 3), (4, 1), (4, 3)]
+    chosen = choose(result["rows"])
+    assert (result["chosen_steps"], result["chosen"]) == (chosen["num_inference_steps"], chosen["guidance_scale"])
+    reloaded = DDPMMnistPipeline.from_pretrained(tmp_path)
+    assert reloaded.config.default_num_inference_steps == result["chosen_steps"]
+    assert reloaded.config.default_guidance_scale == result["chosen"]
+    card = (tmp_path / "README.md").read_text()
+    assert "| steps | guidance |" in card and f"at {result['chosen_steps']} steps." in card
+    bold = [line for line in card.splitlines() if line.startswith("| **")]
+    assert bold == [line for line in bold if line.startswith(f"| **{result['chosen_steps']}** | **{result['chosen']:g}**")]
+    assert len(bold) == 1
+
+
+def test_wider_margins_let_fid_choose_among_more_settings():
+    """The quickstart's trade: at the flagship's margins only strong guidance is right enough (FID 5x its floor); at
+    wider ones (clear within 0.02, accuracy >= 0.985) the lower FID wins."""
+    from ddpm_pipeline.guidance_sweep import rule_text
+
+    rows = [row(2.0, 30.0, 0.955, 0.975, 0.986), row(3.0, 60.0, 0.969, 0.975, 0.992)]
+    assert choose(rows)["guidance_scale"] == 3.0
+    assert choose(rows, clear_margin=0.02, accuracy_floor=0.985, accuracy_margin=0.01)["guidance_scale"] == 2.0
+    assert "- 0.02 and digit accuracy >= max(0.985," in rule_text(0.02, 0.985, 0.01)
+
+
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--steps", "0"], "--steps: takes whole numbers of at least 1; '0' is not one"),
+        (["--steps", "2.5"], "--steps: takes whole numbers of at least 1; '2.5' is not one"),
+        (["--clear_margin", "2"], "--clear_margin: must be between 0 and 1"),
+        (["--accuracy_floor", "x"], "--accuracy_floor: takes a number"),
+    ],
+)
+def test_bad_steps_and_margins_are_refused_naming_the_flag(tmp_path, capsys, flags, words):
+    tiny_pipeline().save_pretrained(tmp_path)
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), *flags])
+    assert words in capsys.readouterr().err
