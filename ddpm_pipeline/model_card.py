@@ -76,9 +76,12 @@ def _evaluation_section(evaluation: dict | None) -> str:
     )
     cas = evaluation.get("cas")
     if cas:
+        call = cas.get("generated_by") or cas.get("sampled_with") or {}
+        scale = call.get("guidance_scale")
+        guidance = "" if scale is None else " (no guidance)" if scale == 1 else f" (guidance {scale:g})"
         rows += (
             "\n| classification accuracy score: a classifier trained on "
-            f"{cas['num_images']:,} generated / real digits, tested on {cas['reference']}'s held-out digits "
+            f"{cas['num_images']:,} generated{guidance} / real digits, tested on {cas['reference']}'s held-out digits "
             f"| {cas['synthetic_accuracy']:.4g} / {cas['real_accuracy']:.4g} |"
         )
     return f"\n## Evaluation\n\n| metric | value |\n|---|---|\n{rows}\n"
