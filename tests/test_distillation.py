@@ -157,7 +157,7 @@ def test_a_run_stopped_by_its_time_budget_resumes_to_the_same_student(teacher, t
         (["--student_steps", "3"], "does not divide teacher_steps"),
         (["--default_steps", "2", "--student_steps", "1,4"], "default_steps (2) must be one of"),
         (["--time_budget", "soon"], "not a duration"),
-        (["--teacher_guidance_interval", "0.8,0.4"], "teacher_guidance_interval [0.8, 0.4] must be two fractions"),
+        (["--teacher_guidance_interval", "0.8,0.4"], "teacher_guidance_interval must be two fractions"),
         (["--learning_rate", "0"], "learning_rate"),
         (["--nonsense", "1"], "unrecognized arguments"),
     ],

@@ -5,6 +5,7 @@ from typing import Literal
 
 from pydantic import model_validator
 
+from ..pipeline_ddpm_mnist import SamplingArgumentError, check_sampling_arguments
 from ..training_config import MAX_SEED, StrictConfig, Text, TrainingConfig, parse_duration, setting
 
 STUDENT_STEPS = [1, 2, 4]
@@ -60,12 +61,10 @@ class DistillationConfig(StrictConfig):
         if self.default_steps not in self.student_steps:
             problems.append(f"default_steps ({self.default_steps}) must be one of student_steps {self.student_steps}")
         if self.teacher_guidance_interval is not None:
-            interval = self.teacher_guidance_interval
-            if len(interval) != 2 or not 0 <= interval[0] < interval[1] <= 1:
-                problems.append(
-                    f"teacher_guidance_interval {interval} must be two fractions of T, low < high, within [0, 1] "
-                    "(e.g. [0.4, 1.0])"
-                )
+            try:  # the pipeline's own rule for a call's guidance interval
+                check_sampling_arguments(1, 1.0, self.teacher_guidance_interval, prefix="teacher_")
+            except SamplingArgumentError as error:
+                problems.append(str(error))
         if self.time_budget is not None and parse_duration(self.time_budget) is None:
             problems.append(f"time_budget {self.time_budget!r} is not a duration like 40m, 1h or 90s")
         if problems:
