@@ -154,6 +154,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.end_to_end  # in .ci/run, not the README command: ~10 s of processes
 def test_the_space_folder_serves_the_models_in_its_metadata(tmp_path):
     """The Space as pushed: app.py, requirements, the card with ``models:``, and its own copy of the package."""
     model = tmp_path / "model"

@@ -191,6 +191,7 @@ def train_command(out, *flags):
     return [sys.executable, str(ROOT / "train_ddpm.py"), "--config", config, "--output_dir", str(out), *flags]
 
 
+@pytest.mark.end_to_end  # in .ci/run, not the README command: ~10 s of processes
 def test_push_from_training_at_every_saved_epoch(hub, tmp_path):
     """A run pushes after each picture epoch and at the end: the pipeline and its pictures, never checkpoints or
     optimizer states, and the --hub_token flag's token nowhere (no HF_TOKEN in the environment)."""
@@ -262,6 +263,7 @@ def test_bad_repo_id_and_offline(hub, tmp_path, saved_pipeline):
     assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
 
 
+@pytest.mark.end_to_end  # in .ci/run, not the README command: ~10 s of processes
 def test_a_private_repo_needs_the_owner_token_and_a_missing_one_is_clear(hub, tmp_path, saved_pipeline):
     out, _ = saved_pipeline
     result = push(out, client_env(hub, tmp_path), "alice/secret", "--hub_private_repo")
