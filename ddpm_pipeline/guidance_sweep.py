@@ -49,7 +49,6 @@ def rule_text(clear_margin=CLEAR_MARGIN, accuracy_floor=ACCURACY_FLOOR, accuracy
     )
 
 
-RULE = rule_text()
 DEFAULT_SCALES = (1.0, 1.25, 1.5, 1.75, 2.0, 2.5)
 COLUMNS = (
     "guidance_scale",
