@@ -1,19 +1,42 @@
 """Seconds for 36 images: the distilled student's default call against its teacher's, in the same run, in float32
 and in the dtype this machine prefers.
 
-    python -m benchmarks.bench_student [--teacher pretrained/ddpm-mnist] [--student outputs/ddpm-mnist-fast] [--tag T]
+    python -m benchmarks.bench_student [--teacher pretrained/ddpm-mnist] [--student outputs/ddpm-mnist-fast]
+        [--repeats 7] [--tag T]
 
-Each figure is the median of 3 timed calls after a warm-up (bench_sample.seconds_for_36), the pipeline loaded with
-`from_pretrained` and `prepare_for_sampling` as `ddpm-mnist sample` loads it. Hold the kernels to AVX2 on a wider CPU
-with ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 (the machine record says so). Writes
+Each figure is the median of --repeats timed calls after a warm-up, the pipeline loaded with `from_pretrained` and
+`prepare_for_sampling` as `ddpm-mnist sample` loads it. Teacher and student calls alternate, so a virtual machine whose
+speed drifts between seconds slows both alike and the ratio stays fair. Hold the kernels to AVX2 on a wider CPU with
+ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 (the machine record says so). Writes
 benchmarks/results/bench_student{tag}.json.
 """
 
 import argparse
+import statistics
 import sys
+import time
 
-from benchmarks.bench_sample import seconds_for_36
-from benchmarks.common import device, machine, print_table, write_json
+import torch
+
+from benchmarks.common import device, machine, print_table, synchronize, write_json
+from ddpm_pipeline.flag_types import positive_int
+
+LABELS = [i % 10 for i in range(36)]
+
+
+def seconds_for_36(pipes: dict, repeats: int) -> dict:
+    """Median seconds of 36 images at each pipeline's default call, the pipelines' calls alternating."""
+    for pipe in pipes.values():
+        pipe(batch_size=36, class_labels=LABELS, output_type="pt")  # warm-up
+    times = {name: [] for name in pipes}
+    for repeat in range(repeats):
+        for name, pipe in pipes.items():
+            synchronize()
+            started = time.perf_counter()
+            pipe(batch_size=36, class_labels=LABELS, generator=torch.Generator().manual_seed(repeat))
+            synchronize()
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main():
@@ -23,17 +46,19 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", default="pretrained/ddpm-mnist")
     parser.add_argument("--student", default="outputs/ddpm-mnist-fast")
+    parser.add_argument("--repeats", type=positive_int, default=7)
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
     preferred = str(preferred_dtype(device())).removeprefix("torch.")
     dtypes = ["float32"] if preferred == "float32" else ["float32", preferred]
     rows = []
     for dtype in dtypes:
-        seconds = {}
+        pipes = {}
         for name, model in (("teacher", args.teacher), ("student", args.student)):
-            pipe = prepare_for_sampling(DDPMMnistPipeline.from_pretrained(model), device(), dtype)
-            pipe.set_progress_bar_config(disable=True)
-            seconds[name] = seconds_for_36(pipe)
+            pipes[name] = prepare_for_sampling(DDPMMnistPipeline.from_pretrained(model), device(), dtype)
+            pipes[name].set_progress_bar_config(disable=True)
+        seconds = seconds_for_36(pipes, args.repeats)
+        for name, pipe in pipes.items():
             steps, scale, interval = pipe.resolve_sampling()
             rows.append({"model": name, "dtype": dtype, "default_call": f"{steps} steps, guidance {scale:g}",
                          "seconds_for_36": seconds[name]})  # fmt: skip
@@ -46,6 +71,7 @@ def main():
             "machine": machine(),
             "teacher": args.teacher,
             "student": args.student,
+            "repeats": args.repeats,
             "command": "python -m benchmarks.bench_student " + " ".join(sys.argv[1:]),
             "rows": rows,
         },
