@@ -2,11 +2,11 @@
 
 A run is asked to stop by Ctrl-C (SIGINT) on a laptop, a closed terminal or SSH session (SIGHUP), a preemptible cloud
 machine (SIGTERM before it is taken back), or SLURM (SIGTERM at the end of a job, or a chosen signal such as
-``--signal=USR1@120`` shortly before its time limit). ``StopRequest`` records any of them; the training loop finishes
-its step on every rank, writes a whole checkpoint, releases the lock and exits with ``exit_code`` (130 for Ctrl-C, as
-shells expect; ``EXIT_PREEMPTED`` for the others, so that schedulers requeue), printing the command that continues.
-A second Ctrl-C says that the save is under way; a third abandons it (the last whole checkpoint stays: saves are
-atomic).
+``--signal=USR1@120`` shortly before its time limit). ``StopRequest`` records any of them (but not one the run was
+started ignoring, as ``nohup`` ignores SIGHUP); the training loop finishes its step on every rank, writes a whole
+checkpoint, releases the lock and exits with ``exit_code`` (130 for Ctrl-C, as shells expect; ``EXIT_PREEMPTED`` for the
+others, so that schedulers requeue), printing the command that continues. A second Ctrl-C says that the save is under
+way; a third abandons it (the last whole checkpoint stays: saves are atomic).
 
 ``RunLock`` keeps two runs out of one output folder: a second run is refused with the first one's process and host; a
 lock left by a run that died (same host, no such process) is taken over.
@@ -36,7 +36,11 @@ class StopRequest:
         self._previous = {}
 
     def install(self):
+        """Catch the stop signals, except those this process was started ignoring: ``nohup`` ignores SIGHUP and a
+        shell ignores SIGINT in background jobs, and a run started so must keep running when they arrive."""
         for number in STOP_SIGNALS:
+            if signal.getsignal(number) == signal.SIG_IGN:
+                continue
             self._previous[number] = signal.signal(number, self._record)
         return self
 

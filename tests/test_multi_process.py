@@ -57,7 +57,15 @@ def launch_two(output_dir: Path, *flags: str) -> subprocess.Popen:
         "--num_machines", "1", str(ROOT / "train_ddpm.py"),
         *tiny_args(output_dir, "--train_batch_size", "8", *COMMON, *flags),
     ]  # fmt: skip
-    return subprocess.Popen(command, env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(command, env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=stop_signals_by_default)  # fmt: skip
+
+
+def stop_signals_by_default():
+    """In the launched run, SIGINT and SIGHUP as a terminal gives them: a suite run under nohup or in a background job
+    hands them down ignored, and a run leaves alone what it was started ignoring."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def rank_pid(output_dir: Path, rank: int) -> int | None:

@@ -48,9 +48,18 @@ def straight(tmp_path_factory):
     return out
 
 
+def not_ignored(request, number):
+    """Give ``number`` its default handler for this test: a run leaves alone a signal it was started ignoring (nohup's
+    SIGHUP, a background job's SIGINT), so a suite run that way would otherwise not see it caught."""
+    default = signal.default_int_handler if number == signal.SIGINT else signal.SIG_DFL
+    inherited = signal.signal(number, default)
+    request.addfinalizer(lambda: signal.signal(number, inherited))
+    return default
+
+
 @pytest.mark.parametrize("signal_number, exit_code", STOPS, ids=[s.name for s, _ in STOPS])
 def test_every_stop_signal_saves_the_step_and_the_printed_command_continues_exactly(
-    straight, tmp_path, monkeypatch, capsys, signal_number, exit_code
+    straight, tmp_path, monkeypatch, capsys, request, signal_number, exit_code
 ):
     """The signal arrives during a random step of a run with periodic checkpoints off (sent by the process to itself,
     as a terminal or a scheduler would): the step finishes, a whole checkpoint of it is written, the lock is released,
@@ -66,6 +75,7 @@ def test_every_stop_signal_saves_the_step_and_the_printed_command_continues_exac
         return real_loss(*args, **kwargs)
 
     monkeypatch.setattr(training_step, "training_losses", signalled)
+    default = not_ignored(request, signal_number)
     stopped = tmp_path / "stopped"
     assert train_main(tiny_args(stopped, *COMMON)) == exit_code
     message = capsys.readouterr().err
@@ -73,13 +83,28 @@ def test_every_stop_signal_saves_the_step_and_the_printed_command_continues_exac
     assert "Traceback" not in message and "KeyboardInterrupt" not in message
     assert [p.name for p in list_checkpoints(stopped)] == [f"checkpoint-{at}"]
     assert not (stopped / LOCK_FILE).exists()  # the lock went with the run
-    assert signal.getsignal(signal_number) in (signal.SIG_DFL, signal.default_int_handler)  # handlers restored
+    assert signal.getsignal(signal_number) is default  # handlers restored
     monkeypatch.undo()
     command = printed_command(message)
     assert command[-2:] == ["--resume_from_checkpoint", "latest"]
     assert train_main(command) == 0
     a, b = weights(straight), weights(stopped)
     assert all(torch.equal(a[name], b[name]) for name in a)
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGHUP, signal.SIGINT], ids=["SIGHUP", "SIGINT"])
+def test_a_signal_the_run_was_started_ignoring_stays_ignored(request, signal_number):
+    """`nohup` starts a run with SIGHUP ignored, a shell's background job with SIGINT ignored: a closed terminal must
+    not stop it, so the run leaves those signals alone (and restores the others)."""
+    inherited = signal.signal(signal_number, signal.SIG_IGN)
+    request.addfinalizer(lambda: signal.signal(signal_number, inherited))
+    with StopRequest().install() as stop:
+        assert signal.getsignal(signal_number) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) == stop._record
+        os.kill(os.getpid(), signal_number)
+        assert not stop.asked
+    assert signal.getsignal(signal_number) == signal.SIG_IGN
+    assert signal.getsignal(signal.SIGTERM) != stop._record
 
 
 def test_a_second_ctrl_c_says_the_save_is_under_way_and_a_third_abandons_it(capsys):
@@ -94,8 +119,10 @@ def test_a_second_ctrl_c_says_the_save_is_under_way_and_a_third_abandons_it(caps
         stop._record(signal.SIGINT, None)
 
 
-def test_a_stop_during_set_up_saves_nothing_and_says_so(tmp_path, monkeypatch, capsys):
+def test_a_stop_during_set_up_saves_nothing_and_says_so(tmp_path, monkeypatch, capsys, request):
     from ddpm_pipeline.training import loop
+
+    not_ignored(request, signal.SIGINT)
 
     real_build = loop.build_components
 
