@@ -46,16 +46,25 @@ def unet_calls(pipe, steps, scale, interval) -> int:
 
 
 def seconds_for_36(pipe, **settings) -> float:
+    """Median seconds of 3 calls of 36 images after a warm-up."""
+    return alternating_seconds_for_36({"pipe": pipe}, repeats=3, **settings)["pipe"]
+
+
+def alternating_seconds_for_36(pipes: dict, repeats: int, **settings) -> dict:
+    """Each pipeline's median seconds for 36 images over ``repeats`` calls after a warm-up, the pipelines' calls
+    alternating, so a machine whose speed drifts slows them all alike and their ratio stays fair."""
     labels = [i % 10 for i in range(36)]
-    pipe(batch_size=36, class_labels=labels, output_type="pt", **settings)  # warm-up
-    times = []
-    for repeat in range(3):
-        synchronize()
-        started = time.perf_counter()
-        pipe(batch_size=36, class_labels=labels, generator=torch.Generator().manual_seed(repeat), **settings)
-        synchronize()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    for pipe in pipes.values():
+        pipe(batch_size=36, class_labels=labels, output_type="pt", **settings)  # warm-up
+    times = {name: [] for name in pipes}
+    for repeat in range(repeats):
+        for name, pipe in pipes.items():
+            synchronize()
+            started = time.perf_counter()
+            pipe(batch_size=36, class_labels=labels, generator=torch.Generator().manual_seed(repeat), **settings)
+            synchronize()
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def measure(pipe, name, steps, scale, interval, args, reference) -> dict:

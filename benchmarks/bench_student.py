@@ -12,31 +12,11 @@ benchmarks/results/bench_student{tag}.json.
 """
 
 import argparse
-import statistics
 import sys
-import time
 
-import torch
-
-from benchmarks.common import device, machine, print_table, synchronize, write_json
+from benchmarks.bench_sample import alternating_seconds_for_36
+from benchmarks.common import device, machine, print_table, write_json
 from ddpm_pipeline.flag_types import positive_int
-
-LABELS = [i % 10 for i in range(36)]
-
-
-def seconds_for_36(pipes: dict, repeats: int) -> dict:
-    """Median seconds of 36 images at each pipeline's default call, the pipelines' calls alternating."""
-    for pipe in pipes.values():
-        pipe(batch_size=36, class_labels=LABELS, output_type="pt")  # warm-up
-    times = {name: [] for name in pipes}
-    for repeat in range(repeats):
-        for name, pipe in pipes.items():
-            synchronize()
-            started = time.perf_counter()
-            pipe(batch_size=36, class_labels=LABELS, generator=torch.Generator().manual_seed(repeat))
-            synchronize()
-            times[name].append(time.perf_counter() - started)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main():
@@ -57,7 +37,7 @@ def main():
         for name, model in (("teacher", args.teacher), ("student", args.student)):
             pipes[name] = prepare_for_sampling(DDPMMnistPipeline.from_pretrained(model), device(), dtype)
             pipes[name].set_progress_bar_config(disable=True)
-        seconds = seconds_for_36(pipes, args.repeats)
+        seconds = alternating_seconds_for_36(pipes, args.repeats)
         for name, pipe in pipes.items():
             steps, scale, interval = pipe.resolve_sampling()
             rows.append({"model": name, "dtype": dtype, "default_call": f"{steps} steps, guidance {scale:g}",

@@ -96,6 +96,7 @@ def test_every_stop_signal_saves_the_step_and_the_printed_command_continues_exac
 def test_a_signal_the_run_was_started_ignoring_stays_ignored(request, signal_number):
     """`nohup` starts a run with SIGHUP ignored, a shell's background job with SIGINT ignored: a closed terminal must
     not stop it, so the run leaves those signals alone (and restores the others)."""
+    not_ignored(request, signal.SIGTERM)
     inherited = signal.signal(signal_number, signal.SIG_IGN)
     request.addfinalizer(lambda: signal.signal(signal_number, inherited))
     with StopRequest().install() as stop:

@@ -1,6 +1,6 @@
-"""The student benchmark times teacher and student in alternation, so drift in the machine's speed hits both."""
+"""Benchmarks time pipelines in alternation (a student and its teacher), so a drifting machine slows both alike."""
 
-import benchmarks.bench_student as bench
+import benchmarks.bench_sample as bench
 
 
 class FakeClock:
@@ -30,7 +30,7 @@ def test_calls_alternate_and_the_ratio_survives_a_drifting_machine(monkeypatch):
         "teacher": FakePipe("teacher", 0.6, clock, calls, drift=0.1),
         "student": FakePipe("student", 0.15, clock, calls, drift=0.1),
     }
-    seconds = bench.seconds_for_36(pipes, repeats=5)
+    seconds = bench.alternating_seconds_for_36(pipes, repeats=5)
     assert calls[:2] == ["teacher", "student"]  # the warm-ups
     assert calls[2:] == ["teacher", "student"] * 5
     # the machine slows 10 % per round; alternating, both medians are taken in the same round
