@@ -48,13 +48,17 @@ def straight(tmp_path_factory):
     return out
 
 
+def handled_by(request, number, handler):
+    """Give ``number`` this handler for this test, and the test process's own back after it."""
+    inherited = signal.signal(number, handler)
+    request.addfinalizer(lambda: signal.signal(number, inherited))
+    return handler
+
+
 def not_ignored(request, number):
     """Give ``number`` its default handler for this test: a run leaves alone a signal it was started ignoring (nohup's
     SIGHUP, a background job's SIGINT), so a suite run that way would otherwise not see it caught."""
-    default = signal.default_int_handler if number == signal.SIGINT else signal.SIG_DFL
-    inherited = signal.signal(number, default)
-    request.addfinalizer(lambda: signal.signal(number, inherited))
-    return default
+    return handled_by(request, number, signal.default_int_handler if number == signal.SIGINT else signal.SIG_DFL)
 
 
 @pytest.mark.parametrize("signal_number, exit_code", STOPS, ids=[s.name for s, _ in STOPS])
@@ -97,8 +101,7 @@ def test_a_signal_the_run_was_started_ignoring_stays_ignored(request, signal_num
     """`nohup` starts a run with SIGHUP ignored, a shell's background job with SIGINT ignored: a closed terminal must
     not stop it, so the run leaves those signals alone (and restores the others)."""
     not_ignored(request, signal.SIGTERM)
-    inherited = signal.signal(signal_number, signal.SIG_IGN)
-    request.addfinalizer(lambda: signal.signal(signal_number, inherited))
+    handled_by(request, signal_number, signal.SIG_IGN)
     with StopRequest().install() as stop:
         assert signal.getsignal(signal_number) == signal.SIG_IGN
         assert signal.getsignal(signal.SIGTERM) == stop._record
