@@ -77,14 +77,26 @@ def _evaluation_section(evaluation: dict | None) -> str:
     cas = evaluation.get("cas")
     if cas:
         call = cas.get("generated_by") or cas.get("sampled_with") or {}
-        scale = call.get("guidance_scale")
-        guidance = "" if scale is None else " (no guidance)" if scale == 1 else f" (guidance {scale:g})"
+        guidance = _guidance_words(call.get("guidance_scale"), call.get("guidance_interval"))
         rows += (
             "\n| classification accuracy score: a classifier trained on "
             f"{cas['num_images']:,} generated{guidance} / real digits, tested on {cas['reference']}'s held-out digits "
             f"| {cas['synthetic_accuracy']:.4g} / {cas['real_accuracy']:.4g} |"
         )
     return f"\n## Evaluation\n\n| metric | value |\n|---|---|\n{rows}\n"
+
+
+def _guidance_words(scale: float | None, interval: list[float] | None) -> str:
+    """' (no guidance)', ' (guidance 0.75 on every step)', ' (guidance 2 on [0.4 T, 0.8 T))' or '' if unknown."""
+    if scale is None:
+        return ""
+    if scale == 1:
+        return " (no guidance)"
+    if interval is None:
+        return f" (guidance {scale:g})"
+    low, high = interval
+    where = "every step" if (low, high) == (0, 1) else f"[{low:g} T, {high:g} T)"
+    return f" (guidance {scale:g} on {where})"
 
 
 def _sweep_section(result: dict | None) -> str:

