@@ -55,11 +55,22 @@ SETTINGS = [
 
 
 class FormulaPipeline(DDPMMnistPipeline):
-    """The pipeline with its guided prediction made by ``formula`` (see the module's docstring)."""
+    """The pipeline with its guided prediction made by the formula set with ``use`` (see the module's docstring).
+
+    The setting lives on the class, not the instance: the evaluator samples with a copy of the pipeline
+    (``evaluation.with_scheduler``), which must guide the same way."""
 
     formula: str = "cfg"
-    parameters: dict | None = None
+    parameters: dict = {}
     weak_unet: torch.nn.Module | None = None
+
+    @classmethod
+    def use(cls, formula: str, parameters: dict | None = None, weak_unet: torch.nn.Module | None = None):
+        if formula not in FORMULAS:
+            raise ValueError(f"unknown formula {formula!r}; choose one of {', '.join(FORMULAS)}")
+        if formula in WEAK_FORMULAS and weak_unet is None:
+            raise ValueError(f"{formula} needs a weaker model: pass --weak_model (a shorter run of the same recipe)")
+        cls.formula, cls.parameters, cls.weak_unet = formula, dict(parameters or {}), weak_unet
 
     def _predict(self, sample, timestep, class_labels, guidance_scale: float, chunk: int | None) -> torch.Tensor:
         if self.formula == "cfg" or class_labels is None or guidance_scale == 1.0:
@@ -97,14 +108,13 @@ class FormulaPipeline(DDPMMnistPipeline):
         raise ValueError(f"unknown formula {self.formula!r}; choose one of {', '.join(FORMULAS)}")
 
 
-def load(model: str, weak_model: str | None) -> FormulaPipeline:
+def load(model: str, weak_model: str | None) -> tuple[FormulaPipeline, torch.nn.Module | None]:
     from ddpm_pipeline.hardware import prepare_for_sampling
     from ddpm_pipeline.unet_mnist import MnistUNet
 
     pipe = prepare_for_sampling(FormulaPipeline.from_pretrained(model), dtype="float32")
-    if weak_model is not None:
-        pipe.weak_unet = MnistUNet.from_pretrained(weak_model, subfolder="unet").float().eval()
-    return pipe
+    weak = MnistUNet.from_pretrained(weak_model, subfolder="unet").float().eval() if weak_model else None
+    return pipe, weak
 
 
 def main():
@@ -117,12 +127,12 @@ def main():
     parser.add_argument("--num_samples", type=positive_int, default=1000)
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
-    pipe, held_out = load(args.model, args.weak_model), reference_for(args.reference)
+    (pipe, weak), held_out = load(args.model, args.weak_model), reference_for(args.reference)
     rows = []
     for formula, scale, interval, parameters in SETTINGS:
-        if formula in WEAK_FORMULAS and pipe.weak_unet is None:
+        if formula in WEAK_FORMULAS and weak is None:
             continue
-        pipe.formula, pipe.parameters = formula, parameters
+        FormulaPipeline.use(formula, parameters, weak)
         result = evaluate_pipeline(
             pipe,
             num_samples=args.num_samples,

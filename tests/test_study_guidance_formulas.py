@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from benchmarks.study_guidance_formulas import FormulaPipeline
+from ddpm_pipeline.evaluation import with_scheduler
 from tests.conftest import tiny_pipeline
 
 
@@ -20,12 +21,18 @@ def digits(pipe, guidance_scale):
     ).images
 
 
+@pytest.fixture(autouse=True)
+def back_to_cfg():
+    yield
+    FormulaPipeline.use("cfg")
+
+
 def study_pipeline(formula, **parameters):
+    """A copy as the evaluator makes one (evaluation.with_scheduler): the formula must survive it."""
     tiny = tiny_pipeline()
     pipe = FormulaPipeline(unet=tiny.unet, scheduler=tiny.scheduler)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.formula, pipe.parameters, pipe.weak_unet = formula, parameters, tiny.unet
-    return pipe
+    FormulaPipeline.use(formula, parameters, weak_unet=tiny.unet)
+    return with_scheduler(pipe, None)
 
 
 @pytest.mark.parametrize(
@@ -51,3 +58,10 @@ def test_autoguidance_by_the_model_itself_is_no_guidance():
 def test_apg_without_its_parallel_part_changes_the_digits():
     control = digits(tiny_pipeline(), 3.0)
     assert not torch.allclose(digits(study_pipeline("apg", eta=0.0), 3.0), control, atol=1e-3)
+
+
+def test_a_formula_that_needs_a_weaker_model_refuses_to_run_without_one():
+    with pytest.raises(ValueError, match="--weak_model"):
+        FormulaPipeline.use("autoguidance")
+    with pytest.raises(ValueError, match="unknown formula"):
+        FormulaPipeline.use("cfgg")
