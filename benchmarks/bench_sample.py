@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from benchmarks.common import device, machine, print_table, synchronize, write_json
+from benchmarks.common import device, machine, print_table, synchronize, write_rows
 from ddpm_pipeline.constants import SCHEDULERS
 from ddpm_pipeline.flag_types import non_negative_int, positive_int, step_counts
 
@@ -136,17 +136,14 @@ def main():
     print(f"\nMachine: {machine()}; UNet dtype {dtype}; quality on {args.quality_samples} samples.\n")
     columns = ["scheduler", "steps", "guidance", "unet_calls", "seconds_for_36", "fid", "fid_real_floor"]
     print_table(rows, columns + ["clear_rate", "digit_accuracy"])
-    write_json(
+    write_rows(
         f"bench_sample{args.tag}",
-        {
-            "machine": machine(),
-            "model": args.model,
-            "dtype": dtype,
-            "quality_samples": args.quality_samples,
-            "seed": args.seed,
-            "command": "python -m benchmarks.bench_sample " + " ".join(sys.argv[1:]),
-            "rows": rows,
-        },
+        "benchmarks.bench_sample",
+        rows,
+        model=args.model,
+        dtype=dtype,
+        quality_samples=args.quality_samples,
+        seed=args.seed,
     )
 
 

@@ -12,10 +12,9 @@ benchmarks/results/bench_student{tag}.json.
 """
 
 import argparse
-import sys
 
 from benchmarks.bench_sample import alternating_seconds_for_36
-from benchmarks.common import device, machine, print_table, write_json
+from benchmarks.common import device, machine, print_table, write_rows
 from ddpm_pipeline.flag_types import positive_int
 
 
@@ -45,16 +44,13 @@ def main():
         rows[-1]["speedup"] = seconds["teacher"] / seconds["student"]
     print(f"\nMachine: {machine()}\n")
     print_table(rows, ["model", "dtype", "default_call", "seconds_for_36", "speedup"])
-    write_json(
+    write_rows(
         f"bench_student{args.tag}",
-        {
-            "machine": machine(),
-            "teacher": args.teacher,
-            "student": args.student,
-            "repeats": args.repeats,
-            "command": "python -m benchmarks.bench_student " + " ".join(sys.argv[1:]),
-            "rows": rows,
-        },
+        "benchmarks.bench_student",
+        rows,
+        teacher=args.teacher,
+        student=args.student,
+        repeats=args.repeats,
     )
 
 

@@ -141,6 +141,12 @@ def write_json(name: str, payload: dict) -> Path:
     return path
 
 
+def write_rows(name: str, module: str, rows: list[dict], **settings) -> Path:
+    """benchmarks/results/NAME.json: the machine, the run's settings, the command that repeats it and its rows."""
+    command = f"python -m {module} " + " ".join(sys.argv[1:])
+    return write_json(name, {"machine": machine(), **settings, "command": command, "rows": rows})
+
+
 def train_once(out: Path, flags: list[str]) -> Path:
     """train_ddpm.py (the product's own path) into ``out`` with ``flags``; a run that finished before is reused."""
     if (out / "run_info.json").is_file():

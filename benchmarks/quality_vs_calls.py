@@ -21,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
-from benchmarks.common import device, machine, print_table, write_json
+from benchmarks.common import device, machine, print_table, write_rows
 from ddpm_pipeline.flag_types import positive_int, step_counts
 
 COLUMNS = ["model", "sampler", "steps", "unet_calls", "fid_over_floor", "clear_rate", "digit_accuracy", "coverage"]
@@ -115,18 +115,15 @@ def main():
     real = rows[0]
     print(f"real digits: clear rate {real['real_clear_rate']:.3f}, digit accuracy {real['real_digit_accuracy']:.3f}")
     plot(rows, args.out, f"Quality against network calls ({machine()['cpu']}, UNet in {dtype}; {args.samples} samples)")
-    write_json(
+    write_rows(
         f"quality_vs_calls{args.tag}",
-        {
-            "machine": machine(),
-            "teacher": args.teacher,
-            "student": args.student,
-            "dtype": dtype,
-            "samples": args.samples,
-            "reference": args.reference,
-            "command": "python -m benchmarks.quality_vs_calls " + " ".join(sys.argv[1:]),
-            "rows": rows,
-        },
+        "benchmarks.quality_vs_calls",
+        rows,
+        teacher=args.teacher,
+        student=args.student,
+        dtype=dtype,
+        samples=args.samples,
+        reference=args.reference,
     )
     print(f"wrote {args.out}")
 

@@ -20,13 +20,12 @@ benchmarks/results/study_guidance_formulas{tag}.json and prints a table.
 """
 
 import argparse
-import sys
 
 import torch
 from diffusers.guiders.adaptive_projected_guidance import normalized_guidance
 from diffusers.guiders.guider_utils import rescale_noise_cfg
 
-from benchmarks.common import machine, print_table, write_json
+from benchmarks.common import machine, print_table, write_rows
 from ddpm_pipeline.flag_types import positive_int
 from ddpm_pipeline.pipeline_ddpm_mnist import DDPMMnistPipeline, _scheduler_takes_variance
 
@@ -158,17 +157,14 @@ def main():
     print(f"\nMachine: {machine()}\n")
     columns = ["formula", "parameters", "guidance_scale", "guidance_interval", "fid_over_floor", "clear_rate"]
     print_table(rows, [*columns, "digit_accuracy"])
-    write_json(
+    write_rows(
         f"study_guidance_formulas{args.tag}",
-        {
-            "machine": machine(),
-            "model": args.model,
-            "weak_model": args.weak_model,
-            "reference": args.reference,
-            "num_samples": args.num_samples,
-            "command": "python -m benchmarks.study_guidance_formulas " + " ".join(sys.argv[1:]),
-            "rows": rows,
-        },
+        "benchmarks.study_guidance_formulas",
+        rows,
+        model=args.model,
+        weak_model=args.weak_model,
+        reference=args.reference,
+        num_samples=args.num_samples,
     )
 
 

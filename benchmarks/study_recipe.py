@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.common import ROOT, machine, print_table, score_model, write_json
+from benchmarks.common import ROOT, machine, print_table, score_model, write_rows
 from ddpm_pipeline.flag_types import positive_int, positive_list
 
 BASE_BATCH = 128
@@ -135,18 +135,15 @@ def main():
 
 
 def save(rows: list[dict], args):
-    write_json(
+    write_rows(
         f"study_recipe{args.tag}",
-        {
-            "machine": machine(),
-            "base_flags": args.base,
-            "defaults_sha256_8": defaults_tag(),
-            "images_seen": args.max_train_steps * BASE_BATCH,
-            "sampling": {"steps": args.sampling[0], "guidance": args.sampling[1], "interval": args.sampling[2]},
-            "num_samples": args.num_samples,
-            "command": "python -m benchmarks.study_recipe " + " ".join(sys.argv[1:]),
-            "rows": rows,
-        },
+        "benchmarks.study_recipe",
+        rows,
+        base_flags=args.base,
+        defaults_sha256_8=defaults_tag(),
+        images_seen=args.max_train_steps * BASE_BATCH,
+        sampling={"steps": args.sampling[0], "guidance": args.sampling[1], "interval": args.sampling[2]},
+        num_samples=args.num_samples,
     )
 
 
