@@ -95,16 +95,15 @@ class FormulaPipeline(DDPMMnistPipeline):
             return cfg
         if self.formula == "cfg_rescale":
             return rescale_noise_cfg(cfg, eps_digit, guidance_rescale=self.parameters["phi"])
-        if self.formula == "apg":
-            alpha_bar = self.scheduler.alphas_cumprod[timestep].to(sample)
-            signal, noise = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
-            x0_digit, x0_other = (sample - noise * eps_digit) / signal, (sample - noise * eps_other) / signal
-            # the paper's form: x0_digit + (w - 1) (update), which diffusers calls the original formulation
-            x0 = normalized_guidance(
-                x0_digit, x0_other, scale - 1.0, eta=self.parameters["eta"], use_original_formulation=True
-            )
-            return (sample - signal * x0) / noise
-        raise ValueError(f"unknown formula {self.formula!r}; choose one of {', '.join(FORMULAS)}")
+        # apg (``use`` admits no other formula)
+        alpha_bar = self.scheduler.alphas_cumprod[timestep].to(sample)
+        signal, noise = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+        x0_digit, x0_other = (sample - noise * eps_digit) / signal, (sample - noise * eps_other) / signal
+        # the paper's form: x0_digit + (w - 1) (update), which diffusers calls the original formulation
+        x0 = normalized_guidance(
+            x0_digit, x0_other, scale - 1.0, eta=self.parameters["eta"], use_original_formulation=True
+        )
+        return (sample - signal * x0) / noise
 
 
 def load(model: str, weak_model: str | None) -> tuple[FormulaPipeline, torch.nn.Module | None]:
