@@ -120,6 +120,11 @@ def read_training_state(checkpoint: Path) -> dict:
     return state
 
 
+# Model keys a checkpoint's signature gained after checkpoints were first written, with the value that every checkpoint
+# written before then had: such a checkpoint still resumes under the config that made it.
+SIGNATURE_KEYS_ADDED_LATER = {"resnet_time_scale_shift": "default"}
+
+
 def verify_checkpoint(checkpoint: Path, max_train_steps: int, model_config: dict | None = None) -> dict:
     """Check everything a checkpoint claims before it is loaded; returns its state or raises CheckpointError naming
     the file (or key) that does not match."""
@@ -135,11 +140,8 @@ def verify_checkpoint(checkpoint: Path, max_train_steps: int, model_config: dict
             f"--max_train_steps {step} or more."
         )
     if model_config is not None and "model_config" in state:
-        changed = sorted(
-            k
-            for k in set(model_config) | set(state["model_config"])
-            if model_config.get(k) != state["model_config"].get(k)
-        )
+        recorded = {**SIGNATURE_KEYS_ADDED_LATER, **state["model_config"]}
+        changed = sorted(k for k in set(model_config) | set(recorded) if model_config.get(k) != recorded.get(k))
         if changed:
             raise CheckpointError(
                 f"{state_path} was written by a run with another model config ({', '.join(changed)} differ); resume "

@@ -46,26 +46,35 @@ def _require(condition: torch.Tensor, message: str):
 
 
 class ResidualBlock(nn.Module):
-    """GroupNorm-SiLU-conv twice, with the time (and class) embedding added between the convolutions.
+    """GroupNorm-SiLU-conv twice, with the time (and class) embedding between the convolutions: added, or (scale_shift)
+    as the second GroupNorm's scale and shift.
 
     The convolutions' output is added to ``residual``: the input itself in the down and middle blocks, and in the up
     path the sum of the two halves of the concatenated input (the upsampled features and the skip connection, which
     have the same width). So no block needs a 1x1 shortcut convolution (memory-bound, slow on CPUs).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, embedding_dim: int, groups: int, dropout: float):
+    def __init__(
+        self, in_channels: int, out_channels: int, embedding_dim: int, groups: int, dropout: float, scale_shift: bool
+    ):
         super().__init__()
+        self.scale_shift = scale_shift
         self.norm1 = nn.GroupNorm(groups, in_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.embedding_proj = nn.Linear(embedding_dim, out_channels)
+        self.embedding_proj = nn.Linear(embedding_dim, out_channels * (2 if scale_shift else 1))
         self.norm2 = nn.GroupNorm(groups, out_channels)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor, embedding: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.embedding_proj(embedding)[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        projected = self.embedding_proj(embedding)[:, :, None, None]
+        if self.scale_shift:
+            scale, shift = projected.chunk(2, dim=1)
+            h = self.norm2(h) * (1 + scale) + shift
+        else:
+            h = self.norm2(h + projected)
+        h = self.conv2(self.dropout(F.silu(h)))
         return (x if residual is None else residual) + h
 
 
@@ -171,6 +180,10 @@ class MnistUNet(ModelMixin, ConfigMixin):
         num_class_embeds: number of classes for class conditioning (10 for digits), or None. One extra "null" class,
             index ``num_class_embeds``, stands for "no label" (classifier-free guidance).
         dropout: dropout inside the residual blocks.
+        resnet_time_scale_shift: how the time (and class) embedding enters a residual block, as in diffusers'
+            UNet2DModel: "default" adds it to the features before the second GroupNorm; "scale_shift" uses it as that
+            GroupNorm's scale and shift (AdaGN, Dhariwal & Nichol 2021), which lets a label reweight features rather
+            than only move them.
     """
 
     _supports_gradient_checkpointing = False
@@ -189,6 +202,7 @@ class MnistUNet(ModelMixin, ConfigMixin):
         norm_num_groups: int = 8,
         num_class_embeds: int | None = None,
         dropout: float = 0.0,
+        resnet_time_scale_shift: str = "default",
     ):
         super().__init__()
         block_out_channels = tuple(block_out_channels)
@@ -204,6 +218,7 @@ class MnistUNet(ModelMixin, ConfigMixin):
             norm_num_groups=norm_num_groups,
             num_class_embeds=num_class_embeds,
             dropout=dropout,
+            resnet_time_scale_shift=resnet_time_scale_shift,
         )
 
         self.out_channels = in_channels * (2 if learned_variance else 1)
@@ -219,7 +234,9 @@ class MnistUNet(ModelMixin, ConfigMixin):
         self.conv_in = nn.Conv2d(in_channels, base, 3, padding=1)
 
         def block(cin, cout):
-            return ResidualBlock(cin, cout, embedding_dim, norm_num_groups, dropout)
+            return ResidualBlock(
+                cin, cout, embedding_dim, norm_num_groups, dropout, resnet_time_scale_shift == "scale_shift"
+            )
 
         def attention(width, level):
             if attention_levels[level]:
@@ -286,6 +303,7 @@ class MnistUNet(ModelMixin, ConfigMixin):
         norm_num_groups: int,
         num_class_embeds: int | None = None,
         dropout: float = 0.0,
+        resnet_time_scale_shift: str = "default",
     ) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Every rule a UNet's arguments must follow, checked without building it (the training config uses it too).
 
@@ -320,6 +338,11 @@ class MnistUNet(ModelMixin, ConfigMixin):
             )
         if not 0.0 <= dropout < 1.0:
             raise UNetConfigError("dropout", f"dropout must lie in [0, 1), got {dropout!r}.")
+        if resnet_time_scale_shift not in ("default", "scale_shift"):
+            raise UNetConfigError(
+                "resnet_time_scale_shift",
+                f"resnet_time_scale_shift must be 'default' or 'scale_shift', got {resnet_time_scale_shift!r}.",
+            )
         return encoder, decoder
 
     def _check_inputs(self, sample: torch.Tensor, class_labels: torch.Tensor | None):

@@ -156,3 +156,46 @@ def test_no_shortcut_convolutions_blocks_add_to_their_input_halves():
     unet.conv_in.register_forward_hook(lambda module, args, out: seen.update(skip=out))
     unet(torch.randn(2, 1, 28, 28), torch.tensor([3, 900]), torch.tensor([1, 2]))
     torch.testing.assert_close(seen["h"], seen["upsampled"] + seen["skip"])
+
+
+@pytest.mark.parametrize("time_embedding_norm", ["default", "scale_shift"])
+def test_residual_block_matches_diffusers_resnet_block(time_embedding_norm):
+    """A block is diffusers' ResnetBlock2D without its shortcut: the embedding added before the second GroupNorm, or
+    (``resnet_time_scale_shift="scale_shift"``, as in diffusers' UNet2DModel) as that GroupNorm's scale and shift."""
+    from diffusers.models.resnet import ResnetBlock2D
+
+    torch.manual_seed(0)
+    unet = MnistUNet(num_class_embeds=10, resnet_time_scale_shift=time_embedding_norm, **TINY_UNET)
+    ours = unet.mid_block1
+    width, embedding_dim = ours.conv1.out_channels, ours.embedding_proj.in_features
+    theirs = ResnetBlock2D(
+        in_channels=width,
+        out_channels=width,
+        temb_channels=embedding_dim,
+        groups=4,
+        eps=1e-5,
+        time_embedding_norm=time_embedding_norm,
+    )
+    names = {"norm1": "norm1", "conv1": "conv1", "embedding_proj": "time_emb_proj", "norm2": "norm2", "conv2": "conv2"}
+    for mine, diffusers_name in names.items():
+        getattr(theirs, diffusers_name).load_state_dict(getattr(ours, mine).state_dict())
+    for module in (ours.norm2, theirs.norm2):  # non-trivial affine parameters, the same in both
+        torch.manual_seed(1)
+        torch.nn.init.normal_(module.weight, 1.0, 0.3)
+        torch.nn.init.normal_(module.bias, 0.0, 0.3)
+    x, embedding = torch.randn(2, width, 7, 7), torch.randn(2, embedding_dim)
+    # the UNet applies SiLU to the embedding once for all blocks; diffusers' block applies it itself
+    torch.testing.assert_close(ours(x, torch.nn.functional.silu(embedding)), theirs(x, embedding))
+
+
+def test_scale_shift_doubles_the_embedding_projection_and_conditions_on_the_class():
+    torch.manual_seed(0)
+    plain = MnistUNet(num_class_embeds=10, **TINY_UNET)
+    unet = MnistUNet(num_class_embeds=10, resnet_time_scale_shift="scale_shift", **TINY_UNET)
+    assert unet.mid_block1.embedding_proj.out_features == 2 * plain.mid_block1.embedding_proj.out_features
+    torch.nn.init.normal_(unet.conv_out.weight, std=0.05)
+    x, t = torch.randn(2, 1, 28, 28), torch.tensor([100, 100])
+    assert not torch.allclose(unet(x, t, torch.tensor([1, 1])).sample, unet(x, t, torch.tensor([7, 7])).sample)
+    assert MnistUNet.from_config(plain.config).config.resnet_time_scale_shift == "default"
+    with pytest.raises(ValueError, match="resnet_time_scale_shift must be 'default' or 'scale_shift'"):
+        MnistUNet(resnet_time_scale_shift="film", **TINY_UNET)
