@@ -12,5 +12,5 @@ PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # what the UNet predic
 # and interval, the quickstart's guidance sweep over the README command's model trained on both CPU classes (the
 # lowest FID among the readable and right settings).
 DEFAULT_NUM_INFERENCE_STEPS = 10
-DEFAULT_GUIDANCE_SCALE = 2.5
-DEFAULT_GUIDANCE_INTERVAL = (0.4, 1.0)
+DEFAULT_GUIDANCE_SCALE = 2.0
+DEFAULT_GUIDANCE_INTERVAL = (0.5, 1.0)

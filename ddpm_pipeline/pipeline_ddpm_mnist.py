@@ -23,8 +23,8 @@ SAMPLING_DEFAULT_KEYS = ("default_num_inference_steps", "default_guidance_scale"
 # where a sample picks its digit) is what made the float32 run right (benchmarks/RESULTS.md).
 # The training config's sampling defaults are these.
 DEFAULT_NUM_INFERENCE_STEPS = 10
-DEFAULT_GUIDANCE_SCALE = 2.5
-DEFAULT_GUIDANCE_INTERVAL = (0.4, 1.0)
+DEFAULT_GUIDANCE_SCALE = 2.0
+DEFAULT_GUIDANCE_INTERVAL = (0.5, 1.0)
 
 
 FULL_CHAIN = "full"  # num_inference_steps="full": every step of the training chain

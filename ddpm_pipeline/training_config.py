@@ -107,6 +107,9 @@ class TrainingConfig(StrictConfig):
     attention_head_dim: int = setting(32, "channels per attention head", ge=1)
     norm_num_groups: int = setting(8, "GroupNorm groups", ge=1)
     dropout: float = setting(0.0, "dropout in the residual blocks", ge=0, lt=1)
+    resnet_time_scale_shift: Literal["default", "scale_shift"] = setting(
+        "scale_shift", "how the time and class embedding enters a block: added, or as GroupNorm scale and shift (AdaGN)"
+    )
     # ---- diffusion
     num_train_timesteps: int = setting(4000, "length T of the diffusion chain (2 to 100,000; 10^4 is fine)")
     prediction_type: Literal[PREDICTION_TYPES] = setting("epsilon", "what the UNet predicts")
@@ -137,7 +140,7 @@ class TrainingConfig(StrictConfig):
         "cosine at equal steps, benchmarks/RESULTS.md); or a diffusers.optimization name (cosine, linear, ...)",
     )
     lr_warmup_steps: int = setting(100, "linear warmup steps", ge=0)
-    lr_cooldown_fraction: float = setting(0.2, "wsd: the share of the run that cools down", gt=0, le=1)
+    lr_cooldown_fraction: float = setting(0.6, "wsd: the share of the run that cools down", gt=0, le=1)
     lr_cooldown_steps: int | None = setting(None, "wsd: cooldown steps (instead of the fraction)", ge=1)
     cooldown_from: Text | None = setting(
         None,
@@ -294,6 +297,7 @@ class TrainingConfig(StrictConfig):
             "attention_head_dim": self.attention_head_dim,
             "norm_num_groups": self.norm_num_groups,
             "dropout": self.dropout,
+            "resnet_time_scale_shift": self.resnet_time_scale_shift,
         }
 
     def model_signature(self) -> dict:

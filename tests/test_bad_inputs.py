@@ -53,6 +53,7 @@ BAD_VALUES = [
     ("dropout", 1.0, "< 1"),
     ("dropout", -0.1, ">= 0"),
     ("dropout", math.nan, "finite"),
+    ("resnet_time_scale_shift", "film", "choose 'default'"),
     ("num_train_timesteps", 1, "between 2"),
     ("num_train_timesteps", 10**9, "GB"),
     ("num_train_timesteps", 4000.5, "integer"),
@@ -373,6 +374,25 @@ def test_damaged_checkpoint_through_the_script(trained, tmp_path, capsys):
     assert "another model config (norm_num_groups differ)" in capsys.readouterr().err
 
 
+def test_checkpoint_from_before_a_model_key_existed_resumes_at_that_keys_old_value(trained, tmp_path):
+    """A checkpoint whose signature predates resnet_time_scale_shift was made with "default": it resumes under a
+    config that says so, and is refused under "scale_shift", by name."""
+    out = tmp_path / "run"
+    shutil.copytree(trained / "checkpoint-4", out / "checkpoint-4")
+    state_file = out / "checkpoint-4" / "training_state.json"
+    state = json.loads(state_file.read_text())
+    state["model_config"].pop("resnet_time_scale_shift")
+    state_file.write_text(json.dumps(state))
+    config = {**read_yaml_config(TINY_CONFIG), "digits": [0, 1]}
+    for value in ("default", "scale_shift"):
+        signature = TrainingConfig.from_dict({**config, "resnet_time_scale_shift": value}).model_signature()
+        if value == "default":
+            assert resolve_checkpoint(out, "latest", max_train_steps=6, model_config=signature) == out / "checkpoint-4"
+        else:
+            with pytest.raises(CheckpointError, match=r"resnet_time_scale_shift differ"):
+                resolve_checkpoint(out, str(out / "checkpoint-4"), max_train_steps=6, model_config=signature)
+
+
 # ---------------------------------------------------------------------- pipeline folders
 @pytest.fixture(scope="module")
 def saved_pipeline(tmp_path_factory):
@@ -567,7 +587,7 @@ CONTRADICTIONS = [
     (["--lr_cooldown_steps", "9"], "lr_cooldown_steps 6"),
     (["--lr_warmup_steps", "5"], "lr_warmup_steps 2"),
     (["--lr_scheduler", "cosine"], "lr_scheduler 'wsd'"),
-    (["--lr_cooldown_fraction", "0.5"], "lr_cooldown_fraction 0.2"),
+    (["--lr_cooldown_fraction", "0.5"], "lr_cooldown_fraction 0.6"),
     (["--cooldown_from", "elsewhere/checkpoint-2", "--lr_cooldown_steps", "6"], "cooldown_from"),
 ]
 

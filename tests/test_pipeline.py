@@ -40,13 +40,13 @@ def test_default_call_is_the_fast_setting_and_the_full_chain_one_argument_away(p
     calls = []  # images per UNet call: a guided step runs the digit and the null class in one doubled batch
     original = pipe.unet.forward
     pipe.unet.forward = lambda sample, *a, **k: calls.append(len(sample)) or original(sample, *a, **k)
-    # a bare pipeline's default call: 10 steps (the sampler study's), guidance 2.5 where 0.4 T <= t (the quickstart's
+    # a bare pipeline's default call: 10 steps (the sampler study's), guidance 2 where 0.5 T <= t (the quickstart's
     # guidance sweep over its runs on both CPU classes)
     assert pipe.config.default_num_inference_steps == 10
-    assert pipe.config.default_guidance_scale == 2.5
-    assert list(pipe.config.default_guidance_interval) == [0.4, 1.0]
+    assert pipe.config.default_guidance_scale == 2.0
+    assert list(pipe.config.default_guidance_interval) == [0.5, 1.0]
     run(pipe, batch_size=2, output_type="np")
-    guided = [t for t in pipe.scheduler.timesteps.tolist() if 0.4 * 50 <= t < 1.0 * 50]
+    guided = [t for t in pipe.scheduler.timesteps.tolist() if 0.5 * 50 <= t < 1.0 * 50]
     assert calls == [4 if t in guided else 2 for t in pipe.scheduler.timesteps.tolist()] and 0 < len(guided) < 10
     calls.clear()
     run(pipe, batch_size=2, guidance_scale=1.0, num_inference_steps="full", output_type="np")

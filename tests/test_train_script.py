@@ -324,7 +324,10 @@ def test_a_budget_is_kept_when_the_machine_changes_pace_halfway(tmp_path, monkey
     short); the re-plans are logged, and the saved config holds the length it trained."""
     clock = PacedClock(pace).install(monkeypatch)
     out = tmp_path / "budget"
-    flags = ["--time_budget", "2s", "--lr_warmup_steps", "20", "--checkpointing_steps", "0", "--max_train_steps", "3"]
+    # a cooldown of the last 20 %: the pace changes while the rate is still constant (with the default 60 % it would
+    # change after the length is final)
+    flags = ["--time_budget", "2s", "--lr_warmup_steps", "20", "--checkpointing_steps", "0", "--max_train_steps", "3",
+             "--lr_cooldown_fraction", "0.2"]  # fmt: skip
     with caplog.at_level("INFO"):
         assert train_main(tiny_args(out, *flags)) == 0
     assert 0.9 * 2 <= clock.now <= 1.1 * 2, clock.now
