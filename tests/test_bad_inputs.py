@@ -384,13 +384,15 @@ def test_checkpoint_from_before_a_model_key_existed_resumes_at_that_keys_old_val
     state["model_config"].pop("resnet_time_scale_shift")
     state_file.write_text(json.dumps(state))
     config = {**read_yaml_config(TINY_CONFIG), "digits": [0, 1]}
-    for value in ("default", "scale_shift"):
-        signature = TrainingConfig.from_dict({**config, "resnet_time_scale_shift": value}).model_signature()
-        if value == "default":
-            assert resolve_checkpoint(out, "latest", max_train_steps=6, model_config=signature) == out / "checkpoint-4"
-        else:
-            with pytest.raises(CheckpointError, match=r"resnet_time_scale_shift differ"):
-                resolve_checkpoint(out, str(out / "checkpoint-4"), max_train_steps=6, model_config=signature)
+
+    def signature(value):
+        return TrainingConfig.from_dict({**config, "resnet_time_scale_shift": value}).model_signature()
+
+    assert (
+        resolve_checkpoint(out, "latest", max_train_steps=6, model_config=signature("default")) == out / "checkpoint-4"
+    )
+    with pytest.raises(CheckpointError, match=r"resnet_time_scale_shift differ"):
+        resolve_checkpoint(out, str(out / "checkpoint-4"), max_train_steps=6, model_config=signature("scale_shift"))
 
 
 # ---------------------------------------------------------------------- pipeline folders
