@@ -12,5 +12,9 @@ PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # what the UNet predic
 # and interval, the quickstart's guidance sweep over the README command's model trained on both CPU classes (the
 # lowest FID among the readable and right settings).
 DEFAULT_NUM_INFERENCE_STEPS = 10
+# The default recipe saves 30 steps instead: the same sweep chose them (a short run's denoiser is weak at some seeds
+# and a 10-step chain leaves its noise in the digits; benchmarks/RESULTS.md, "How much guidance, and where?"). A bare
+# pipeline keeps 10, which also fits a short training chain.
+RECIPE_NUM_INFERENCE_STEPS = 30
 DEFAULT_GUIDANCE_SCALE = 2.0
 DEFAULT_GUIDANCE_INTERVAL = (0.5, 1.0)

@@ -23,10 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .constants import (
     DEFAULT_GUIDANCE_INTERVAL,
     DEFAULT_GUIDANCE_SCALE,
-    DEFAULT_NUM_INFERENCE_STEPS,
     FULL_CHAIN,
     MIXED_PRECISION_CHOICES,
     PREDICTION_TYPES,
+    RECIPE_NUM_INFERENCE_STEPS,
 )
 from .redaction import redact_config
 from .repo_ids import repo_id_problem
@@ -194,7 +194,7 @@ class TrainingConfig(StrictConfig):
     guidance_scale: float = setting(DEFAULT_GUIDANCE_SCALE, "classifier-free guidance weight (1 = none)", ge=0)
     guidance_interval: list[float] = setting(list(DEFAULT_GUIDANCE_INTERVAL), "guide only where low T <= t < high T")
     num_inference_steps: int | str = setting(
-        DEFAULT_NUM_INFERENCE_STEPS, f"respaced sampling steps, or {FULL_CHAIN!r} for the whole chain"
+        RECIPE_NUM_INFERENCE_STEPS, f"respaced sampling steps, or {FULL_CHAIN!r} for the whole chain"
     )
     sampling_order: Literal[1, 2] = setting(
         1, "1: the DDPM step; 2: with a second-order x_0 in its mean (DPM-Solver++(2M), SDE form)"

