@@ -7,14 +7,13 @@ DEMO_MODELS = ("pretrained/ddpm-mnist", "pretrained/ddpm-mnist-fast")  # what `d
 FULL_CHAIN = "full"  # num_inference_steps="full": every step of the training chain (the pipeline's own constant)
 MIXED_PRECISION_CHOICES = ("auto", "no", "bf16", "fp16")  # training's precision; auto: hardware.choose_precision
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # what the UNet predicts (the scheduler's own constant)
-# The default call, written here for the training config (the standalone pipeline file carries its own copy, which
-# tests hold equal): steps, the best FID per UNet call of the sampler study that keeps the clear rate at 0.95; scale
-# and interval, the quickstart's guidance sweep over the README command's model trained on both CPU classes (the
-# lowest FID among the readable and right settings).
+# The default call. DEFAULT_NUM_INFERENCE_STEPS is a bare pipeline's (the standalone pipeline file carries its own
+# copy, which tests hold equal): the best FID per UNet call of the sampler study that keeps the clear rate at 0.95, and
+# short enough for a short training chain. The training config saves RECIPE_NUM_INFERENCE_STEPS and the scale and
+# interval below, all three the quickstart's guidance sweep over the README command's model trained on both CPU
+# classes (the lowest FID among the readable and right settings). 30 steps, not 10: a short run's denoiser is weak at
+# some seeds, and a 10-step chain leaves its noise in the digits (benchmarks/RESULTS.md, "How much guidance").
 DEFAULT_NUM_INFERENCE_STEPS = 10
-# The default recipe saves 30 steps instead: the same sweep chose them (a short run's denoiser is weak at some seeds
-# and a 10-step chain leaves its noise in the digits; benchmarks/RESULTS.md, "How much guidance, and where?"). A bare
-# pipeline keeps 10, which also fits a short training chain.
 RECIPE_NUM_INFERENCE_STEPS = 30
 DEFAULT_GUIDANCE_SCALE = 2.0
 DEFAULT_GUIDANCE_INTERVAL = (0.5, 1.0)
