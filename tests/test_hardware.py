@@ -1,6 +1,7 @@
 """ddpm_pipeline.hardware: the precision and dtype decision table, played on fake machines by patching the probes."""
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -201,3 +202,20 @@ def test_default_configs_are_auto():
     for name in ("mnist.yaml", "mnist-ones.yaml"):
         assert config_from_yaml(Path(TINY).parent / name).mixed_precision == "auto"
     assert TrainingConfig().mixed_precision == "auto"
+
+
+def test_deterministic_kernels_are_asked_for_on_cuda_only(monkeypatch):
+    """A GPU run resumed from a checkpoint must give the bits of the run that never stopped: cuDNN, cuBLAS and PyTorch
+    are asked for deterministic kernels there (before any matrix product); a CPU is left as it is."""
+    asked = []
+    monkeypatch.setattr(torch, "use_deterministic_algorithms", lambda mode, warn_only: asked.append((mode, warn_only)))
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")  # so that the test's end restores its absence
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+    assert hardware.use_deterministic_kernels("cpu") is False
+    assert asked == [] and not torch.backends.cudnn.deterministic and "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    assert hardware.use_deterministic_kernels(torch.device("cuda", 0)) is True
+    assert asked == [(True, True)]  # warn, not fail, where an op has no deterministic kernel
+    assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ..checkpointing import CheckpointError, list_checkpoints, read_training_state, save_checkpoint_atomically
 from ..evaluation import evaluate_into_folder
-from ..hardware import choose_precision, machine_summary, prepare_for_sampling
+from ..hardware import choose_precision, machine_summary, prepare_for_sampling, use_deterministic_kernels
 from ..pipeline_loading import DDPMMnistPipeline
 from ..run_folder import RunFolder
 from ..training.processes import available_cores, on_main_process, share_from_main
@@ -61,6 +61,7 @@ def distill(config: DistillationConfig, command: str | None = None) -> Path:
     output_dir = Path(config.output_dir)
     precision = choose_precision(config.mixed_precision)
     accelerator = Accelerator(mixed_precision=precision.mixed_precision)
+    use_deterministic_kernels(accelerator.device)  # a resumed distillation is the one that never stopped
     if accelerator.device.type == "cpu":  # `accelerate launch` exports OMP_NUM_THREADS=1: share the cores instead
         torch.set_num_threads(config.num_cpu_threads or max(1, available_cores() // accelerator.num_processes))
     set_seed(config.seed)

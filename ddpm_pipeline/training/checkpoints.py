@@ -94,7 +94,7 @@ def resume(run: Run):
             "or from a different model config; resume from another checkpoint or start afresh."
         ) from error
     if run.parts.ema is not None:  # Accelerate loads custom states onto the CPU; the EMA belongs with the model
-        run.parts.ema.to(device=accelerator.device)
+        run.parts.ema.to(device=next(run.parts.unet.parameters()).device)
     check_same_global_batch(run, saved, checkpoint)
     state.global_step = state.resumed_from_step = saved["global_step"]
     state.earlier_seconds = saved.get("train_seconds")  # older checkpoints did not record it

@@ -31,7 +31,7 @@ from .checkpoints import (
 )
 from .components import build_components, cooldown_length
 from .finish import epoch_for_pictures, finish, save_epoch_pictures, save_weight_snapshot
-from .processes import is_main_launch_process, launched_processes, setup_accelerator, setup_cpu, share_from_main
+from .processes import is_main_launch_process, launched_processes, setup_accelerator, setup_device, share_from_main
 from .recovery import TrainingStopped, stop_message
 from .state import Run, RunState
 from .step import StepResult, optimizer_step
@@ -50,7 +50,7 @@ def train(config: TrainingConfig, argv: list[str] | None = None) -> Path:
         # 2. set up: the accelerator and precision, data, UNet, scheduler, AdamW, EMA, the run's length and schedule
         accelerator, precision = setup_accelerator(config)
         refuse_if_busy(accelerator, refusal)
-        setup_cpu(accelerator, config)
+        setup_device(accelerator, config)
         run = setup_run(config, build_components(config, accelerator, precision), stop, argv)
         # 3. resume from a verified checkpoint, if asked, with this config's learning rate
         resume(run)
@@ -113,7 +113,7 @@ def refuse_if_busy(accelerator, refusal: str | None):
 def build_run(config: TrainingConfig, argv: list[str] | None = None) -> Run:
     """A run at step 0, set up as ``train`` sets it up, without the lock or signals (for tests and benchmarks)."""
     accelerator, precision = setup_accelerator(config)
-    setup_cpu(accelerator, config)
+    setup_device(accelerator, config)
     return setup_run(config, build_components(config, accelerator, precision), None, argv)
 
 

@@ -11,7 +11,7 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import ProjectConfiguration, broadcast_object_list, parse_flag_from_env
 
 from ..cpu_allocator import keep_freed_memory
-from ..hardware import PrecisionChoice, choose_precision
+from ..hardware import PrecisionChoice, choose_precision, use_deterministic_kernels
 from ..training_config import TrainingConfig
 
 logger = logging.getLogger(__name__)
@@ -54,8 +54,11 @@ def setup_accelerator(config: TrainingConfig) -> tuple[Accelerator, PrecisionCho
     return accelerator, precision
 
 
-def setup_cpu(accelerator: Accelerator, config: TrainingConfig):
-    """On a CPU: one thread per core shared among the processes, and freed memory kept in the process."""
+def setup_device(accelerator: Accelerator, config: TrainingConfig):
+    """On a GPU: deterministic kernels (hardware.use_deterministic_kernels). On a CPU: one thread per core shared
+    among the processes, and freed memory kept in the process."""
+    if use_deterministic_kernels(accelerator.device):
+        logger.info("Deterministic CUDA kernels: a resumed run gives the bits of one that never stopped.")
     if accelerator.device.type != "cpu":
         return
     # `accelerate launch` exports OMP_NUM_THREADS=1 unless told otherwise, which halves a 2-core laptop.
