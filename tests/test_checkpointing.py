@@ -15,7 +15,7 @@ from ddpm_pipeline.checkpointing import (
 
 
 def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path):
-    accelerator = Accelerator(cpu=True)
+    accelerator = Accelerator()
     model = accelerator.prepare(torch.nn.Linear(2, 2))
     save_checkpoint_atomically(accelerator, tmp_path, 10, {})
 
@@ -35,7 +35,7 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path):
 
 
 def test_old_checkpoints_are_pruned_after_the_new_one_is_in_place(tmp_path):
-    accelerator = Accelerator(cpu=True)
+    accelerator = Accelerator()
     model = accelerator.prepare(torch.nn.Linear(2, 2))
     for step in (1, 2, 3):
         save_checkpoint_atomically(accelerator, tmp_path, step, {}, total_limit=2)
