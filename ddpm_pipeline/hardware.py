@@ -262,8 +262,11 @@ def prepare_for_sampling(pipe, device=None, dtype: str | torch.dtype = "auto"):
     device = torch.device(device) if device is not None else torch.device(_device_type(None))
     dtype = resolve_dtype(dtype, device)
     pipe.to(device)
-    if pipe.unet.dtype != dtype:  # diffusers warns on any to(dtype), even a no-op
-        pipe.unet.to(dtype=dtype)
+    if pipe.unet.dtype != dtype:
+        # ModelMixin.to warns on every cast ("modules ... should be kept in float32: []"), even a no-op and even
+        # with no such module (diffusers 0.42 reads `_keep_in_fp32_modules or []`, never None); MnistUNet keeps
+        # none, so the plain module cast is the same cast without the false alarm
+        torch.nn.Module.to(pipe.unet, dtype=dtype)
     pipe.unet.to(memory_format=preferred_memory_format(device, dtype))
     return pipe
 
