@@ -58,7 +58,7 @@ def setup_device(accelerator: Accelerator, config: TrainingConfig):
     """On a GPU: deterministic kernels (hardware.use_deterministic_kernels). On a CPU: one thread per core shared
     among the processes, and freed memory kept in the process."""
     if use_deterministic_kernels(accelerator.device):
-        logger.info("Deterministic CUDA kernels: a resumed run gives the bits of one that never stopped.")
+        logger.info("Deterministic CUDA kernels: so that a resumed run can repeat an unstopped one bit for bit.")
     if accelerator.device.type != "cpu":
         return
     # `accelerate launch` exports OMP_NUM_THREADS=1 unless told otherwise, which halves a 2-core laptop.
