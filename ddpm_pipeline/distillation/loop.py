@@ -88,8 +88,10 @@ def distill(config: DistillationConfig, command: str | None = None) -> Path:
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
 
-    # 3. resume
+    # 3. resume (Accelerate loads custom states onto the CPU: the EMA goes back to the student's device)
     step = resume(accelerator, config)
+    if ema is not None:
+        ema.to(device=next(student.parameters()).device)
     budget = config.time_budget_seconds()
     clock_start = now()
     bar = tqdm(total=config.max_train_steps, initial=step, desc="distil", disable=not accelerator.is_local_main_process)
