@@ -277,13 +277,14 @@ def classification_accuracy_score(
         }
     else:
         samples, requested = synthetic[0][:num_images], synthetic[1][:num_images]
+    device = "cpu" if pipe is None else pipe.device  # the classifiers train where the model samples
     real_images, real_labels = real_training_digits(reference_name)
     chosen = torch.randperm(len(real_images), generator=torch.Generator().manual_seed(seed))[:num_images]
     for name, (images, labels) in {
         "synthetic": (samples, requested),
         "real": (real_images[chosen], real_labels[chosen]),
     }.items():
-        model = fit_classifier(images, labels, epochs, seed=seed, progress=False)
+        model = fit_classifier(images, labels, epochs, seed=seed, progress=False, device=device)
         scores[f"{name}_accuracy"] = held_out_report(model, reference.held_out_images, reference.held_out_labels)[
             "held_out_accuracy"
         ]

@@ -195,3 +195,19 @@ def test_classification_accuracy_score_tells_real_like_digits_from_noise(monkeyp
     assert abs(scores["real-like"]["gap"]) < 0.15
     assert scores["noise"]["synthetic_accuracy"] < 0.25 < scores["noise"]["real_accuracy"]
     assert set(scores["noise"]) >= {"num_images", "epochs", "reference", "synthetic_accuracy", "real_accuracy", "gap"}
+
+
+def test_cas_trains_its_classifiers_where_the_model_samples(monkeypatch):
+    """On a GPU both classifiers of a CAS train there (at 50,000 digits they take minutes on a CPU); given digits
+    instead of a model, they train on the CPU. The device is recorded here; the training is the CPU's either way."""
+    from ddpm_pipeline import evaluation
+
+    seen = []
+    fit = evaluation.fit_classifier
+    monkeypatch.setattr(evaluation, "fit_classifier", lambda *a, device, **k: seen.append(device) or fit(*a, **k))
+    digits = (torch.rand(20, 1, 28, 28) * 2 - 1, torch.arange(20) % 10)
+    monkeypatch.setattr(evaluation, "generate", lambda pipe, n, *args, **kwargs: digits)
+    pipe = tiny_pipeline()
+    evaluation.classification_accuracy_score(pipe, 20, "embedded", epochs=1)
+    evaluation.classification_accuracy_score(None, 20, "embedded", epochs=1, synthetic=digits)
+    assert seen == [pipe.device] * 2 + ["cpu"] * 2

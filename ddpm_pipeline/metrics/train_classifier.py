@@ -96,13 +96,15 @@ def fit_classifier(
     seed: int = 0,
     negative_share: float = 0.15,
     progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> MnistClassifier:
     """The evaluator's classifier trained on ``images`` (in [-1, 1]) and their digit labels, by the evaluator's own
     recipe: AdamW with a one-cycle rate, half of each batch jittered, and "not a digit" negatives made from the batch.
-    The classification accuracy score trains it on generated digits by this same recipe."""
+    The classification accuracy score trains it on generated digits by this same recipe. Batches are drawn on the CPU
+    (one seeded generator, whatever the device); the network trains on ``device`` and comes back on the CPU."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    model = MnistClassifier()
+    model = MnistClassifier().to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     steps_per_epoch = max(1, len(images) // batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=epochs * steps_per_epoch)
@@ -121,7 +123,7 @@ def fit_classifier(
             rejects = negatives.make_negatives(images[index], negatives_per_batch, generator)
             inputs = torch.cat([digits, rejects])
             targets = torch.cat([labels[index], torch.full((len(rejects),), NOT_A_DIGIT)])
-            loss = F.cross_entropy(model(inputs), targets)
+            loss = F.cross_entropy(model(inputs.to(device)), targets.to(device))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -129,8 +131,7 @@ def fit_classifier(
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
-    model.eval()
-    return model
+    return model.cpu().eval()
 
 
 def train_classifier(
