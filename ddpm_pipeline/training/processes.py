@@ -57,7 +57,7 @@ def setup_accelerator(config: TrainingConfig) -> tuple[Accelerator, PrecisionCho
 def setup_device(accelerator: Accelerator, config: TrainingConfig):
     """On a GPU: deterministic kernels (hardware.use_deterministic_kernels). On a CPU: one thread per core shared
     among the processes, and freed memory kept in the process."""
-    if use_deterministic_kernels(accelerator.device):
+    if config.deterministic_kernels and use_deterministic_kernels(accelerator.device):
         logger.info("Deterministic CUDA kernels: so that a resumed run can repeat an unstopped one bit for bit.")
     if accelerator.device.type != "cpu":
         return
