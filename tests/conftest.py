@@ -43,3 +43,31 @@ def tiny_pipeline(num_class_embeds=10, learned_variance=True, num_train_timestep
 @pytest.fixture
 def pipe():
     return tiny_pipeline()
+
+
+@pytest.fixture
+def reload_ema_elsewhere(monkeypatch):
+    """Accelerate reloads custom states onto the CPU, so on a GPU a resumed EMA would mix devices with its model.
+    Calling the returned function makes every later reload put the EMA's tensors on the meta device instead, and
+    records each ``EMAModel.to`` (meta tensors hold no data: the move makes zeros); it returns the list of devices the
+    EMA is then moved to."""
+    from diffusers.training_utils import EMAModel
+
+    def patch() -> list:
+        original = EMAModel.load_state_dict
+
+        def load_elsewhere(self, state_dict):
+            original(self, state_dict)
+            self.shadow_params = [p.to("meta") for p in self.shadow_params]
+
+        moves = []
+
+        def to(self, device=None, dtype=None, non_blocking=False):
+            moves.append(torch.device(device))
+            self.shadow_params = [torch.zeros(p.shape, dtype=p.dtype, device=device) for p in self.shadow_params]
+
+        monkeypatch.setattr(EMAModel, "load_state_dict", load_elsewhere)
+        monkeypatch.setattr(EMAModel, "to", to)
+        return moves
+
+    return patch

@@ -151,27 +151,12 @@ def test_a_run_stopped_by_its_time_budget_resumes_to_the_same_student(teacher, t
     assert weights_digest(stopped) == weights_digest(straight)
 
 
-def test_a_resumed_students_ema_follows_the_students_device(teacher, tmp_path, monkeypatch):
+def test_a_resumed_students_ema_follows_the_students_device(teacher, tmp_path, reload_ema_elsewhere):
     """Accelerate reloads custom states onto the CPU (on a GPU the EMA would then mix devices with the student); here
-    a patched loader puts the EMA's tensors on the meta device, and the resumed run must bring them back."""
-    from diffusers.training_utils import EMAModel
-
+    the reloaded EMA lands on the meta device, and the resumed run must bring it back."""
     out = tmp_path / "run"
     assert distil(teacher, out, "--max_train_steps", "2", "--checkpointing_steps", "2") == 0
-    original = EMAModel.load_state_dict
-
-    def load_elsewhere(self, state_dict):
-        original(self, state_dict)
-        self.shadow_params = [p.to("meta") for p in self.shadow_params]
-
-    moves = []
-
-    def to(self, device=None, dtype=None, non_blocking=False):  # meta tensors hold no data: the move makes zeros
-        moves.append(torch.device(device))
-        self.shadow_params = [torch.zeros(p.shape, dtype=p.dtype, device=device) for p in self.shadow_params]
-
-    monkeypatch.setattr(EMAModel, "load_state_dict", load_elsewhere)
-    monkeypatch.setattr(EMAModel, "to", to)
+    moves = reload_ema_elsewhere()
     assert distil(teacher, out, "--max_train_steps", "4", "--resume_from_checkpoint", "latest") == 0
     assert moves == [torch.device("cpu")]
 

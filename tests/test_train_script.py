@@ -413,27 +413,12 @@ def test_wsd_rates_and_a_cooldown_branch_are_exact(tmp_path):
     assert list_checkpoints(main_run), "the run it branched from keeps its checkpoints"
 
 
-def test_a_resumed_ema_follows_the_models_device(tmp_path, monkeypatch):
-    """Accelerate reloads custom states onto the CPU (on a GPU the EMA would then mix devices); here a patched loader
-    puts the EMA's tensors on the meta device, and the resume must bring them back to the model's device."""
-    from diffusers.training_utils import EMAModel
-
+def test_a_resumed_ema_follows_the_models_device(tmp_path, reload_ema_elsewhere):
+    """Accelerate reloads custom states onto the CPU (on a GPU the EMA would then mix devices); here the reloaded EMA
+    lands on the meta device, and the resume must bring it back to the model's device."""
     out = tmp_path / "run"
     assert train_main(tiny_args(out, "--max_train_steps", "4", "--checkpointing_steps", "2")) == 0
-    original = EMAModel.load_state_dict
-
-    def load_elsewhere(self, state_dict):
-        original(self, state_dict)
-        self.shadow_params = [p.to("meta") for p in self.shadow_params]
-
-    moves = []
-
-    def to(self, device=None, dtype=None, non_blocking=False):  # meta tensors hold no data: the move makes zeros
-        moves.append(torch.device(device))
-        self.shadow_params = [torch.zeros(p.shape, dtype=p.dtype, device=device) for p in self.shadow_params]
-
-    monkeypatch.setattr(EMAModel, "load_state_dict", load_elsewhere)
-    monkeypatch.setattr(EMAModel, "to", to)
+    moves = reload_ema_elsewhere()
     from ddpm_pipeline.training.config_checks import parse_args
 
     args = tiny_args(out, "--max_train_steps", "4", "--resume_from_checkpoint", str(out / "checkpoint-2"))
