@@ -253,15 +253,22 @@ def classification_accuracy_score(
     num_inference_steps: int | str | None = None,
     guidance_scale: float | None = None,
     guidance_interval: tuple[float, float] | None = None,
+    num_seeds: int = 1,
 ) -> dict:
     """Classification Accuracy Score (Ravuri & Vinyals 2019): the evaluator's classifier architecture trained by its
     own recipe on ``num_images`` generated digits alone (balanced, labelled by the digit asked for), and again on as
     many real training digits; both tested on the reference's real held-out digits. Generated digits as good as real
     ones for training score the same. The generated digits are sampled from ``pipe`` at the call given (sampling
     settings left None are its saved default call, recorded in the result), or given (``synthetic``: images in [-1, 1]
-    and labels, e.g. a data set from `ddpm-mnist generate`, which records its own call)."""
+    and labels, e.g. a data set from `ddpm-mnist generate`, which records its own call).
+
+    With ``num_seeds`` > 1 both classifiers are trained again with seeds ``seed + 1``, ... (initial weights, batch
+    order, the real digits chosen) and the accuracies and gap are their means, each seed's figures beside them: one
+    classifier's seed moves the gap by up to 0.3 points at 50,000 digits."""
     if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 10:
         raise ValueError(f"cas needs at least 10 generated digits (one per class), got {num_images!r}.")
+    if isinstance(num_seeds, bool) or not isinstance(num_seeds, int) or num_seeds < 1:
+        raise ValueError(f"cas needs at least one classifier seed, got {num_seeds!r}.")
     reference = reference_for(reference_name)
     scores = {"num_images": num_images, "epochs": epochs, "reference": reference_name}
     if synthetic is None:
@@ -279,16 +286,24 @@ def classification_accuracy_score(
         samples, requested = synthetic[0][:num_images], synthetic[1][:num_images]
     device = "cpu" if pipe is None else pipe.device  # the classifiers train where the model samples
     real_images, real_labels = real_training_digits(reference_name)
-    chosen = torch.randperm(len(real_images), generator=torch.Generator().manual_seed(seed))[:num_images]
-    for name, (images, labels) in {
-        "synthetic": (samples, requested),
-        "real": (real_images[chosen], real_labels[chosen]),
-    }.items():
-        model = fit_classifier(images, labels, epochs, seed=seed, progress=False, device=device)
-        scores[f"{name}_accuracy"] = held_out_report(model, reference.held_out_images, reference.held_out_labels)[
-            "held_out_accuracy"
-        ]
-    scores["gap"] = scores["real_accuracy"] - scores["synthetic_accuracy"]
+    runs = []
+    for run_seed in range(seed, seed + num_seeds):
+        chosen = torch.randperm(len(real_images), generator=torch.Generator().manual_seed(run_seed))[:num_images]
+        run = {"seed": run_seed}
+        for name, (images, labels) in {
+            "synthetic": (samples, requested),
+            "real": (real_images[chosen], real_labels[chosen]),
+        }.items():
+            model = fit_classifier(images, labels, epochs, seed=run_seed, progress=False, device=device)
+            run[f"{name}_accuracy"] = held_out_report(model, reference.held_out_images, reference.held_out_labels)[
+                "held_out_accuracy"
+            ]
+        run["gap"] = run["real_accuracy"] - run["synthetic_accuracy"]
+        runs.append(run)
+    for key in ("synthetic_accuracy", "real_accuracy", "gap"):
+        scores[key] = sum(run[key] for run in runs) / num_seeds
+    if num_seeds > 1:
+        scores["classifier_seeds"] = runs
     return scores
 
 

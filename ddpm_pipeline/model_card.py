@@ -78,10 +78,12 @@ def _evaluation_section(evaluation: dict | None) -> str:
     if cas:
         call = cas.get("generated_by") or cas.get("sampled_with") or {}
         guidance = _guidance_words(call.get("guidance_scale"), call.get("guidance_interval"))
+        seeds = len(cas.get("classifier_seeds", [])) or 1
+        mean = f", mean of {seeds} classifier seeds" if seeds > 1 else ""
         rows += (
             "\n| classification accuracy score: a classifier trained on "
-            f"{cas['num_images']:,} generated{guidance} / real digits, tested on {cas['reference']}'s held-out digits "
-            f"| {cas['synthetic_accuracy']:.4g} / {cas['real_accuracy']:.4g} |"
+            f"{cas['num_images']:,} generated{guidance} / real digits, tested on {cas['reference']}'s held-out digits"
+            f"{mean} | {cas['synthetic_accuracy']:.4g} / {cas['real_accuracy']:.4g} |"
         )
     return f"\n## Evaluation\n\n| metric | value |\n|---|---|\n{rows}\n"
 

@@ -112,6 +112,39 @@ def test_a_classification_accuracy_score_reads_the_first_digits_of_a_generation(
     assert score["synthetic_accuracy"] == score["real_accuracy"]  # the same (shipped) classifier read both
 
 
+def test_a_classification_accuracy_score_over_several_classifier_seeds_reports_their_means(monkeypatch):
+    """--cas_seeds K trains both classifiers at seeds seed, ..., seed + K - 1 (the real digits chosen again for each)
+    and reports the means, each seed's figures beside them; the card says it is a mean."""
+    from ddpm_pipeline import evaluation, model_card
+
+    fitted, reports = [], iter([0.90, 0.95, 0.80, 0.96, 0.85, 0.97])  # synthetic, real for seeds 2, 3, 4
+
+    def fit(images, labels, epochs, seed, **kwargs):
+        fitted.append((seed, labels.tolist()))
+        return evaluation.load_classifier()
+
+    monkeypatch.setattr(evaluation, "fit_classifier", fit)
+    monkeypatch.setattr(evaluation, "held_out_report", lambda *a, **k: {"held_out_accuracy": next(reports)})
+    images, labels = torch_zeros_digits(12)
+    score = evaluation.classification_accuracy_score(None, 12, "embedded", 2, synthetic=(images, labels), num_seeds=3)
+    assert [seed for seed, _ in fitted] == [2, 2, 3, 3, 4, 4]
+    assert fitted[1][1] != fitted[3][1], "each seed draws its own real digits"
+    assert [run["seed"] for run in score["classifier_seeds"]] == [2, 3, 4]
+    assert [round(run["gap"], 6) for run in score["classifier_seeds"]] == [0.05, 0.16, 0.12]
+    assert score["synthetic_accuracy"] == pytest.approx(0.85) and score["real_accuracy"] == pytest.approx(0.96)
+    assert score["gap"] == pytest.approx(0.11)
+    card = model_card._evaluation_section({"cas": {**score, "generated_by": {"guidance_scale": 1.0}}})
+    assert "mean of 3 classifier seeds | 0.85 / 0.96 |" in card
+    with pytest.raises(ValueError, match="at least one classifier seed"):
+        evaluation.classification_accuracy_score(None, 12, "embedded", synthetic=(images, labels), num_seeds=0)
+
+
+def torch_zeros_digits(count):
+    import torch
+
+    return torch.zeros(count, 1, 28, 28), torch.arange(count) % 10
+
+
 def torch_equal(a, b) -> bool:
     return bool((a == b).all())
 
@@ -129,6 +162,11 @@ def test_a_generation_of_another_model_or_too_few_digits_is_refused(model, tmp_p
         load_generated_digits(tmp_path, str(model), 10)
     assert cli.main(["evaluate", "--model", str(model), "--cas_data", str(out)]) == 2
     assert "give --cas N too" in capsys.readouterr().err
+    assert cli.main(["evaluate", "--model", str(model), "--cas_seeds", "3"]) == 2
+    assert "give --cas N too" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["evaluate", "--model", str(model), "--cas", "10", "--cas_seeds", "0"])
+    assert caught.value.code == 2 and "--cas_seeds" in capsys.readouterr().err
 
 
 def test_a_copy_of_the_model_elsewhere_scores_its_digits_and_other_weights_do_not(model, tmp_path, monkeypatch):
