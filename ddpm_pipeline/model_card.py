@@ -78,8 +78,8 @@ def _evaluation_section(evaluation: dict | None) -> str:
     if cas:
         call = cas.get("generated_by") or cas.get("sampled_with") or {}
         guidance = _guidance_words(call.get("guidance_scale"), call.get("guidance_interval"))
-        seeds = len(cas.get("classifier_seeds", [])) or 1
-        mean = f", mean of {seeds} classifier seeds" if seeds > 1 else ""
+        seeds = len(cas.get("classifier_seeds", []))  # listed only for a mean of several
+        mean = f", mean of {seeds} classifier seeds" if seeds else ""
         rows += (
             "\n| classification accuracy score: a classifier trained on "
             f"{cas['num_images']:,} generated{guidance} / real digits, tested on {cas['reference']}'s held-out digits"

@@ -137,8 +137,9 @@ def load_generated_digits(folder: Path, model: str, num_images: int) -> tuple[to
 
 
 def _same_model(call: dict, model: str) -> bool:
-    recorded, digest = call["model"], unet_digest(model)
-    if call.get("unet_sha256") and digest:
+    recorded = call["model"]
+    digest = unet_digest(model) if call.get("unet_sha256") else None  # older records name the model only
+    if digest:
         return call["unet_sha256"] == digest  # the same weights, wherever they are now (and not a retrained folder)
     if os.path.isdir(recorded) and os.path.isdir(model):
         return os.path.samefile(recorded, model)
