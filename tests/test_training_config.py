@@ -68,7 +68,7 @@ def test_shipped_configs_are_valid():
 def test_the_large_config_is_the_measured_runs_recipe():
     """configs/mnist-large.yaml trains what the H200 run in benchmarks/RESULTS.md trained (its train_config.yaml); it
     may differ only where the weights do not depend on it: where they go, checkpoints, pictures, evaluation, logs."""
-    measured = yaml.safe_load((ROOT / "benchmarks" / "results" / "large_h200_train_config.yaml").read_text())
+    measured = yaml.safe_load((ROOT / "benchmarks" / "results" / "large_3700_h200_train_config.yaml").read_text())
     recipe = config_from_yaml(ROOT / "configs" / "mnist-large.yaml").to_dict()
     free = {"output_dir", "checkpointing_steps", "save_images_epochs", "evaluate", "logger"}
     assert {key: value for key, value in recipe.items() if key not in free} == {
