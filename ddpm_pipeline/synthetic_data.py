@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
 from tqdm.auto import tqdm
 
 from .checkpointing import file_digest
@@ -27,7 +28,7 @@ RECORD_FILE = "generation.json"
 SHARD_DIGITS = 5  # data/train-00000.parquet ...
 SEED_STRIDE = 1_000_003  # batch b of seed s draws from seed s * SEED_STRIDE + b
 PARTIAL_SHARDS = shutil.ignore_patterns("*.partial-*")  # a shard being written (left behind by a kill)
-UNET_WEIGHTS = Path("unet") / "diffusion_pytorch_model.safetensors"
+UNET_WEIGHTS = Path("unet") / SAFETENSORS_WEIGHTS_NAME  # where save_pretrained writes them
 
 
 class GenerationError(ValueError):
